@@ -1,0 +1,239 @@
+"""One typed config with every default in one place.
+
+Precedence: CLI > ``LRTUNE_*`` environment > config file (TOML) > defaults.
+Every field can be set in all four places; in the environment its name is
+``LRTUNE_`` + the field name in upper case (``LRTUNE_LR_MAX=0.1``), and lists
+are written comma-separated (``LRTUNE_SCHEDULERS=step,cosine``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from lrtune.errors import LRTuneError
+
+DIGITS_SETS = ("digits-lt", "digits")
+
+
+@dataclass
+class Config:
+    # --- data -------------------------------------------------------------
+    data: str = "digits-lt"  # digits-lt | digits | an ImageFolder dir | a CSV manifest
+    data_root: str = ""  # folder the CSV's paths are relative to; "" means the CSV's folder
+    image_size: int = 0  # side in pixels; 0: 16 for the built-in digit sets, 224 otherwise
+    val_fraction: float = 0.2  # share of images (or of groups) held out for validation
+    cache: str = "auto"  # memory | disk | auto: decoded images kept in RAM or memory-mapped under studies/
+    skip_bad_images: bool = False  # skip (and count) images that cannot be decoded instead of failing
+    balance: str = "none"  # none | sampler (class-balanced sampling) | oversample (rare classes repeated, augmented)
+    hflip: float = -1.0  # probability of a horizontal flip; -1: 0.5, or 0 for the digit sets
+    affine: float = 0.5  # probability of a shift/scale/rotate
+    color: float = 0.5  # probability of a brightness/contrast change
+    rare_affine: float = 0.9  # shift/scale/rotate probability used on rare classes with balance=oversample
+    num_workers: int = 0  # DataLoader worker processes
+    # --- model --------------------------------------------------------------
+    model: str = "test_resnet"  # any timm model name
+    pretrained: bool = False  # start from local pretrained weights (never downloaded)
+    weights: str = ""  # a local weights file (.pth, .pt, .bin, .safetensors) for --pretrained
+    # --- training -------------------------------------------------------------
+    epochs: int = 10  # epochs per trial
+    batch_size: int = 32  # micro-batch size; the effective batch is batch_size * accum
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, nesterov)
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # SGD only
+    warmup_epochs: float = 0.0  # linear LR warmup in front of any scheduler, in epochs
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler)
+    diverge_factor: float = 10.0  # a train loss above this multiple of its best ends the trial as diverged
+    # --- search space --------------------------------------------------------
+    lr_min: float = 1e-5  # log-uniform LR range; equal bounds fix the LR
+    lr_max: float = 1.0
+    schedulers: list[str] = field(default_factory=lambda: ["step", "cosine", "plateau"])
+    losses: list[str] = field(default_factory=lambda: ["ce", "focal", "label_smoothing", "f1"])
+    accum: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # gradient accumulation steps
+    # --- study ----------------------------------------------------------------
+    trials: int = 50  # total finished (complete or pruned) trials the study should hold
+    timeout: float = 0.0  # seconds for this run; 0: no limit
+    study: str = ""  # study name; "" derives one from data and model
+    storage: str = ""  # SQLAlchemy URL; "" means sqlite under studies_dir
+    studies_dir: str = "studies"  # home of study databases, caches and artifacts
+    sampler: str = "tpe"  # tpe | random | gp | qmc
+    pruner: str = "median"  # median | hyperband | none
+    pruner_warmup: int = 2  # epochs reported before the median pruner may prune
+    seed: int = 0  # seeds the split, the sampler and every trial
+    workers: int = 1  # local worker processes sharing the study
+    keep: str = "best"  # best | all | none: which trials keep their final weights
+    force: bool = False  # resume even though the stored config differs
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "cache": ("auto", "memory", "disk"),
+    "balance": ("none", "sampler", "oversample"),
+    "optimizer": ("adamw", "sgd"),
+    "keep": ("best", "all", "none"),
+}
+
+# Fields that only say how or where this run happens; changing them never
+# changes what a trial computes, so a study may be resumed with other values.
+RUN_ONLY = frozenset(
+    {"trials", "timeout", "study", "storage", "studies_dir", "workers", "keep", "force", "device", "num_workers"}
+)
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    """Coerce ``value`` (from TOML, env or CLI) to the declared type of ``name``."""
+    hint = _HINTS[name]
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if typing.get_origin(hint) is list:
+            (item_type,) = typing.get_args(hint)
+            items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            items = [item.strip() if isinstance(item, str) else item for item in items]
+            return [item_type(item) for item in items if item != ""]
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if hint is int:
+            return int(value)
+        return hint(value)
+    except (TypeError, ValueError):
+        raise LRTuneError(f"{source}: {name} = {value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    environ = os.environ if environ is None else environ
+    out = {}
+    for name in FIELDS:
+        key = "LRTUNE_" + name.upper()
+        if key in environ:
+            out[name] = _convert(name, environ[key], key)
+    return out
+
+
+def file_overrides(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise LRTuneError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise LRTuneError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise LRTuneError(f"config file {path}: unknown key {unknown[0]!r} (valid keys: {', '.join(FIELDS)})")
+    return {name: _convert(name, value, str(path)) for name, value in raw.items()}
+
+
+def resolve(
+    cli: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Merge the four layers and validate the result.
+
+    ``cli`` holds only the options the user gave (``None`` values are dropped).
+    The config file comes from ``config_file``, else from ``LRTUNE_CONFIG``.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = config_file or environ.get("LRTUNE_CONFIG") or None
+    if config_file:
+        values.update(file_overrides(config_file))
+    values.update(env_overrides(environ))
+    for name, value in (cli or {}).items():
+        if value is not None:
+            if name not in FIELDS:
+                raise LRTuneError(f"unknown option {name!r}")
+            values[name] = _convert(name, value, "--" + name.replace("_", "-"))
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    for name, choices in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise LRTuneError(f"unknown {name} {getattr(cfg, name)!r} (valid: {', '.join(choices)})")
+    if cfg.trials <= 0:
+        raise LRTuneError(f"--trials must be a positive number of trials, got {cfg.trials}")
+    if cfg.epochs <= 0:
+        raise LRTuneError(f"--epochs must be positive, got {cfg.epochs}")
+    if cfg.batch_size <= 0:
+        raise LRTuneError(f"--batch-size must be positive, got {cfg.batch_size}")
+    if cfg.image_size < 0:
+        raise LRTuneError(f"--image-size must be positive, got {cfg.image_size}")
+    if cfg.lr_min <= 0 or cfg.lr_max <= 0:
+        raise LRTuneError(f"--lr-min and --lr-max must be positive, got {cfg.lr_min:g} and {cfg.lr_max:g}")
+    if cfg.lr_min > cfg.lr_max:
+        raise LRTuneError(f"--lr-min {cfg.lr_min:g} is greater than --lr-max {cfg.lr_max:g}")
+    if not 0 < cfg.val_fraction < 1:
+        raise LRTuneError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction:g}")
+    if cfg.workers <= 0:
+        raise LRTuneError(f"--workers must be positive, got {cfg.workers}")
+    if cfg.timeout < 0:
+        raise LRTuneError(f"--timeout must not be negative, got {cfg.timeout:g}")
+    if not cfg.accum or any(a <= 0 for a in cfg.accum):
+        raise LRTuneError(f"--accum must list positive step counts, got {cfg.accum}")
+    if not cfg.schedulers:
+        raise LRTuneError("--schedulers must name at least one scheduler")
+    if not cfg.losses:
+        raise LRTuneError("--losses must name at least one loss")
+    for name in ("hflip", "affine", "color", "rare_affine"):
+        p = getattr(cfg, name)
+        if not (0 <= p <= 1 or (name == "hflip" and p == -1)):
+            raise LRTuneError(f"{name} must be a probability between 0 and 1, got {p:g}")
+
+
+def effective_image_size(cfg: Config) -> int:
+    if cfg.image_size:
+        return cfg.image_size
+    return 16 if cfg.data in DIGITS_SETS else 224
+
+
+def effective_hflip(cfg: Config) -> float:
+    if cfg.hflip >= 0:
+        return cfg.hflip
+    return 0.0 if cfg.data in DIGITS_SETS else 0.5
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: Mapping[str, Any]) -> Config:
+    """Rebuild a config stored on a study, ignoring fields this version does not know."""
+    return Config(**{k: v for k, v in values.items() if k in FIELDS})
+
+
+def identity(cfg: Config | Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a config that decides what a trial computes (everything but RUN_ONLY)."""
+    values = to_dict(cfg) if isinstance(cfg, Config) else dict(cfg)
+    return {k: v for k, v in sorted(values.items()) if k not in RUN_ONLY}
+
+
+def fingerprint(cfg: Config | Mapping[str, Any]) -> str:
+    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Human-readable ``name: old -> new`` lines for the identity fields that differ."""
+    a, b = identity(old), identity(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -1,0 +1,304 @@
+"""Turns an Optuna trial into a training run: reports, prunes, records and checkpoints."""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import random
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import optuna
+import torch
+
+from lrtune import checkpoints
+from lrtune.config import Config, effective_hflip, effective_image_size
+from lrtune.data import ImageSet, iter_eval_batches, load_imageset, make_train_loader, split_indices
+from lrtune.errors import LRTuneError
+from lrtune.losses import create_loss
+from lrtune.models import check_model, create_model
+from lrtune.schedules import create_schedule
+from lrtune.space import TrialParams, check_space, suggest
+from lrtune.train import Diverged, Interrupted, evaluate, precision_for, resolve_device, train_one_epoch
+
+MAX_LR_POINTS = 500  # per-step LR points kept on a trial
+MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: the fault is not in one trial's parameters
+EVAL_BATCH = 256
+
+
+class TrialFailed(Exception):
+    """One trial failed for a reason of its own; the study goes on."""
+
+
+class Progress(Protocol):
+    def epoch(self, trial: int, epoch: int, epochs: int, macro_f1: float) -> None: ...
+
+
+@dataclass
+class StopFlag:
+    """Set by signal handlers; read by the training loop between micro-batches."""
+
+    signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(trial_seed: int, epoch: int) -> int:
+    """Every epoch starts from its own seed, so a resumed trial replays exactly."""
+    return trial_seed * 1000 + epoch
+
+
+def create_optimizer(model: torch.nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+
+
+def thin(points: list[list[float]], limit: int = MAX_LR_POINTS) -> list[list[float]]:
+    """At most ``limit`` evenly spaced points, always keeping the last."""
+    if len(points) <= limit:
+        return points
+    stride = math.ceil(len(points) / limit)
+    kept = points[::stride]
+    return kept if kept[-1] == points[-1] else kept + [points[-1]]
+
+
+@dataclass
+class RunState:
+    """What a trial has done so far; saved at the end of every epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    best_value: float = -1.0
+    best: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(
+        default_factory=lambda: {k: [] for k in ("epoch", "train_loss", "val_loss", "val_f1", "val_acc", "lr")}
+    )
+    lr_steps: list[list[float]] = field(default_factory=list)
+
+
+class Objective:
+    """Callable objective: ``study.optimize(Objective(cfg, study_dir=...))``.
+
+    Loading the data, checking names and building the model once happen here,
+    so errors that would fail every trial stop the study before it starts.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        study_dir: Path,
+        stop: Callable[[], bool] | None = None,
+        progress: Progress | None = None,
+        imageset: ImageSet | None = None,
+    ) -> None:
+        check_space(cfg)
+        self.cfg = cfg
+        self.study_dir = Path(study_dir)
+        self.stop = stop or (lambda: False)
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.precision = precision_for(self.device, cfg.amp)
+        self.imageset = imageset or load_imageset(
+            cfg.data,
+            image_size=effective_image_size(cfg),
+            data_root=cfg.data_root,
+            cache=cfg.cache,
+            cache_dir=Path(cfg.studies_dir) / "cache",
+            skip_bad_images=cfg.skip_bad_images,
+        )
+        self.n_classes = len(self.imageset.classes)
+        self.train_idx, self.val_idx = split_indices(self.imageset, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        check_model(cfg.model, num_classes=self.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
+        self.consecutive_failures = 0
+
+    # -- the trial -----------------------------------------------------------
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.stop():
+            raise Interrupted
+        params = suggest(trial, self.cfg)
+        attrs = trial.user_attrs
+        seed = int(attrs.get("seed", self.cfg.seed * 100_003 + trial.number))
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("effective_batch", self.cfg.batch_size * params.accum)
+        folder = checkpoints.trial_dir(self.study_dir, trial.number)
+        try:
+            value = self._run(trial, params, seed, attrs.get("retry_of"), folder)
+        except Interrupted:
+            trial.set_user_attr("reason", "interrupted")
+            self._enqueue_retry(trial, seed)
+            raise
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("reason", str(exc))
+            checkpoints.remove(self.study_dir, trial.number)
+            raise
+        except Diverged as exc:
+            reason = f"diverged: {exc}"
+            trial.set_user_attr("reason", reason)
+            checkpoints.remove(self.study_dir, trial.number)
+            raise optuna.TrialPruned(reason) from None
+        except LRTuneError:
+            checkpoints.remove(self.study_dir, trial.number)
+            raise
+        except torch.cuda.OutOfMemoryError as exc:
+            self._fail(trial, f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'CUDA'}")
+        except Exception as exc:
+            self._fail(trial, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
+        self.consecutive_failures = 0
+        trial.set_user_attr("reason", "")
+        checkpoints.remove(self.study_dir, trial.number, keep_best=self.cfg.keep != "none")
+        return value
+
+    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        trial.set_user_attr("reason", reason)
+        checkpoints.remove(self.study_dir, trial.number)
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            raise LRTuneError(f"{self.consecutive_failures} trials in a row failed; the last: {reason}")
+        raise TrialFailed(reason)
+
+    def _enqueue_retry(self, trial: optuna.Trial, seed: int) -> None:
+        study = getattr(trial, "study", None)
+        if study is not None:
+            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number, "seed": seed})
+
+    def _run(self, trial: optuna.Trial, params: TrialParams, seed: int, retry_of: int | None, folder: Path) -> float:
+        cfg, precision = self.cfg, self.precision
+        seed_everything(seed)
+        model = create_model(cfg.model, num_classes=self.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
+        model.to(precision.device, memory_format=torch.channels_last if precision.channels_last else torch.preserve_format)
+        loader = make_train_loader(
+            self.imageset,
+            self.train_idx,
+            batch_size=cfg.batch_size,
+            balance=cfg.balance,
+            hflip=effective_hflip(cfg),
+            affine=cfg.affine,
+            color=cfg.color,
+            rare_affine=cfg.rare_affine,
+            num_workers=cfg.num_workers,
+            pin_memory=precision.device.type == "cuda",
+        )
+        steps_per_epoch = max(1, math.ceil(len(loader) / params.accum))
+        optimizer = create_optimizer(model, cfg, params.lr)
+        schedule = create_schedule(
+            params.scheduler,
+            base_lr=params.lr,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.epochs,
+            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            step_size=params.step_size,
+            gamma=params.step_gamma,
+            factor=params.plateau_factor,
+            patience=params.plateau_patience,
+        )
+        loss_fn = create_loss(params.loss, gamma=params.focal_gamma, smoothing=params.smoothing)
+        scaler = precision.scaler()
+        state = RunState()
+
+        if retry_of is not None and checkpoints.adopt(self.study_dir, int(retry_of), trial.number):
+            saved = checkpoints.load(folder / checkpoints.LAST, precision.device)
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            if scaler is not None and saved.get("scaler"):
+                scaler.load_state_dict(saved["scaler"])
+            state = RunState(**saved["run"])
+            for epoch, value in zip(state.curves["epoch"], state.curves["val_f1"]):
+                trial.report(value, int(epoch))
+            trial.set_user_attr("resumed_at_epoch", state.epoch + 1)
+
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+            seed_everything(epoch_seed(seed, epoch))
+            loader.dataset.reseed(epoch_seed(seed, epoch))
+            result = train_one_epoch(
+                model,
+                loader,
+                optimizer,
+                loss_fn,
+                schedule=schedule,
+                step=state.step,
+                accum_steps=params.accum,
+                precision=precision,
+                scaler=scaler,
+                should_stop=self.stop,
+            )
+            previous = [v for v in state.curves["train_loss"]]
+            if previous and result.train_loss > cfg.diverge_factor * min(previous):
+                raise Diverged(
+                    f"train loss {result.train_loss:.4g} at epoch {epoch} is over "
+                    f"{cfg.diverge_factor:g}x its best ({min(previous):.4g})"
+                )
+            ev = evaluate(
+                model,
+                iter_eval_batches(self.imageset, self.val_idx, max(cfg.batch_size, EVAL_BATCH)),
+                n_classes=self.n_classes,
+                precision=precision,
+            )
+            schedule.epoch_end(ev.macro_f1)
+            state.lr_steps.extend([[state.step + i, lr] for i, lr in enumerate(result.lrs)])
+            state.epoch, state.step = epoch, result.step
+            for key, value in (
+                ("epoch", epoch),
+                ("train_loss", result.train_loss),
+                ("val_loss", ev.loss),
+                ("val_f1", ev.macro_f1),
+                ("val_acc", ev.accuracy),
+                ("lr", result.lrs[-1] if result.lrs else schedule.lr(state.step)),
+            ):
+                state.curves[key].append(round(float(value), 8) if key != "epoch" else epoch)
+            if ev.macro_f1 > state.best_value:
+                state.best_value, state.best = ev.macro_f1, ev.summary(epoch)
+                if cfg.keep != "none":
+                    checkpoints.save(folder / checkpoints.BEST, self._weights(model, trial, params, epoch, ev.macro_f1))
+            trial.report(ev.macro_f1, epoch)
+            trial.set_user_attr("curves", state.curves)
+            trial.set_user_attr("lr_steps", thin(state.lr_steps))
+            trial.set_user_attr("best", state.best)
+            checkpoints.save(
+                folder / checkpoints.LAST,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "run": state.__dict__,
+                },
+            )
+            if self.progress is not None:
+                self.progress.epoch(trial.number, epoch, cfg.epochs, ev.macro_f1)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+        return state.best_value
+
+    def _weights(self, model: torch.nn.Module, trial: optuna.Trial, params: TrialParams, epoch: int, value: float) -> dict:
+        return {
+            "model": self.cfg.model,
+            "state_dict": model.state_dict(),
+            "classes": list(self.imageset.classes),
+            "image_size": effective_image_size(self.cfg),
+            "params": params.to_dict(),
+            "trial": trial.number,
+            "epoch": epoch,
+            "macro_f1": value,
+        }
