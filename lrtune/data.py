@@ -190,7 +190,7 @@ def _list_csv(manifest: Path, data_root: str) -> _Listing:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header or not any(cell.strip() for cell in header):
-                raise LRTuneError(f"{manifest} is empty; expected a header line path,label[,group] and one row per image")
+                raise LRTuneError(f"{manifest} is empty; expected a header path,label[,group] and one row per image")
             columns = [cell.strip() for cell in header]
             for column in ("path", "label"):
                 if column not in columns:
@@ -214,10 +214,10 @@ def _list_csv(manifest: Path, data_root: str) -> _Listing:
         raise LRTuneError(f"{manifest} has no rows; expected one row per image after the header")
     classes = sorted({label for _, label, _ in rows})
     index = {name: k for k, name in enumerate(classes)}
+    files = [rel for rel, _, _ in rows]
+    labels = [index[label] for _, label, _ in rows]
     groups = [group for _, _, group in rows] if group_at is not None else None
-    return _Listing(
-        manifest, root, [rel for rel, _, _ in rows], [index[label] for _, label, _ in rows], classes, groups, manifest.stem
-    )
+    return _Listing(manifest, root, files, labels, classes, groups, manifest.stem)
 
 
 def _checked_relative_path(rel: str, root: Path, where: str) -> str:
@@ -346,7 +346,8 @@ def _load_disk_cached(listing: _Listing, image_size: int, cache_dir: Path, skip_
 def _write_cache(listing: _Listing, image_size: int, array_file: Path, meta_file: Path, skip_bad_images: bool) -> None:
     """Decode into a temporary memory-mapped file, then move it and its metadata into place atomically."""
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    tmp_array, tmp_meta = array_file.with_name(f"{array_file.name}.{tag}"), meta_file.with_name(f"{meta_file.name}.{tag}")
+    tmp_array = array_file.with_name(f"{array_file.name}.{tag}")
+    tmp_meta = meta_file.with_name(f"{meta_file.name}.{tag}")
     shape = (len(listing.files), image_size, image_size, 3)
     try:
         images = np.memmap(tmp_array, np.uint8, "w+", shape=shape)
@@ -553,7 +554,9 @@ def make_train_loader(
 # --- evaluation and model input ----------------------------------------------------------
 
 
-def iter_eval_batches(imageset: ImageSet, idx: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iter_eval_batches(
+    imageset: ImageSet, idx: np.ndarray, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Un-augmented uint8 (B, S, S, 3) images and int64 labels of ``idx``, in order."""
     idx = np.asarray(idx, np.int64)
     for start in range(0, len(idx), batch_size):

@@ -544,6 +544,19 @@ STATE_COLORS = {
 LOSS_SYMBOLS = {"ce": "circle", "focal": "square", "label_smoothing": "diamond", "f1": "triangle-up"}
 CURVE_DASH = {"complete": "solid", "running": "dot", "stopped": "dash"}
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+# A small stand-in for plotly's "plotly_white": the full template is copied into every figure and is slow.
+AXIS_STYLE = {"gridcolor": "#ebebeb", "zerolinecolor": "#d0d0d0", "linecolor": "#bbb", "automargin": True}
+PLOT_TEMPLATE = {
+    "layout": {
+        "paper_bgcolor": "white",
+        "plot_bgcolor": "white",
+        "font": {"color": "#2a3f5f"},
+        "colorway": ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"],
+        "xaxis": AXIS_STYLE,
+        "yaxis": AXIS_STYLE,
+        "hoverlabel": {"align": "left"},
+    }
+}
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
@@ -927,7 +940,9 @@ def _draw_lr(data: ReportData) -> Any:
                 hovertemplate="failed trial #%{customdata}<br>lr %{x:.2e}<br>%{text}<extra></extra>",
             )
         )
-    return _layout(fig, xaxis_title="learning rate", yaxis_title="validation macro-F1", xaxis={"type": "log"})
+    return _layout(
+        fig, xaxis_title="learning rate", yaxis_title="validation macro-F1", xaxis={"type": "log", "tickformat": ".0e"}
+    )
 
 
 def _draw_effective_lr(data: ReportData) -> Any:
@@ -984,7 +999,9 @@ def _draw_lr_steps(data: ReportData) -> Any:
                 hovertemplate=f"trial #{run.number}<br>step %{{x}}<br>lr %{{y:.3e}}<extra></extra>",
             )
         )
-    return _layout(fig, xaxis_title="optimizer step", yaxis_title="learning rate", yaxis={"type": "log"})
+    return _layout(
+        fig, xaxis_title="optimizer step", yaxis_title="learning rate", yaxis={"type": "log", "tickformat": ".0e"}
+    )
 
 
 def _draw_importance(data: ReportData) -> Any:
@@ -1085,7 +1102,11 @@ def _draw_per_class(data: ReportData) -> Any:
                 hovertemplate=f"class %{{x}}<br>{name} %{{y:.3f}}<br>support %{{customdata}}<extra></extra>",
             )
         )
-    title = f"epoch {scores.epoch}" if scores.epoch else ""
+    title = f"trial #{data.best.number}" if data.best else ""
+    if scores.epoch:
+        title += f", epoch {scores.epoch}"
+    if scores.accuracy is not None:
+        title += f", accuracy {scores.accuracy:.3f}"
     fig.update_layout(barmode="group")
     return _layout(
         fig,
@@ -1112,8 +1133,9 @@ def _draw_confusion(data: ReportData) -> Any:
             z=share,
             x=classes,
             y=classes,
+            text=[[str(c) if c else "" for c in row] for row in scores.confusion],
             customdata=scores.confusion,
-            texttemplate="%{customdata}" if n <= 25 else None,
+            texttemplate="%{text}" if n <= 25 else None,
             colorscale="Blues",
             zmin=0,
             zmax=1,
@@ -1225,13 +1247,12 @@ def _layout(fig: Any, *, xaxis_title: str = "", yaxis_title: str = "", **layout:
     xaxis = {"title": {"text": xaxis_title}, **layout.pop("xaxis", {})}
     yaxis = {"title": {"text": yaxis_title}, **layout.pop("yaxis", {})}
     fig.update_layout(
-        template="plotly_white",
+        template=PLOT_TEMPLATE,
         height=layout.pop("height", 440),
         margin=layout.pop("margin", {"l": 70, "r": 30, "t": 40, "b": 60}),
         legend={"font": {"size": 11}},
         xaxis=xaxis,
         yaxis=yaxis,
-        hoverlabel={"align": "left"},
         **layout,
     )
     return fig
@@ -1263,7 +1284,7 @@ def _label(value: Any) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.3e}"
+        return f"{value:.3g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value)
     return str(value)

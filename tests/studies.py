@@ -91,9 +91,13 @@ def make_trial(
     reason: str | None = None,
     stop_epoch: int | None = None,
     bare: bool = False,
+    distributions: dict[str, Any] | None = None,
     rng: random.Random | None = None,
 ) -> FrozenTrial:
-    """One trial as lrtune's objective leaves it; ``bare`` drops every user attribute."""
+    """One trial as lrtune's objective leaves it; ``bare`` drops every user attribute.
+
+    A given ``value`` is stored exactly (the curves only approach it).
+    """
     rng = rng or random.Random(number)
     params = dict(params) if params else random_params(rng)
     target = value if value is not None else _quality(params) * rng.uniform(0.9, 1.0)
@@ -136,18 +140,19 @@ def make_trial(
         if reason:
             user_attrs["reason"] = reason
         if state == TrialState.COMPLETE:
-            user_attrs["best"] = best_scores(classes, val_f1[best_epoch - 1], best_epoch, rng)
+            macro_f1 = value if value is not None else val_f1[best_epoch - 1]
+            user_attrs["best"] = best_scores(classes, macro_f1, best_epoch, rng)
 
     final_value = None
     if state == TrialState.COMPLETE:
-        final_value = max(val_f1)
+        final_value = value if value is not None else max(val_f1)
     elif state == TrialState.PRUNED and val_f1:
         final_value = val_f1[-1]
     trial = optuna.trial.create_trial(
         state=state,
         value=final_value,
         params=params,
-        distributions={k: DISTRIBUTIONS[k] for k in params},
+        distributions={k: (distributions or {}).get(k) or DISTRIBUTIONS[k] for k in params},
         user_attrs=user_attrs,
         intermediate_values=intermediate,
     )

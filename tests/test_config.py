@@ -1,0 +1,94 @@
+import pytest
+
+from lrtune import config
+from lrtune.config import Config
+from lrtune.errors import LRTuneError
+
+
+def test_defaults():
+    cfg = config.resolve({}, environ={})
+    assert cfg == Config()
+    assert config.effective_image_size(cfg) == 16
+    assert config.effective_image_size(config.resolve({"data": "x.csv"}, environ={})) == 224
+    assert config.effective_hflip(cfg) == 0.0
+    assert config.effective_hflip(config.resolve({"data": "faces/"}, environ={})) == 0.5
+
+
+def test_precedence_cli_over_env_over_file_over_defaults(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('epochs = 3\nbatch_size = 7\nlr_max = 0.5\nschedulers = ["step"]\n')
+    env = {"LRTUNE_BATCH_SIZE": "9", "LRTUNE_LR_MAX": "0.25", "LRTUNE_ACCUM": "1,2"}
+    cfg = config.resolve({"lr_max": "0.125", "epochs": None}, config_file=f, environ=env)
+    assert cfg.epochs == 3  # file
+    assert cfg.batch_size == 9  # env over file
+    assert cfg.lr_max == 0.125  # cli over env
+    assert cfg.schedulers == ["step"]
+    assert cfg.accum == [1, 2]
+    assert cfg.seed == 0  # default
+
+
+def test_config_file_from_env(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("epochs = 4\n")
+    assert config.resolve({}, environ={"LRTUNE_CONFIG": str(f)}).epochs == 4
+
+
+def test_booleans_and_lists_from_strings():
+    cfg = config.resolve({"pretrained": "false", "amp": "0", "losses": "ce, focal"}, environ={"LRTUNE_FORCE": "yes"})
+    assert cfg.pretrained is False and cfg.amp is False and cfg.force is True
+    assert cfg.losses == ["ce", "focal"]
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"trials": "0"}, "--trials must be a positive"),
+        ({"trials": "-3"}, "--trials must be a positive"),
+        ({"lr_min": "0.1", "lr_max": "0.01"}, "--lr-min 0.1 is greater than --lr-max 0.01"),
+        ({"lr_min": "0"}, "must be positive"),
+        ({"lr_max": "-1"}, "must be positive"),
+        ({"epochs": "two"}, "epochs = 'two' is not a valid int"),
+        ({"balance": "magic"}, "unknown balance 'magic'"),
+        ({"accum": "0,2"}, "--accum must list positive"),
+        ({"val_fraction": "1.5"}, "--val-fraction"),
+    ],
+)
+def test_bad_values_name_the_culprit(given, message):
+    with pytest.raises(LRTuneError, match=message):
+        config.resolve(given, environ={})
+
+
+def test_equal_lr_bounds_are_allowed():
+    cfg = config.resolve({"lr_min": "0.01", "lr_max": "0.01"}, environ={})
+    assert cfg.lr_min == cfg.lr_max
+
+
+def test_missing_and_bad_config_files(tmp_path):
+    with pytest.raises(LRTuneError, match="config file not found"):
+        config.resolve({}, config_file=tmp_path / "nope.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochz = 3\n")
+    with pytest.raises(LRTuneError, match="unknown key 'epochz'"):
+        config.resolve({}, config_file=bad, environ={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("epochs = = 3\n")
+    with pytest.raises(LRTuneError, match="not valid TOML"):
+        config.resolve({}, config_file=broken, environ={})
+
+
+def test_example_study_configs_are_valid():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.toml"))
+    assert {f.name for f in files} >= {"digits-lt.toml", "faces-18class.toml"}
+    for f in files:
+        config.resolve({}, config_file=f, environ={})
+
+
+def test_fingerprint_ignores_run_only_fields_and_diff_names_changes():
+    a = config.to_dict(Config())
+    b = config.to_dict(Config(trials=99, workers=3, storage="sqlite:///x.db"))
+    c = config.to_dict(Config(model="test_vit"))
+    assert config.fingerprint(a) == config.fingerprint(b)
+    assert config.fingerprint(a) != config.fingerprint(c)
+    assert config.diff(a, c) == ["model: 'test_resnet' -> 'test_vit'"]
