@@ -187,9 +187,10 @@ def cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     study_mod.check_names(cfg)
     name = cfg.study or study_mod.default_study_name(cfg)
     progress = Progress(cfg.trials, verbosity=level)
+    storage = study_mod.open_storage(cfg.storage or study_mod.default_storage_url(cfg.studies_dir), heartbeat=True)
     with _Signals() as signals:
         objective = Objective(cfg, study_dir=study_mod.study_dir(cfg, name), stop=signals.flag, progress=progress)
-        study = study_mod.prepare_study(cfg, objective=objective)
+        study = study_mod.prepare_study(cfg, objective=objective, storage=storage)
         recovered = study_mod.recover_orphans(study)
         if recovered:
             progress.message(f"re-queued trial(s) {', '.join(map(str, recovered))} left running by a dead process")

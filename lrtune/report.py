@@ -14,7 +14,6 @@ import hashlib
 import html
 import math
 import os
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -25,8 +24,9 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from lrtune.config import Config
 from lrtune.errors import LRTuneError
-from lrtune.study import load_study, mask_url, open_storage, study_names
+from lrtune.study import latest_study_name, load_study, mask_url, open_storage, study_dir
 
 PLOTLYJS_MODES = ("inline", "cdn")
 REPORT_NAME = "report.html"
@@ -118,6 +118,7 @@ class ReportData:
     generated: datetime.datetime
     dataset: dict[str, Any]
     config: dict[str, Any]
+    training: dict[str, Any]
     fingerprint: str
     counts: dict[str, int]
     trials: list[TrialSummary]
@@ -157,44 +158,21 @@ def run_report(
     if plotlyjs not in PLOTLYJS_MODES:
         raise LRTuneError(f"unknown --plotlyjs {plotlyjs!r} (valid: {', '.join(PLOTLYJS_MODES)})")
     storage = _open_existing_storage(storage_url)
-    study = load_study(storage, study_name) if study_name else latest_study(storage, storage_url)
+    study_name = study_name or latest_study_name(storage)
+    if study_name is None:
+        raise LRTuneError(f"no studies in {mask_url(storage_url)}")
+    study = load_study(storage, study_name)
     if out:
         path = Path(out)
         _check_output_folder(path.parent)
     else:
-        path = study_folder(studies_dir, study.study_name) / REPORT_NAME
+        path = study_dir(Config(studies_dir=studies_dir), study.study_name) / REPORT_NAME
         _make_output_folder(path.parent)
     if path.is_dir():
         raise LRTuneError(f"--out {path} is a folder; give a file name")
     data = compute_report(study, storage_label=mask_url(storage_url))
     _write_atomically(path, draw_report(data, plotlyjs=plotlyjs))
     return path
-
-
-def study_folder(studies_dir: str | Path, study_name: str) -> Path:
-    """The study's folder under ``studies_dir``; odd characters in the name become ``_``."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", study_name).lstrip(".") or "_"
-    return Path(studies_dir) / safe
-
-
-def latest_study(storage: optuna.storages.BaseStorage, storage_url: str) -> optuna.Study:
-    """The study whose latest trial started or finished last; a study without trials counts as oldest."""
-    names = study_names(storage)
-    if not names:
-        raise LRTuneError(f"no studies in {mask_url(storage_url)}")
-    studies = [optuna.load_study(study_name=name, storage=storage) for name in names]
-    # Ties go to the study created last.
-    return max(reversed(studies), key=_last_activity)
-
-
-def _last_activity(study: optuna.Study) -> datetime.datetime:
-    times = [
-        moment
-        for trial in study.get_trials(deepcopy=False)
-        for moment in (trial.datetime_start, trial.datetime_complete)
-        if moment is not None
-    ]
-    return max(times, default=datetime.datetime.min)
 
 
 def _open_existing_storage(url: str) -> optuna.storages.BaseStorage:
@@ -269,6 +247,7 @@ def compute_report(study: optuna.Study, *, storage_label: str) -> ReportData:
         generated=datetime.datetime.now().replace(microsecond=0),
         dataset=dataset,
         config=config,
+        training=training_config(config, dataset),
         fingerprint=str(attrs.get("fingerprint", "")),
         counts={state: sum(t.state == state for t in trials) for state in STATES},
         trials=trials,
@@ -286,6 +265,16 @@ def compute_report(study: optuna.Study, *, storage_label: str) -> ReportData:
     data.importances = _importances(study, len(completed), data.notes)
     _add_notes(data)
     return data
+
+
+def training_config(config: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:
+    """The config fields that say how every trial was trained; ``image_size`` 0 means the dataset's size."""
+    training = {k: config[k] for k in TRAINING_CONFIG if k in config}
+    if not training.get("image_size") and dataset.get("image_size"):
+        training["image_size"] = dataset["image_size"]
+    if training.get("optimizer") != "sgd":
+        training.pop("momentum", None)
+    return training
 
 
 def summarize_trial(trial: FrozenTrial) -> TrialSummary:
@@ -709,7 +698,7 @@ def _best_config(data: ReportData) -> str:
         if best.best_epoch:
             params += f"<tr><th>best epoch</th><td>{best.best_epoch}</td></tr>"
         training = "".join(
-            f"<tr><th>{e(k)}</th><td>{e(_fmt(data.config[k]))}</td></tr>" for k in TRAINING_CONFIG if k in data.config
+            f"<tr><th>{e(k)}</th><td>{e(_fmt(v))}</td></tr>" for k, v in data.training.items()
         )
         parts.append(f"<h2>Best trial: #{best.number}</h2>")
         parts.append('<div class="columns" id="best-config">')

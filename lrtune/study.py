@@ -44,11 +44,11 @@ def _prepare_sqlite(url: str) -> None:
     path = url.removeprefix("sqlite:///")
     if not path or path == ":memory:" or path.startswith("file:"):
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(path, timeout=60) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise LRTuneError(f"cannot open storage {url}: {exc}") from None
 
 
@@ -254,12 +254,10 @@ def keep_weights(cfg: Config, folder: Path) -> Callable[[optuna.Study, FrozenTri
     return callback
 
 
-def prepare_study(cfg: Config, *, objective: Any) -> optuna.Study:
-    """Create or load the study, check its config, queue the baseline, recover orphans."""
+def prepare_study(cfg: Config, *, objective: Any, storage: RDBStorage) -> optuna.Study:
+    """Create or load the study, check its config, record the dataset and queue the baseline."""
     from lrtune.space import baseline_params
 
-    url = cfg.storage or default_storage_url(cfg.studies_dir)
-    storage = open_storage(url, heartbeat=True)
     name = cfg.study or default_study_name(cfg)
     study = optuna.create_study(
         study_name=name,

@@ -1,0 +1,44 @@
+"""Running the real CLI in a subprocess, and reading the study it leaves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+
+ROOT = Path(__file__).resolve().parent.parent
+INJECT = Path(__file__).resolve().parent / "inject.py"
+FAST = ["--epochs", "2", "--batch-size", "64"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LRTUNE_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def lrtune_cmd(*args: str, inject: str | None = None) -> list[str]:
+    if inject:
+        return [sys.executable, str(INJECT), inject, *args]
+    return [sys.executable, "-m", "lrtune", *args]
+
+
+def run_cli(*args: str, inject: str | None = None, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        lrtune_cmd(*args, inject=inject), capture_output=True, text=True, timeout=timeout, env=cli_env(**env), cwd=ROOT
+    )
+
+
+def load(studies_dir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{studies_dir / 'lrtune.db'}")
+
+
+def states(study: optuna.Study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out

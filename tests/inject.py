@@ -1,0 +1,49 @@
+"""Run the real ``lrtune`` CLI with one fault injected, for tests of what happens then.
+
+    python tests/inject.py nan-above-lr=0.05 search ...   # every trial with lr > 0.05 gets a NaN loss
+    python tests/inject.py oom-trial=2 search ...          # trial 2 meets a CUDA out-of-memory error
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from lrtune import objective  # noqa: E402
+from lrtune.cli import main  # noqa: E402
+
+fault, _, value = sys.argv[1].partition("=")
+
+if fault == "nan-above-lr":
+    real_create_loss = objective.create_loss
+    real_create_optimizer = objective.create_optimizer
+    current = {}
+
+    def create_optimizer(model, cfg, lr):
+        current["lr"] = lr
+        return real_create_optimizer(model, cfg, lr)
+
+    def create_loss(*args, **kwargs):
+        loss = real_create_loss(*args, **kwargs)
+        if current["lr"] > float(value):
+            return lambda logits, y: loss(logits, y) * float("nan")
+        return loss
+
+    objective.create_optimizer = create_optimizer
+    objective.create_loss = create_loss
+elif fault == "oom-trial":
+    real_train = objective.train_one_epoch
+    real_run = objective.Objective._run
+
+    def run(self, trial, *args, **kwargs):
+        if trial.number == int(value):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        return real_run(self, trial, *args, **kwargs)
+
+    objective.Objective._run = run
+else:
+    raise SystemExit(f"unknown fault {fault!r}")
+
+raise SystemExit(main(sys.argv[2:]))
