@@ -227,6 +227,11 @@ def _worker_main(cfg_values: dict, name: str, index: int, level: int, device: st
     cfg = config_mod.from_dict({**cfg_values, "device": device})
     _quiet_libraries(level)
     import optuna
+    import torch
+
+    if not device.startswith("cuda"):
+        # Workers share the CPU's cores instead of each spawning a thread per core.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
 
     from lrtune import study as study_mod
     from lrtune.objective import Objective

@@ -18,7 +18,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import optuna
 from optuna.study import StudyDirection
@@ -112,6 +112,8 @@ class LRSteps:
 
 @dataclass
 class ReportData:
+    """Everything the report shows; ``notes`` maps a figure name to the notes shown above it."""
+
     study_name: str
     storage: str
     maximize: bool
@@ -222,7 +224,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def compute_report(study: optuna.Study, *, storage_label: str) -> ReportData:
-    """Everything the report shows, as plain data. Reads the study once."""
+    """Everything the report shows, as plain data; plotly is not needed here."""
     maximize = study.direction == StudyDirection.MAXIMIZE
     frozen = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     trials = [summarize_trial(t) for t in frozen]
@@ -380,7 +382,10 @@ def class_scores(trial: FrozenTrial, dataset: dict[str, Any]) -> ClassScores | N
     best = trial.user_attrs.get("best")
     if not isinstance(best, dict):
         return None
-    lists = {key: best.get(key) if isinstance(best.get(key), list) else [] for key in ("precision", "recall", "f1", "support")}
+    lists = {
+        key: best.get(key) if isinstance(best.get(key), list) else []
+        for key in ("precision", "recall", "f1", "support")
+    }
     confusion = best.get("confusion") if isinstance(best.get("confusion"), list) else []
     n = max([len(v) for v in lists.values()] + [len(confusion)])
     if n == 0:
@@ -427,7 +432,7 @@ def _importances(study: optuna.Study, n_completed: int, notes: dict[str, list[st
             # Optuna warns about small samples; the note below says it once.
             warnings.simplefilter("ignore")
             importances = optuna.importance.get_param_importances(study)
-    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+    except (ValueError, RuntimeError) as exc:
         notes.setdefault("importance", []).append(f"Parameter importances could not be computed: {exc}")
         return {}
     if n_completed < ROUGH_IMPORTANCE_BELOW:
@@ -577,13 +582,12 @@ def draw_report(data: ReportData, *, plotlyjs: str = "inline") -> str:
         raise LRTuneError(f"unknown --plotlyjs {plotlyjs!r} (valid: {', '.join(PLOTLYJS_MODES)})")
     name = html.escape(data.study_name)
     sections = [_draw_summary(data)]
-    for fig_name, title, caption, drawer in FIGURES:
-        if fig_name == "top-trials":
-            sections.append(_section(data, fig_name, title, caption, _top_table(data)))
-            continue
-        figure = drawer(data)
-        body = _figure_html(figure, fig_name) if figure is not None else ""
-        sections.append(_section(data, fig_name, title, caption, body))
+    for figure in FIGURES:
+        plot = figure.draw(data)
+        body = _figure_html(plot, figure.name) if plot is not None else ""
+        sections.append(_section(data, figure.name, figure.title, figure.caption, body))
+    top_caption = "Completed trials with the best macro-F1."
+    sections.append(_section(data, "top-trials", f"Top {TOP_TRIALS} trials", top_caption, _top_table(data)))
     sections.append(_stopped_table(data))
     return "\n".join(
         [
@@ -599,7 +603,7 @@ def draw_report(data: ReportData, *, plotlyjs: str = "inline") -> str:
             "<body>",
             "<main>",
             f'<h1>lrtune report: <span class="study-name">{name}</span></h1>',
-            f'<p class="generated">Generated {data.generated.isoformat(sep=" ")} from {html.escape(data.storage)}</p>',
+            f'<p class="generated">Generated {data.generated.isoformat(sep=" ")}</p>',
             *sections,
             "</main>",
             "</body>",
@@ -617,7 +621,8 @@ def _plotlyjs_script(mode: str) -> str:
     if mode == "cdn":
         digest = base64.b64encode(hashlib.sha384(bundle.encode("utf-8")).digest()).decode()
         url = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
-        return f'{config}\n<script charset="utf-8" src="{url}" integrity="sha384-{digest}" crossorigin="anonymous"></script>'
+        tag = f'<script charset="utf-8" src="{url}" integrity="sha384-{digest}" crossorigin="anonymous"></script>'
+        return f"{config}\n{tag}"
     return f'{config}\n<script charset="utf-8">{bundle}</script>'
 
 
@@ -631,10 +636,12 @@ def _figure_html(figure: Any, name: str) -> str:
 
 
 def _section(data: ReportData, name: str, title: str, caption: str, body: str) -> str:
-    notes = "".join(f'<p class="note">{html.escape(text)}</p>' for text in data.notes.get(name, []))
+    texts = data.notes.get(name) or ([] if body else ["Nothing to show for this study yet."])
+    notes = "".join(f'<p class="note">{html.escape(text)}</p>' for text in texts)
     return (
-        f'<section>\n<h2>{html.escape(title)}</h2>\n'
-        f'<div class="figure" id="fig-{name}">\n<p class="caption">{html.escape(caption)}</p>\n{notes}\n{body}\n</div>\n</section>'
+        f"<section>\n<h2>{html.escape(title)}</h2>\n"
+        f'<div class="figure" id="fig-{name}">\n<p class="caption">{html.escape(caption)}</p>\n'
+        f"{notes}\n{body}\n</div>\n</section>"
     )
 
 
@@ -649,7 +656,8 @@ def _draw_summary(data: ReportData) -> str:
         if classes:
             parts.append(f"{len(classes)} classes")
         if dataset.get("n_train") is not None:
-            parts.append(f"{e(str(dataset.get('n_train')))} train / {e(str(dataset.get('n_val', '?')))} validation images")
+            n_train, n_val = e(str(dataset.get("n_train"))), e(str(dataset.get("n_val", "?")))
+            parts.append(f"{n_train} train / {n_val} validation images")
         if dataset.get("image_size"):
             parts.append(f"{e(str(dataset['image_size']))} px")
         rows.append(("Dataset", ", ".join(parts)))
@@ -716,10 +724,11 @@ def _top_table(data: ReportData) -> str:
     if not data.top:
         return ""
     e = html.escape
-    header = "<tr><th>Rank</th><th>Trial</th><th>Macro-F1</th><th>LR</th><th>Scheduler</th><th>Loss</th><th>Accum</th><th>Eff. batch</th><th>Best epoch</th><th>Duration</th></tr>"
+    columns = ("Rank", "Trial", "Macro-F1", "LR", "Scheduler", "Loss", "Accum", "Eff. batch", "Best epoch", "Duration")
+    header = "<tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
     rows = []
     for rank, t in enumerate(data.top, 1):
-        marker = " (baseline)" if t.baseline else ""
+        marker = " (baseline)" if t.baseline else f" (retry of #{t.retry_of})" if t.retry_of is not None else ""
         rows.append(
             "<tr>"
             f'<td class="num">{rank}</td><td class="num">#{t.number}{marker}</td>'
@@ -800,7 +809,7 @@ def _draw_history(data: ReportData) -> Any:
                 hovertemplate="after trial #%{x}: best %{y:.4f}<extra></extra>",
             )
         )
-    return _layout(fig, xaxis_title="trial", yaxis_title="validation macro-F1")
+    return _layout(fig, xaxis_title="trial", yaxis_title="validation macro-F1", xaxis=_trial_axis(data))
 
 
 def _draw_curves(data: ReportData) -> Any:
@@ -862,7 +871,8 @@ def _draw_curves(data: ReportData) -> Any:
                 hovertemplate="best trial<br>epoch %{x}<br>macro-F1 %{y:.4f}<extra></extra>",
             )
         )
-    return _layout(fig, xaxis_title="epoch", yaxis_title="validation macro-F1", xaxis={"dtick": 1})
+    few_epochs = max(e for t in trials for e in t.epochs) <= 20
+    return _layout(fig, xaxis_title="epoch", yaxis_title="validation macro-F1", xaxis={"dtick": 1} if few_epochs else {})
 
 
 def _curve_kind(t: TrialSummary) -> str:
@@ -930,7 +940,10 @@ def _draw_lr(data: ReportData) -> Any:
             )
         )
     return _layout(
-        fig, xaxis_title="learning rate", yaxis_title="validation macro-F1", xaxis={"type": "log", "tickformat": ".0e"}
+        fig,
+        xaxis_title="learning rate",
+        yaxis_title="validation macro-F1",
+        xaxis=_log_axis([t.params["lr"] for t in points]),
     )
 
 
@@ -989,7 +1002,10 @@ def _draw_lr_steps(data: ReportData) -> Any:
             )
         )
     return _layout(
-        fig, xaxis_title="optimizer step", yaxis_title="learning rate", yaxis={"type": "log", "tickformat": ".0e"}
+        fig,
+        xaxis_title="optimizer step",
+        yaxis_title="learning rate",
+        yaxis=_log_axis([lr for run in data.lr_steps for lr in run.lrs]),
     )
 
 
@@ -1013,7 +1029,7 @@ def _draw_importance(data: ReportData) -> Any:
     return _layout(
         fig,
         xaxis_title="importance (PED-ANOVA, sums to 1)",
-        yaxis={"type": "category"},
+        yaxis={"type": "category", "ticksuffix": "  "},
         height=max(260, 90 + 32 * len(items)),
         showlegend=False,
     )
@@ -1073,8 +1089,8 @@ def _draw_per_class(data: ReportData) -> Any:
         return None
     import plotly.graph_objects as go
 
-    classes = [_plot_text(c) for c in scores.classes]
     support = [s if s is not None else "?" for s in scores.support]
+    classes = [f"{_plot_text(c)}<br>n={n}" for c, n in zip(scores.classes, support)]
     fig = go.Figure()
     for name, values, color in (
         ("precision", scores.precision, "#1f77b4"),
@@ -1176,7 +1192,7 @@ def _draw_timeline(data: ReportData) -> Any:
         xaxis_title="time",
         yaxis_title="trial",
         xaxis={"type": "date"},
-        yaxis={"autorange": "reversed"},
+        yaxis={"autorange": "reversed", **_trial_axis(data)},
         height=height,
         barmode="overlay",
         bargap=0.15,
@@ -1195,41 +1211,72 @@ def _timeline_hover(t: TrialSummary) -> str:
     return "\n".join(parts)
 
 
-FIGURES: list[tuple[str, str, str, Callable[[ReportData], Any]]] = [
-    ("history", "Optimization history", "Every trial's validation macro-F1 and the best completed value so far.", _draw_history),
-    (
+class Figure(NamedTuple):
+    name: str
+    title: str
+    caption: str
+    draw: Callable[[ReportData], Any]
+
+
+FIGURES = [
+    Figure(
+        "history",
+        "Optimization history",
+        "Every trial's validation macro-F1 and the best completed value so far.",
+        _draw_history,
+    ),
+    Figure(
         "curves",
         "Learning curves",
         "Validation macro-F1 per epoch for every trial, coloured by LR scheduler.",
         _draw_curves,
     ),
-    (
+    Figure(
         "lr",
         "Learning rate vs macro-F1",
         "Final macro-F1 of completed trials against their learning rate; colour is the scheduler, symbol the loss.",
         _draw_lr,
     ),
-    (
+    Figure(
         "effective-lr",
         "Effective learning rate",
         "Best macro-F1 for each learning-rate bin and number of gradient accumulation steps; "
         "accumulation multiplies the batch, so the best LR moves with it.",
         _draw_effective_lr,
     ),
-    (
+    Figure(
         "lr-steps",
         "Learning rate per optimizer step",
         f"The learning rate each of the top {TOP_LR_TRIALS} trials actually used, step by step.",
         _draw_lr_steps,
     ),
-    ("importance", "Hyperparameter importance", "How much each parameter explains macro-F1 (Optuna's get_param_importances).", _draw_importance),
-    ("parallel", "Parallel coordinates", "Each line is a completed trial; drag along an axis to filter.", _draw_parallel),
-    ("per-class", "Best trial: per-class scores", "Precision, recall and F1 of each class at the best trial's best epoch.", _draw_per_class),
-    ("confusion", "Best trial: confusion matrix", "Rows are true classes, columns predictions; colour is the share of the true class.", _draw_confusion),
-    ("timeline", "Timeline", "When each trial ran, coloured by its state.", _draw_timeline),
-    ("top-trials", f"Top {TOP_TRIALS} trials", "Completed trials with the best macro-F1.", _top_table),
+    Figure(
+        "importance",
+        "Hyperparameter importance",
+        "How much each parameter explains macro-F1 (Optuna's get_param_importances).",
+        _draw_importance,
+    ),
+    Figure(
+        "parallel",
+        "Parallel coordinates",
+        "Each line is a completed trial; drag along an axis to filter.",
+        _draw_parallel,
+    ),
+    Figure(
+        "per-class",
+        "Best trial: per-class scores",
+        "Precision, recall and F1 of each class at the best trial's best epoch.",
+        _draw_per_class,
+    ),
+    Figure(
+        "confusion",
+        "Best trial: confusion matrix",
+        "Rows are true classes, columns predictions; colour is the share of the true class.",
+        _draw_confusion,
+    ),
+    Figure("timeline", "Timeline", "When each trial ran, coloured by its state.", _draw_timeline),
 ]
-FIGURE_NAMES = tuple(name for name, *_ in FIGURES)
+FIGURE_NAMES = tuple(figure.name for figure in FIGURES)
 
 
 def _layout(fig: Any, *, xaxis_title: str = "", yaxis_title: str = "", **layout: Any) -> Any:
@@ -1245,6 +1292,19 @@ def _layout(fig: Any, *, xaxis_title: str = "", yaxis_title: str = "", **layout:
         **layout,
     )
     return fig
+
+
+def _log_axis(values: list[float]) -> dict[str, Any]:
+    """A log axis with one labelled tick per decade, spanning at least one whole decade."""
+    logs = [math.log10(v) for v in values if v > 0]
+    low, high = math.floor(min(logs)), math.ceil(max(logs))
+    if low == high:
+        low, high = low - 1, high + 1
+    return {"type": "log", "dtick": 1, "exponentformat": "power", "range": [low - 0.05, high + 0.05]}
+
+
+def _trial_axis(data: ReportData) -> dict[str, Any]:
+    return {"dtick": 1} if data.trials and data.trials[-1].number < 20 else {}
 
 
 def _scheduler_colors(trials: list[TrialSummary]) -> dict[str, str]:

@@ -199,11 +199,11 @@ def recover_orphans(study: optuna.Study) -> list[int]:
         if not _owner_is_dead(trial):
             continue
         try:
+            storage.set_trial_user_attr(trial._trial_id, "reason", "worker died")
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue
-        storage.set_trial_user_attr(trial._trial_id, "reason", "worker died")
         retry_trial(study, trial)
         recovered.append(trial.number)
     return recovered

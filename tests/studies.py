@@ -111,7 +111,9 @@ def make_trial(
         stop_epoch = stop_epoch if stop_epoch is not None else (0 if state == TrialState.WAITING else epochs // 2)
     n_epochs = epochs if stop_epoch is None else min(stop_epoch, epochs)
 
-    val_f1 = [round(target * (1 - 0.8 * math.exp(-0.6 * e)) + rng.uniform(-0.01, 0.01), 4) for e in range(1, epochs + 1)]
+    val_f1 = [
+        round(target * (1 - 0.8 * math.exp(-0.6 * e)) + rng.uniform(-0.01, 0.01), 4) for e in range(1, epochs + 1)
+    ]
     best_epoch = max(range(epochs), key=lambda i: val_f1[i]) + 1
     val_f1 = val_f1[:n_epochs]
     intermediate = {e + 1: v for e, v in enumerate(val_f1)}
@@ -127,7 +129,8 @@ def make_trial(
     steps_per_epoch = 50 // params["accum"]
     total = n_epochs * steps_per_epoch
     every = max(1, math.ceil(total / 500))
-    lr_steps = [[s, params["lr"] * 0.5 * (1 + math.cos(math.pi * s / max(1, epochs * steps_per_epoch)))] for s in range(0, total, every)]
+    cosine = [0.5 * (1 + math.cos(math.pi * s / max(1, epochs * steps_per_epoch))) for s in range(0, total, every)]
+    lr_steps = [[s, params["lr"] * c] for s, c in zip(range(0, total, every), cosine)]
 
     user_attrs: dict[str, Any] = {}
     if not bare:

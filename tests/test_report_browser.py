@@ -5,12 +5,16 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, run_cli
+from lrtune.report import run_report
+from lrtune.study import default_storage_url, open_storage
+from studies import make_study
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 XSS_STUDY = "<img src=x onerror=window.__xss=1>"
+XSS_CLASSES = ["<script>window.__xss=2</script>", "<b>bold</b>", "a&b"]
 SCREENSHOT = ROOT / "test-artifacts" / "report.png"
 # Figures a 4-trial search always fills; the importance may be a note instead when few trials complete.
 ALWAYS_DRAWN = ("history", "curves", "lr", "effective-lr", "lr-steps", "parallel", "per-class", "confusion", "timeline")
@@ -19,6 +23,7 @@ ALL_PLOTS_DRAWN = """
 const plots = [...document.querySelectorAll('.plotly-graph-div')];
 return plots.length > 0 && plots.every(p => p.classList.contains('js-plotly-plot') && p.querySelector('svg.main-svg'));
 """
+TICK_LABELS = "return [...document.querySelectorAll('#plot-confusion .xtick text')].map(t => t.textContent)"
 FIGURES = """
 return [...document.querySelectorAll('div.figure')].map(div => ({
     id: div.id,
@@ -76,12 +81,16 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(report, browser):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser.get(report.resolve().as_uri())
-    WebDriverWait(browser, 60, poll_frequency=0.25).until(lambda d: d.execute_script(ALL_PLOTS_DRAWN))
+    open_report(browser, report)
     save_full_page_screenshot(browser, SCREENSHOT)
     return browser
+
+
+def open_report(driver, path: Path) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(path.resolve().as_uri())
+    WebDriverWait(driver, 60, poll_frequency=0.25).until(lambda d: d.execute_script(ALL_PLOTS_DRAWN))
 
 
 def save_full_page_screenshot(driver, path: Path) -> None:
@@ -131,3 +140,13 @@ def test_study_name_runs_no_code(page):
 
 def test_screenshot_is_saved(page):
     assert SCREENSHOT.is_file() and SCREENSHOT.stat().st_size > 50_000
+
+
+def test_class_names_in_plots_show_as_text(browser, tmp_path):
+    url = default_storage_url(tmp_path)
+    open_storage(url)
+    make_study(url, "classes", 6, classes=XSS_CLASSES)
+    open_report(browser, run_report(url, "classes", str(tmp_path / "r.html"), plotlyjs="inline"))
+
+    assert browser.execute_script(TICK_LABELS) == XSS_CLASSES
+    assert browser.execute_script("return typeof window.__xss") == "undefined"
