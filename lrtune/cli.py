@@ -189,7 +189,7 @@ def cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     progress = Progress(cfg.trials, verbosity=level)
     storage = study_mod.open_storage(cfg.storage or study_mod.default_storage_url(cfg.studies_dir), heartbeat=True)
     with _Signals() as signals:
-        objective = Objective(cfg, study_dir=study_mod.study_dir(cfg, name), stop=signals.flag, progress=progress)
+        objective = Objective(cfg, study_dir=study_mod.study_dir(cfg.studies_dir, name), stop=signals.flag, progress=progress)
         study = study_mod.prepare_study(cfg, objective=objective, storage=storage)
         recovered = study_mod.recover_orphans(study)
         if recovered:
@@ -241,7 +241,7 @@ def _worker_main(cfg_values: dict, name: str, index: int, level: int, device: st
     progress = Progress(cfg.trials, verbosity=level, prefix=f"[worker {index}] ")
     with _Signals() as signals:
         try:
-            objective = Objective(cfg, study_dir=study_mod.study_dir(cfg, name), stop=signals.flag, progress=progress)
+            objective = Objective(cfg, study_dir=study_mod.study_dir(cfg.studies_dir, name), stop=signals.flag, progress=progress)
             storage = study_mod.open_storage(cfg.storage or study_mod.default_storage_url(cfg.studies_dir), heartbeat=True)
             study = optuna.load_study(study_name=name, storage=storage)
             study.sampler = study_mod.create_sampler(cfg.sampler, study_mod.sampler_seed(cfg, study, index))

@@ -24,7 +24,6 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from lrtune.config import Config
 from lrtune.errors import LRTuneError
 from lrtune.study import latest_study_name, load_study, mask_url, open_storage, study_dir
 
@@ -168,7 +167,7 @@ def run_report(
         path = Path(out)
         _check_output_folder(path.parent)
     else:
-        path = study_dir(Config(studies_dir=studies_dir), study.study_name) / REPORT_NAME
+        path = study_dir(studies_dir, study.study_name) / REPORT_NAME
         _make_output_folder(path.parent)
     if path.is_dir():
         raise LRTuneError(f"--out {path} is a folder; give a file name")

@@ -47,7 +47,8 @@ def _prepare_sqlite(url: str) -> None:
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(path, timeout=60) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
     except (sqlite3.Error, OSError) as exc:
         raise LRTuneError(f"cannot open storage {url}: {exc}") from None
 
@@ -110,9 +111,10 @@ def default_study_name(cfg: Config) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{data}-{cfg.model}")
 
 
-def study_dir(cfg: Config, study_name: str) -> Path:
-    """Artifacts of one study: report, trial checkpoints and weights."""
-    return Path(cfg.studies_dir) / re.sub(r"[^A-Za-z0-9._-]+", "_", study_name)
+def study_dir(studies_dir: str | Path, study_name: str) -> Path:
+    """Artifacts of one study (report, trial checkpoints and weights), always inside ``studies_dir``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", study_name).lstrip(".") or "_"
+    return Path(studies_dir) / safe
 
 
 # -- samplers and pruners ----------------------------------------------------
@@ -326,7 +328,7 @@ def optimize(
         catch=(TrialFailed,),
         callbacks=[
             progress,
-            keep_weights(cfg, study_dir(cfg, study.study_name)),
+            keep_weights(cfg, study_dir(cfg.studies_dir, study.study_name)),
             optuna.study.MaxTrialsCallback(cfg.trials, states=FINISHED),
             stop_when_asked,
         ],
