@@ -342,6 +342,9 @@ def format_summary(study: Any, top: int = 5) -> str:
             lines.append(f"baseline (trial {baseline[0].number}): macro-F1 {baseline[0].value:.4f}, gain {b.value - baseline[0].value:+.4f}")
     else:
         lines.append("no finished trials yet")
+    speeds = sorted(t.user_attrs["images_per_s"] for t in trials if t.user_attrs.get("images_per_s"))
+    if speeds:
+        lines.append(f"training throughput: {speeds[len(speeds) // 2]:.0f} images/s (median over {len(speeds)} trials)")
     return "\n".join(lines)
 
 

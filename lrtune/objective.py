@@ -7,6 +7,7 @@ import math
 import os
 import random
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -88,6 +89,8 @@ class RunState:
         default_factory=lambda: {k: [] for k in ("epoch", "train_loss", "val_loss", "val_f1", "val_acc", "lr")}
     )
     lr_steps: list[list[float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    train_images: int = 0
 
 
 class Objective:
@@ -231,6 +234,7 @@ class Objective:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             seed_everything(epoch_seed(seed, epoch))
             loader.dataset.reseed(epoch_seed(seed, epoch))
+            started = time.perf_counter()
             result = train_one_epoch(
                 model,
                 loader,
@@ -243,6 +247,8 @@ class Objective:
                 scaler=scaler,
                 should_stop=self.stop,
             )
+            state.train_seconds += time.perf_counter() - started
+            state.train_images += result.images
             previous = [v for v in state.curves["train_loss"]]
             if previous and result.train_loss > cfg.diverge_factor * min(previous):
                 raise Diverged(
@@ -275,6 +281,7 @@ class Objective:
             trial.set_user_attr("curves", state.curves)
             trial.set_user_attr("lr_steps", thin(state.lr_steps))
             trial.set_user_attr("best", state.best)
+            trial.set_user_attr("images_per_s", round(state.train_images / max(state.train_seconds, 1e-9), 1))
             checkpoints.save(
                 folder / checkpoints.LAST,
                 {

@@ -76,6 +76,7 @@ class EpochResult:
     train_loss: float
     step: int  # the global optimizer step count after this epoch
     lrs: list[float]  # the LR of each optimizer step taken in this epoch
+    images: int = 0  # images trained on
 
 
 def train_one_epoch(
@@ -133,7 +134,7 @@ def train_one_epoch(
     train_loss = (loss_sum / max(n_seen, 1)).item()
     if not math.isfinite(train_loss):
         raise Diverged(f"non-finite train loss ({train_loss})")
-    return EpochResult(train_loss=train_loss, step=step, lrs=lrs)
+    return EpochResult(train_loss=train_loss, step=step, lrs=lrs, images=n_seen)
 
 
 @dataclass

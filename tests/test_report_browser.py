@@ -1,5 +1,6 @@
 """The report of a real (tiny) search, opened in headless Chromium."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,8 @@ def report(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing and os.environ.get("LRTUNE_REQUIRE_BROWSER"):
+        pytest.fail(f"LRTUNE_REQUIRE_BROWSER is set but {' and '.join(missing)} is missing")
     if missing:
         pytest.skip(f"headless browser test needs {' and '.join(missing)} (Debian packages chromium, chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
