@@ -91,6 +91,7 @@ class RunState:
     lr_steps: list[list[float]] = field(default_factory=list)
     train_seconds: float = 0.0
     train_images: int = 0
+    best_saved: bool = False  # best.pt holds the best epoch's weights
 
 
 class Objective:
@@ -231,57 +232,79 @@ class Objective:
                 trial.report(value, int(epoch))
             trial.set_user_attr("resumed_at_epoch", state.epoch + 1)
 
-        for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            seed_everything(epoch_seed(seed, epoch))
-            loader.dataset.reseed(epoch_seed(seed, epoch))
-            started = time.perf_counter()
-            result = train_one_epoch(
-                model,
-                loader,
-                optimizer,
-                loss_fn,
-                schedule=schedule,
-                step=state.step,
-                accum_steps=params.accum,
-                precision=precision,
-                scaler=scaler,
-                should_stop=self.stop,
-            )
-            state.train_seconds += time.perf_counter() - started
-            state.train_images += result.images
-            previous = [v for v in state.curves["train_loss"]]
-            if previous and result.train_loss > cfg.diverge_factor * min(previous):
-                raise Diverged(
-                    f"train loss {result.train_loss:.4g} at epoch {epoch} is over "
-                    f"{cfg.diverge_factor:g}x its best ({min(previous):.4g})"
+        # The best epoch's weights, kept in memory; written to best.pt only when a
+        # later epoch stops matching them (or at the end), since until then the
+        # epoch's last.pt holds the same weights.
+        best_weights = None
+        if cfg.keep != "none" and state.best and state.best.get("epoch") == state.epoch and not state.best_saved:
+            best_weights = _snapshot(model)
+        try:
+            for epoch in range(state.epoch + 1, cfg.epochs + 1):
+                best_weights = self._epoch(
+                    trial, params, epoch, seed, state, model, loader, optimizer, schedule, loss_fn, scaler, best_weights, folder
                 )
-            ev = evaluate(
-                model,
-                iter_eval_batches(self.imageset, self.val_idx, max(cfg.batch_size, EVAL_BATCH)),
-                n_classes=self.n_classes,
-                precision=precision,
+            if best_weights is not None and not state.best_saved:
+                checkpoints.save(folder / checkpoints.BEST, self._weights(best_weights, trial, params, state))
+                state.best_saved = True
+        finally:
+            self._publish(trial, state)
+        return state.best_value
+
+    def _epoch(self, trial, params, epoch, seed, state, model, loader, optimizer, schedule, loss_fn, scaler, best_weights, folder):
+        """Train, validate, record and checkpoint one epoch; prune if the pruner says so."""
+        cfg, precision = self.cfg, self.precision
+        seed_everything(epoch_seed(seed, epoch))
+        loader.dataset.reseed(epoch_seed(seed, epoch))
+        started = time.perf_counter()
+        result = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            loss_fn,
+            schedule=schedule,
+            step=state.step,
+            accum_steps=params.accum,
+            precision=precision,
+            scaler=scaler,
+            should_stop=self.stop,
+        )
+        state.train_seconds += time.perf_counter() - started
+        state.train_images += result.images
+        previous = state.curves["train_loss"]
+        if previous and result.train_loss > cfg.diverge_factor * min(previous):
+            raise Diverged(
+                f"train loss {result.train_loss:.4g} at epoch {epoch} is over "
+                f"{cfg.diverge_factor:g}x its best ({min(previous):.4g})"
             )
-            schedule.epoch_end(ev.macro_f1)
-            state.lr_steps.extend([[state.step + i, lr] for i, lr in enumerate(result.lrs)])
-            state.epoch, state.step = epoch, result.step
-            for key, value in (
-                ("epoch", epoch),
-                ("train_loss", result.train_loss),
-                ("val_loss", ev.loss),
-                ("val_f1", ev.macro_f1),
-                ("val_acc", ev.accuracy),
-                ("lr", result.lrs[-1] if result.lrs else schedule.lr(state.step)),
-            ):
-                state.curves[key].append(round(float(value), 8) if key != "epoch" else epoch)
-            if ev.macro_f1 > state.best_value:
-                state.best_value, state.best = ev.macro_f1, ev.summary(epoch)
-                if cfg.keep != "none":
-                    checkpoints.save(folder / checkpoints.BEST, self._weights(model, trial, params, epoch, ev.macro_f1))
-            trial.report(ev.macro_f1, epoch)
-            trial.set_user_attr("curves", state.curves)
-            trial.set_user_attr("lr_steps", thin(state.lr_steps))
-            trial.set_user_attr("best", state.best)
-            trial.set_user_attr("images_per_s", round(state.train_images / max(state.train_seconds, 1e-9), 1))
+        ev = evaluate(
+            model,
+            iter_eval_batches(self.imageset, self.val_idx, max(cfg.batch_size, EVAL_BATCH)),
+            n_classes=self.n_classes,
+            precision=precision,
+        )
+        schedule.epoch_end(ev.macro_f1)
+        state.lr_steps.extend([[state.step + i, lr] for i, lr in enumerate(result.lrs)])
+        state.epoch, state.step = epoch, result.step
+        for key, value in (
+            ("epoch", epoch),
+            ("train_loss", result.train_loss),
+            ("val_loss", ev.loss),
+            ("val_f1", ev.macro_f1),
+            ("val_acc", ev.accuracy),
+            ("lr", result.lrs[-1] if result.lrs else schedule.lr(state.step)),
+        ):
+            state.curves[key].append(round(float(value), 8) if key != "epoch" else epoch)
+        if ev.macro_f1 > state.best_value:
+            state.best_value, state.best = ev.macro_f1, ev.summary(epoch)
+            state.best_saved = False
+            best_weights = _snapshot(model) if cfg.keep != "none" else None
+        elif best_weights is not None and not state.best_saved:
+            # last.pt is about to move past the best epoch: persist its weights first.
+            checkpoints.save(folder / checkpoints.BEST, self._weights(best_weights, trial, params, state))
+            state.best_saved = True
+        trial.report(ev.macro_f1, epoch)
+        trial.set_user_attr("curves", state.curves)
+        if epoch < cfg.epochs:  # after the last epoch the trial ends; nothing to continue from
             checkpoints.save(
                 folder / checkpoints.LAST,
                 {
@@ -292,20 +315,30 @@ class Objective:
                     "run": state.__dict__,
                 },
             )
-            if self.progress is not None:
-                self.progress.epoch(trial.number, epoch, cfg.epochs, ev.macro_f1)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-        return state.best_value
+        if self.progress is not None:
+            self.progress.epoch(trial.number, epoch, cfg.epochs, ev.macro_f1)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+        return best_weights
 
-    def _weights(self, model: torch.nn.Module, trial: optuna.Trial, params: TrialParams, epoch: int, value: float) -> dict:
+    def _publish(self, trial: optuna.Trial, state: RunState) -> None:
+        """The trial's summary attributes, written once when it ends."""
+        trial.set_user_attr("lr_steps", thin(state.lr_steps))
+        trial.set_user_attr("best", state.best)
+        trial.set_user_attr("images_per_s", round(state.train_images / max(state.train_seconds, 1e-9), 1))
+
+    def _weights(self, weights: dict, trial: optuna.Trial, params: TrialParams, state: RunState) -> dict:
         return {
             "model": self.cfg.model,
-            "state_dict": model.state_dict(),
+            "state_dict": weights,
             "classes": list(self.imageset.classes),
             "image_size": effective_image_size(self.cfg),
             "params": params.to_dict(),
             "trial": trial.number,
-            "epoch": epoch,
-            "macro_f1": value,
+            "epoch": state.best["epoch"],
+            "macro_f1": state.best_value,
         }
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
