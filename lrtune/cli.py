@@ -348,14 +348,23 @@ def format_summary(study: Any, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _open(args: argparse.Namespace) -> tuple[Config, Any]:
-    cfg = resolve_config(args)
+def _existing_storage_url(cfg: Config) -> str:
+    """The storage to read; the default SQLite file must exist already (reading never creates one)."""
     from lrtune import study as study_mod
 
-    url = cfg.storage or study_mod.default_storage_url(cfg.studies_dir)
-    if url == study_mod.default_storage_url(cfg.studies_dir) and not Path(cfg.studies_dir, study_mod.DB_NAME).is_file():
-        raise LRTuneError(f"no study database at {Path(cfg.studies_dir, study_mod.DB_NAME)}; run `lrtune search` first")
-    return cfg, study_mod.open_storage(url)
+    if cfg.storage:
+        return cfg.storage
+    path = Path(cfg.studies_dir, study_mod.DB_NAME)
+    if not path.is_file():
+        raise LRTuneError(f"no study database at {path}; run `lrtune search` first")
+    return study_mod.default_storage_url(cfg.studies_dir)
+
+
+def _open(args: argparse.Namespace) -> tuple[Config, Any]:
+    from lrtune import study as study_mod
+
+    cfg = resolve_config(args)
+    return cfg, study_mod.open_storage(_existing_storage_url(cfg))
 
 
 def _pick_study(cfg: Config, storage: Any) -> Any:
@@ -429,13 +438,9 @@ def cmd_show(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _quiet_libraries(verbosity(args))
     cfg = resolve_config(args)
-    from lrtune import study as study_mod
     from lrtune.report import run_report
 
-    url = cfg.storage or study_mod.default_storage_url(cfg.studies_dir)
-    if url == study_mod.default_storage_url(cfg.studies_dir) and not Path(cfg.studies_dir, study_mod.DB_NAME).is_file():
-        raise LRTuneError(f"no study database at {Path(cfg.studies_dir, study_mod.DB_NAME)}; run `lrtune search` first")
-    path = run_report(url, cfg.study or None, args.out, studies_dir=cfg.studies_dir, plotlyjs=args.plotlyjs)
+    path = run_report(_existing_storage_url(cfg), cfg.study or None, args.out, studies_dir=cfg.studies_dir, plotlyjs=args.plotlyjs)
     print(path)
     return 0
 
