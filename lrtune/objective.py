@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import os
@@ -222,8 +223,8 @@ class Objective:
 
         if retry_of is not None and checkpoints.adopt(self.study_dir, int(retry_of), trial.number):
             saved = checkpoints.load(folder / checkpoints.LAST, precision.device)
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
+            model.load_state_dict(checkpoints.unpack(saved["model"]))
+            optimizer.load_state_dict(checkpoints.unpack(saved["optimizer"]))
             schedule.load_state_dict(saved["schedule"])
             if scaler is not None and saved.get("scaler"):
                 scaler.load_state_dict(saved["scaler"])
@@ -238,19 +239,24 @@ class Objective:
         best_weights = None
         if cfg.keep != "none" and state.best and state.best.get("epoch") == state.epoch and not state.best_saved:
             best_weights = _snapshot(model)
+        writer = checkpoints.Writer()
         try:
             for epoch in range(state.epoch + 1, cfg.epochs + 1):
                 best_weights = self._epoch(
-                    trial, params, epoch, seed, state, model, loader, optimizer, schedule, loss_fn, scaler, best_weights, folder
+                    trial, params, epoch, seed, state, model, loader, optimizer, schedule, loss_fn, scaler,
+                    best_weights, folder, writer,
                 )
             if best_weights is not None and not state.best_saved:
                 checkpoints.save(folder / checkpoints.BEST, self._weights(best_weights, trial, params, state))
                 state.best_saved = True
         finally:
+            writer.wait()
             self._publish(trial, state)
         return state.best_value
 
-    def _epoch(self, trial, params, epoch, seed, state, model, loader, optimizer, schedule, loss_fn, scaler, best_weights, folder):
+    def _epoch(
+        self, trial, params, epoch, seed, state, model, loader, optimizer, schedule, loss_fn, scaler, best_weights, folder, writer
+    ):
         """Train, validate, record and checkpoint one epoch; prune if the pruner says so."""
         cfg, precision = self.cfg, self.precision
         seed_everything(epoch_seed(seed, epoch))
@@ -300,26 +306,33 @@ class Objective:
             best_weights = _snapshot(model) if cfg.keep != "none" else None
         elif best_weights is not None and not state.best_saved:
             # last.pt is about to move past the best epoch: persist its weights first.
+            writer.wait()
             checkpoints.save(folder / checkpoints.BEST, self._weights(best_weights, trial, params, state))
             state.best_saved = True
         trial.report(ev.macro_f1, epoch)
         trial.set_user_attr("curves", state.curves)
         if epoch < cfg.epochs:  # after the last epoch the trial ends; nothing to continue from
-            checkpoints.save(
+            writer.save(
                 folder / checkpoints.LAST,
                 {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                    "run": state.__dict__,
+                    "model": checkpoints.pack(model.state_dict()),
+                    "optimizer": checkpoints.pack(optimizer.state_dict()),
+                    "schedule": copy.deepcopy(schedule.state_dict()),
+                    "scaler": copy.deepcopy(scaler.state_dict()) if scaler is not None else {},
+                    "run": copy.deepcopy(state.__dict__),
                 },
             )
         if self.progress is not None:
             self.progress.epoch(trial.number, epoch, cfg.epochs, ev.macro_f1)
-        if trial.should_prune():
+        if self.prunes(trial) and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
         return best_weights
+
+    @staticmethod
+    def prunes(trial: optuna.Trial) -> bool:
+        """False when the study's pruner never prunes, which spares asking it every epoch."""
+        study = getattr(trial, "study", None)
+        return study is None or not isinstance(study.pruner, optuna.pruners.NopPruner)
 
     def _publish(self, trial: optuna.Trial, state: RunState) -> None:
         """The trial's summary attributes, written once when it ends."""

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from helpers import cli_env, load, lrtune_cmd, run_cli, states, ROOT
+from helpers import ROOT, cli_env, load, lrtune_cmd, run_cli, states
+from lrtune import checkpoints
 
 NAME = "digits-lt-test_resnet"
 
@@ -37,6 +38,16 @@ def wait_for(proc, needle, timeout=180):
     raise AssertionError(f"never saw {needle!r}; stderr was:\n{''.join(seen)}")
 
 
+def wait_for_checkpoint(path, epoch, timeout=30):
+    """Until the checkpoint at ``path`` holds ``epoch`` (checkpoints are written in the background)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and checkpoints.load(path)["run"]["epoch"] >= epoch:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{path} never reached epoch {epoch}")
+
+
 def finished(study):
     return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
 
@@ -46,7 +57,8 @@ SEARCH = ["--trials", "3", "--epochs", "5", "--pruner", "none", "--batch-size", 
 
 def test_sigkill_mid_trial_then_the_same_command_resumes_the_trial_at_its_next_epoch(tmp_path):
     proc = start(tmp_path, *SEARCH)
-    wait_for(proc, "trial 1 epoch 3/5")  # trial 1 has checkpointed epoch 3 and is in its 4th
+    wait_for(proc, "trial 1 epoch 3/5")
+    wait_for_checkpoint(tmp_path / NAME / "trials" / "1" / "last.pt", epoch=3)  # trial 1 is in its 4th epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     killed = load(tmp_path, NAME)
