@@ -179,15 +179,26 @@ def cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
     cfg = resolve_config(args)
     level = verbosity(args)
     _quiet_libraries(level)
+    from optuna.trial import TrialState
+
     from lrtune import study as study_mod
-    from lrtune.objective import Objective
     from lrtune.progress import Progress
-    from lrtune.train import Interrupted
 
     study_mod.check_names(cfg)
     name = cfg.study or study_mod.default_study_name(cfg)
     progress = Progress(cfg.trials, verbosity=level)
     storage = study_mod.open_storage(cfg.storage or study_mod.default_storage_url(cfg.studies_dir), heartbeat=True)
+    if name in study_mod.study_names(storage):
+        existing = study_mod.load_study(storage, name)
+        study_mod.check_config(existing, cfg)
+        done = study_mod.count_finished(existing)
+        if done >= cfg.trials and not existing.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            progress.message(f"study {name!r} already has {done} finished trials (--trials {cfg.trials}); nothing to run")
+            print(format_summary(existing))
+            return 0
+    from lrtune.objective import Objective  # imports torch, timm and albumentations: after the early exit
+    from lrtune.train import Interrupted
+
     with _Signals() as signals:
         objective = Objective(cfg, study_dir=study_mod.study_dir(cfg.studies_dir, name), stop=signals.flag, progress=progress)
         study = study_mod.prepare_study(cfg, objective=objective, storage=storage)
