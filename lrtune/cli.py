@@ -196,8 +196,11 @@ def cmd_search(args: argparse.Namespace, argv: Sequence[str]) -> int:
             progress.message(f"study {name!r} already has {done} finished trials (--trials {cfg.trials}); nothing to run")
             print(format_summary(existing))
             return 0
+    from lrtune import data
     from lrtune.objective import Objective  # imports torch, timm and albumentations: after the early exit
     from lrtune.train import Interrupted
+
+    data.SHOW_PROGRESS = level > 0
 
     with _Signals() as signals:
         objective = Objective(cfg, study_dir=study_mod.study_dir(cfg.studies_dir, name), stop=signals.flag, progress=progress)
@@ -244,11 +247,13 @@ def _worker_main(cfg_values: dict, name: str, index: int, level: int, device: st
         # Workers share the CPU's cores instead of each spawning a thread per core.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
 
+    from lrtune import data
     from lrtune import study as study_mod
     from lrtune.objective import Objective
     from lrtune.progress import Progress
     from lrtune.train import Interrupted
 
+    data.SHOW_PROGRESS = False  # the parent process shows its own decoding progress
     progress = Progress(cfg.trials, verbosity=level, prefix=f"[worker {index}] ")
     with _Signals() as signals:
         try:

@@ -281,9 +281,12 @@ def _bad_image_error(path: Path) -> LRTuneError:
     return LRTuneError(f"cannot decode image {path}; fix or remove it, or pass --skip-bad-images to skip it")
 
 
+SHOW_PROGRESS = True  # the CLI turns it off under -q
+
+
 def _show_progress(what: str, done: int, total: int) -> None:
     """A counter on stderr, shown only when stderr is a terminal."""
-    if not sys.stderr.isatty() or (done % max(1, total // 100) and done != total):
+    if not SHOW_PROGRESS or not sys.stderr.isatty() or (done % max(1, total // 100) and done != total):
         return
     sys.stderr.write(f"\r{what}: {done}/{total} images" + ("\n" if done == total else ""))
     sys.stderr.flush()
