@@ -95,6 +95,25 @@ class RunState:
     best_saved: bool = False  # best.pt holds the best epoch's weights
 
 
+@dataclass
+class TrialRun:
+    """Everything one trial trains with, built once by ``Objective._run``."""
+
+    trial: optuna.Trial
+    params: TrialParams
+    seed: int
+    folder: Path
+    model: torch.nn.Module
+    loader: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    loss_fn: torch.nn.Module
+    scaler: torch.amp.GradScaler | None
+    state: RunState
+    writer: checkpoints.Writer
+    best_weights: dict[str, torch.Tensor] | None = None  # the best epoch's weights while not yet in best.pt
+
+
 class Objective:
     """Callable objective: ``study.optimize(Objective(cfg, study_dir=...))``.
 
@@ -233,45 +252,42 @@ class Objective:
                 trial.report(value, int(epoch))
             trial.set_user_attr("resumed_at_epoch", state.epoch + 1)
 
-        # The best epoch's weights, kept in memory; written to best.pt only when a
-        # later epoch stops matching them (or at the end), since until then the
+        # The best epoch's weights stay in memory and are written to best.pt only
+        # when a later epoch stops matching them (or at the end): until then the
         # epoch's last.pt holds the same weights.
-        best_weights = None
+        run = TrialRun(trial, params, seed, folder, model, loader, optimizer, schedule, loss_fn, scaler, state,
+                       checkpoints.Writer())
         if cfg.keep != "none" and state.best and state.best.get("epoch") == state.epoch and not state.best_saved:
-            best_weights = _snapshot(model)
-        writer = checkpoints.Writer()
+            run.best_weights = _snapshot(model)
         try:
             for epoch in range(state.epoch + 1, cfg.epochs + 1):
-                best_weights = self._epoch(
-                    trial, params, epoch, seed, state, model, loader, optimizer, schedule, loss_fn, scaler,
-                    best_weights, folder, writer,
-                )
-            if best_weights is not None and not state.best_saved:
-                checkpoints.save(folder / checkpoints.BEST, self._weights(best_weights, trial, params, state))
+                self._epoch(run, epoch)
+            if run.best_weights is not None and not state.best_saved:
+                checkpoints.save(folder / checkpoints.BEST, self._weights(run))
                 state.best_saved = True
         finally:
-            writer.wait()
+            run.writer.wait()
             self._publish(trial, state)
         return state.best_value
 
-    def _epoch(
-        self, trial, params, epoch, seed, state, model, loader, optimizer, schedule, loss_fn, scaler, best_weights, folder, writer
-    ):
+    def _epoch(self, run: TrialRun, epoch: int) -> None:
         """Train, validate, record and checkpoint one epoch; prune if the pruner says so."""
         cfg, precision = self.cfg, self.precision
+        trial, state, model, schedule = run.trial, run.state, run.model, run.schedule
+        seed, loader = run.seed, run.loader
         seed_everything(epoch_seed(seed, epoch))
         loader.dataset.reseed(epoch_seed(seed, epoch))
         started = time.perf_counter()
         result = train_one_epoch(
             model,
             loader,
-            optimizer,
-            loss_fn,
+            run.optimizer,
+            run.loss_fn,
             schedule=schedule,
             step=state.step,
-            accum_steps=params.accum,
+            accum_steps=run.params.accum,
             precision=precision,
-            scaler=scaler,
+            scaler=run.scaler,
             should_stop=self.stop,
         )
         state.train_seconds += time.perf_counter() - started
@@ -303,22 +319,22 @@ class Objective:
         if ev.macro_f1 > state.best_value:
             state.best_value, state.best = ev.macro_f1, ev.summary(epoch)
             state.best_saved = False
-            best_weights = _snapshot(model) if cfg.keep != "none" else None
-        elif best_weights is not None and not state.best_saved:
+            run.best_weights = _snapshot(model) if cfg.keep != "none" else None
+        elif run.best_weights is not None and not state.best_saved:
             # last.pt is about to move past the best epoch: persist its weights first.
-            writer.wait()
-            checkpoints.save(folder / checkpoints.BEST, self._weights(best_weights, trial, params, state))
+            run.writer.wait()
+            checkpoints.save(run.folder / checkpoints.BEST, self._weights(run))
             state.best_saved = True
         trial.report(ev.macro_f1, epoch)
         trial.set_user_attr("curves", state.curves)
         if epoch < cfg.epochs:  # after the last epoch the trial ends; nothing to continue from
-            writer.save(
-                folder / checkpoints.LAST,
+            run.writer.save(
+                run.folder / checkpoints.LAST,
                 {
                     "model": checkpoints.pack(model.state_dict()),
-                    "optimizer": checkpoints.pack(optimizer.state_dict()),
+                    "optimizer": checkpoints.pack(run.optimizer.state_dict()),
                     "schedule": copy.deepcopy(schedule.state_dict()),
-                    "scaler": copy.deepcopy(scaler.state_dict()) if scaler is not None else {},
+                    "scaler": copy.deepcopy(run.scaler.state_dict()) if run.scaler is not None else {},
                     "run": copy.deepcopy(state.__dict__),
                 },
             )
@@ -326,7 +342,6 @@ class Objective:
             self.progress.epoch(trial.number, epoch, cfg.epochs, ev.macro_f1)
         if self.prunes(trial) and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-        return best_weights
 
     @staticmethod
     def prunes(trial: optuna.Trial) -> bool:
@@ -340,16 +355,17 @@ class Objective:
         trial.set_user_attr("best", state.best)
         trial.set_user_attr("images_per_s", round(state.train_images / max(state.train_seconds, 1e-9), 1))
 
-    def _weights(self, weights: dict, trial: optuna.Trial, params: TrialParams, state: RunState) -> dict:
+    def _weights(self, run: TrialRun) -> dict:
+        """best.pt: the best epoch's weights and what is needed to use them."""
         return {
             "model": self.cfg.model,
-            "state_dict": weights,
+            "state_dict": run.best_weights,
             "classes": list(self.imageset.classes),
             "image_size": effective_image_size(self.cfg),
-            "params": params.to_dict(),
-            "trial": trial.number,
-            "epoch": state.best["epoch"],
-            "macro_f1": state.best_value,
+            "params": run.params.to_dict(),
+            "trial": run.trial.number,
+            "epoch": run.state.best["epoch"],
+            "macro_f1": run.state.best_value,
         }
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 from PIL import Image
 
-from helpers import FAST, load, run_cli, states
+from helpers import FAST, load, run_cli
 from lrtune.cli import main
 
 
