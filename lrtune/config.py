@@ -195,6 +195,13 @@ def validate(cfg: Config) -> None:
         raise LRTuneError("--schedulers must name at least one scheduler")
     if not cfg.losses:
         raise LRTuneError("--losses must name at least one loss")
+    for name in ("num_workers", "pruner_warmup", "weight_decay", "warmup_epochs"):
+        if getattr(cfg, name) < 0:
+            raise LRTuneError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name):g}")
+    if not 0 <= cfg.momentum < 1:
+        raise LRTuneError(f"--momentum must be in [0, 1), got {cfg.momentum:g}")
+    if cfg.diverge_factor <= 1:
+        raise LRTuneError(f"--diverge-factor must be greater than 1, got {cfg.diverge_factor:g}")
     for name in ("hflip", "affine", "color", "rare_affine"):
         p = getattr(cfg, name)
         if not (0 <= p <= 1 or (name == "hflip" and p == -1)):

@@ -163,9 +163,10 @@ class Objective:
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("effective_batch", self.cfg.batch_size * params.accum)
         folder = checkpoints.trial_dir(self.study_dir, trial.number)
+        failure = None
         try:
             value = self._run(trial, params, seed, attrs.get("retry_of"), folder)
-        except Interrupted:
+        except (Interrupted, KeyboardInterrupt):
             trial.set_user_attr("reason", "interrupted")
             self._enqueue_retry(trial, seed)
             raise
@@ -182,11 +183,14 @@ class Objective:
             checkpoints.remove(self.study_dir, trial.number)
             raise
         except torch.cuda.OutOfMemoryError as exc:
-            self._fail(trial, f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'CUDA'}")
+            failure = f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'CUDA'}"
         except Exception as exc:
-            self._fail(trial, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
+            failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        if failure is not None:
+            # Outside the except clause the failed run's frames, and with them its
+            # model and optimizer, are no longer held by the traceback.
+            self._fail(trial, failure)
         self.consecutive_failures = 0
-        trial.set_user_attr("reason", "")
         checkpoints.remove(self.study_dir, trial.number, keep_best=self.cfg.keep != "none")
         return value
 

@@ -270,6 +270,7 @@ def keep_weights(cfg: Config, folder: Path) -> Callable[[optuna.Study, FrozenTri
 
 def prepare_study(cfg: Config, *, objective: Any, storage: RDBStorage) -> optuna.Study:
     """Create or load the study, check its config, record the dataset and queue the baseline."""
+    from lrtune.data import class_counts
     from lrtune.space import baseline_params
 
     name = cfg.study or default_study_name(cfg)
@@ -295,8 +296,8 @@ def prepare_study(cfg: Config, *, objective: Any, storage: RDBStorage) -> optuna
                 "classes": list(imageset.classes),
                 "n_train": int(len(objective.train_idx)),
                 "n_val": int(len(objective.val_idx)),
-                "train_counts": [int(c) for c in _bincount(imageset.labels[objective.train_idx], n)],
-                "val_counts": [int(c) for c in _bincount(imageset.labels[objective.val_idx], n)],
+                "train_counts": class_counts(imageset.labels[objective.train_idx], n).tolist(),
+                "val_counts": class_counts(imageset.labels[objective.val_idx], n).tolist(),
                 "image_size": int(imageset.images.shape[1]),
                 "skipped": list(imageset.skipped),
             },
@@ -311,12 +312,6 @@ def prepare_study(cfg: Config, *, objective: Any, storage: RDBStorage) -> optuna
 def sampler_seed(cfg: Config, study: optuna.Study, worker: int = 0) -> int:
     """A seed that differs per run and per worker, so a resumed random sampler does not replay old points."""
     return cfg.seed + len(study.get_trials(deepcopy=False)) + 7919 * worker
-
-
-def _bincount(labels: Any, n: int) -> list[int]:
-    import numpy as np
-
-    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n).tolist()
 
 
 def optimize(

@@ -51,6 +51,10 @@ def test_booleans_and_lists_from_strings():
         ({"balance": "magic"}, "unknown balance 'magic'"),
         ({"accum": "0,2"}, "--accum must list positive"),
         ({"val_fraction": "1.5"}, "--val-fraction"),
+        ({"num_workers": "-1"}, "--num-workers must not be negative, got -1"),
+        ({"warmup_epochs": "-0.5"}, "--warmup-epochs must not be negative"),
+        ({"momentum": "1.2"}, "--momentum must be in"),
+        ({"diverge_factor": "0.5"}, "--diverge-factor must be greater than 1"),
     ],
 )
 def test_bad_values_name_the_culprit(given, message):
