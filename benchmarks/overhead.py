@@ -2,12 +2,16 @@
 
 Both sides train the same timm model on the same cached, augmented data for
 the same epochs with the same LR schedule, and validate after every epoch. The
-lrtune side is a real trial of a real study in SQLite (lrtune's storage
-settings): it also reports to Optuna, stores curves, writes checkpoints and
-keeps the best weights. The
-runs alternate (bare, lrtune, bare, lrtune, ...) so both see the same machine.
+lrtune side is a real trial of a real study in SQLite, opened as a search
+opens it (WAL, heartbeats): it also reports to Optuna every epoch, stores
+curves and metrics, writes a checkpoint every epoch and keeps the best weights.
+Both start from the same seed, so they train on the same batches with the same
+augmentations and reach the same macro-F1. Runs alternate (bare, lrtune, bare,
+..., bare), and each lrtune trial is compared with the mean of the bare runs
+on either side of it, so a machine that drifts slower or faster over the
+minutes does not bias the ratio.
 
-    python benchmarks/overhead.py [--repeats 5] [--epochs 10]
+    python benchmarks/overhead.py [--repeats 11] [--epochs 10]
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
+from dataclasses import replace
 
 import optuna
 import torch
+from optuna.trial import TrialState
 from sklearn.metrics import f1_score
 
 from lrtune.config import Config, effective_hflip, effective_image_size
@@ -29,26 +34,29 @@ from lrtune.data import iter_eval_batches, load_imageset, make_train_loader, spl
 from lrtune.models import create_model
 from lrtune.objective import Objective, epoch_seed, seed_everything
 from lrtune.space import BASELINE
-from lrtune.study import create_pruner, open_storage
+from lrtune.progress import Progress
+from lrtune.study import FINISHED, default_storage_url, open_storage, optimize, prepare_study, study_dir
+
+BARE_SEED = 0
 
 
 def bare_loop(cfg: Config) -> float:
-    """The plainest correct loop: AdamW, cosine LR per step, CE, validation macro-F1 per epoch."""
+    """The plainest correct loop: AdamW (fused, as lrtune uses it), cosine LR per step, CE, validation macro-F1 per epoch."""
     images = load_imageset(cfg.data, image_size=effective_image_size(cfg))
     train_idx, val_idx = split_indices(images, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    seed_everything(0)
+    seed_everything(BARE_SEED)
     model = create_model(cfg.model, num_classes=len(images.classes))
     loader = make_train_loader(
         images, train_idx, batch_size=cfg.batch_size, balance="none", hflip=effective_hflip(cfg),
         affine=cfg.affine, color=cfg.color, rare_affine=cfg.rare_affine,
     )
     lr = BASELINE["lr"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True)
     total = cfg.epochs * len(loader)
     step, best = 0, 0.0
     for epoch in range(1, cfg.epochs + 1):
-        seed_everything(epoch_seed(0, epoch))
-        loader.dataset.reseed(epoch_seed(0, epoch))
+        seed_everything(epoch_seed(BARE_SEED, epoch))
+        loader.dataset.reseed(epoch_seed(BARE_SEED, epoch))
         model.train()
         for x, y in loader:
             for group in optimizer.param_groups:
@@ -68,28 +76,27 @@ def bare_loop(cfg: Config) -> float:
     return best
 
 
-def lrtune_trial(objective: Objective, cfg: Config, storage: str, number: int) -> tuple[float, float]:
-    """One trial of a real SQLite study (baseline parameters), and its wall time.
+def lrtune_trial(study: optuna.Study, objective: Objective, cfg: Config) -> tuple[float, float]:
+    """One more trial (baseline parameters) of a real search, and its wall time.
 
-    The objective is built once, as a search builds it once for all its trials;
-    the timing covers everything a trial costs: ask, training, reports,
-    checkpoints, attributes and tell.
+    The study and the objective are built once, as a search builds them once for
+    all its trials. The timing covers everything a trial costs in
+    ``lrtune.study.optimize``, the loop ``lrtune search`` runs: ask, training,
+    reports, checkpoints, attributes, tell and the study callbacks.
     """
-    study = optuna.create_study(
-        study_name=f"run{number}",
-        storage=storage,
-        direction="maximize",
-        pruner=create_pruner(cfg.pruner, warmup=cfg.pruner_warmup, epochs=cfg.epochs),
-    )
-    study.enqueue_trial(dict(BASELINE))
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):  # else the new study's own baseline
+        # The bare loop's seed: the same initial weights, batches and augmentations.
+        study.enqueue_trial(dict(BASELINE), user_attrs={"seed": BARE_SEED})
+    budget = replace(cfg, trials=len(study.get_trials(deepcopy=False, states=FINISHED)) + 1)
     start = time.perf_counter()
-    study.optimize(objective, n_trials=1)
-    return time.perf_counter() - start, study.best_value
+    optimize(study, objective, budget, stop=lambda: False, progress=Progress(budget.trials, verbosity=0))
+    elapsed = time.perf_counter() - start
+    return elapsed, study.get_trials(deepcopy=False)[-1].value
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -97,25 +104,33 @@ def main() -> None:
     load_imageset(cfg.data, image_size=effective_image_size(cfg))  # decode once, outside the timings
     bare_times, lrtune_times = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        storage = open_storage(f"sqlite:///{Path(tmp) / 'bench.db'}")
-        objective = Objective(cfg, study_dir=Path(tmp) / "study")
-        for i in range(args.repeats + 1):
-            start = time.perf_counter()
-            bare_f1 = bare_loop(cfg)
-            bare = time.perf_counter() - start
-            ours, ours_f1 = lrtune_trial(objective, cfg, storage, i)
-            if i == 0:
-                continue  # warm-up: first-touch allocations, lazy imports
-            bare_times.append(bare)
-            lrtune_times.append(ours)
-            print(f"run {i}: bare {bare:.2f} s (F1 {bare_f1:.4f}), lrtune {ours:.2f} s (F1 {ours_f1:.4f}), ratio {ours / bare:.3f}")
-    ratios = [o / b for o, b in zip(lrtune_times, bare_times)]
+        cfg = replace(cfg, studies_dir=tmp, study="overhead")
+        storage = open_storage(default_storage_url(tmp), heartbeat=True)
+        objective = Objective(cfg, study_dir=study_dir(tmp, cfg.study))
+        study = prepare_study(cfg, objective=objective, storage=storage)
+        bare_loop(cfg)  # warm-up: first-touch allocations, lazy imports
+        lrtune_trial(study, objective, cfg)
+        for i in range(2 * args.repeats + 1):
+            if i % 2:
+                seconds, f1 = lrtune_trial(study, objective, cfg)
+                lrtune_times.append(seconds)
+            else:
+                start = time.perf_counter()
+                f1 = bare_loop(cfg)
+                bare_times.append(time.perf_counter() - start)
+                seconds = bare_times[-1]
+            print(f"{'lrtune' if i % 2 else 'bare':6s} {seconds:.2f} s  best macro-F1 {f1:.4f}", flush=True)
+    # Each lrtune trial against the mean of the bare runs just before and after
+    # it, which cancels a machine that drifts steadily faster or slower.
+    ratios = [t / ((before + after) / 2) for t, before, after in zip(lrtune_times, bare_times, bare_times[1:])]
+    neighbours = sum((before + after) / 2 for before, after in zip(bare_times, bare_times[1:]))
     print(
-        f"\n{cfg.model}, {args.epochs} epochs, {args.repeats} alternating runs on {platform.processor() or platform.machine()}"
-        f" ({torch.get_num_threads()} threads, torch {torch.__version__})\n"
+        f"\n{cfg.model}, {args.epochs} epochs, {args.repeats} lrtune trials between {args.repeats + 1} bare runs"
+        f" on {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__})\n"
         f"bare loop   median {statistics.median(bare_times):.2f} s\n"
         f"lrtune      median {statistics.median(lrtune_times):.2f} s\n"
-        f"ratio       median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
+        f"ratio       median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f});"
+        f" of the totals {sum(lrtune_times) / neighbours:.3f}"
     )
 
 

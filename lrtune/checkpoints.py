@@ -8,9 +8,12 @@ with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +35,27 @@ def save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@functools.cache
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def pack(tree: Any) -> dict[str, Any]:
     """Nested dicts and lists holding many tensors, as one flat tensor per dtype plus a layout.
 
     Saving one buffer instead of hundreds of small tensors (every optimizer
     state) makes a checkpoint several times cheaper to write.
     """
-    parts: dict[str, list[torch.Tensor]] = {}
-    sizes: dict[str, int] = {}
+    parts: dict[torch.dtype, list[torch.Tensor]] = {}
+    sizes: dict[torch.dtype, int] = {}
 
     def walk(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
-            dtype = str(value.dtype).removeprefix("torch.")
-            flat = value.detach().reshape(-1).cpu()
+            dtype = value.dtype
             start = sizes.get(dtype, 0)
-            sizes[dtype] = start + flat.numel()
-            parts.setdefault(dtype, []).append(flat)
-            return {TENSOR: [dtype, start, list(value.shape)]}
+            sizes[dtype] = start + value.numel()
+            parts.setdefault(dtype, []).append(value.detach().reshape(-1))
+            return {TENSOR: [_dtype_name(dtype), start, list(value.shape)]}
         if isinstance(value, dict):
             return {k: walk(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
@@ -56,7 +63,14 @@ def pack(tree: Any) -> dict[str, Any]:
         return value
 
     layout = walk(tree)
-    return {"layout": layout, "buffers": {k: torch.cat(v) for k, v in parts.items()}}
+    return {"layout": layout, "buffers": {_dtype_name(k): _concat(v) for k, v in parts.items()}}
+
+
+def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One new CPU tensor (always a copy) holding all of ``tensors`` end to end."""
+    if len({t.device for t in tensors}) > 1:  # e.g. Adam's CPU step counts beside CUDA moments
+        tensors = [t.cpu() for t in tensors]
+    return torch.cat(tensors).cpu()
 
 
 def unpack(packed: dict[str, Any]) -> Any:
@@ -79,35 +93,46 @@ def unpack(packed: dict[str, Any]) -> Any:
 
 
 class Writer:
-    """Writes checkpoints on a background thread, one at a time and in order.
+    """Writes checkpoints on one background thread, one at a time and in order.
 
     The caller hands over state it will not touch again (``pack`` makes such
-    copies); ``wait`` before files are read, moved or removed.
+    copies); ``wait`` before files are read, moved or removed, and ``close``
+    when done. At most ``MAX_PENDING`` writes wait their turn, which bounds the
+    memory held when writing is slower than training. On Linux the thread runs at the lowest CPU priority: training
+    keeps every core busy, and a write at normal priority would take a core
+    from it in the middle of a step instead of using the idle moments between.
     """
 
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-checkpoint", initializer=_lower_priority)
+        self._pending: list[Future] = []
+
+    MAX_PENDING = 2  # best.pt and last.pt of one epoch
 
     def save(self, path: Path, state: dict[str, Any]) -> None:
-        self.wait()
-
-        def write() -> None:
-            try:
-                save(path, state)
-            except BaseException as exc:  # re-raised on the training thread by wait()
-                self._error = exc
-
-        self._thread = threading.Thread(target=write, name="lrtune-checkpoint", daemon=True)
-        self._thread.start()
+        while len(self._pending) >= self.MAX_PENDING:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(save, path, state))
 
     def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        """Block until every save is on disk; re-raise the first error here, on the training thread."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _lower_priority() -> None:
+    if sys.platform.startswith("linux"):  # there a thread id names one thread, not the process
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass  # not permitted here: the write just runs at normal priority
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

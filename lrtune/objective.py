@@ -61,12 +61,27 @@ def epoch_seed(trial_seed: int, epoch: int) -> int:
     return trial_seed * 1000 + epoch
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where PyTorch has fused AdamW and SGD kernels
+
+
 def create_optimizer(model: torch.nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum; fused into one kernel where the device has one.
+
+    The fused step does the same update as the default per-parameter loop,
+    several times faster (about 8x for AdamW on a small model on the CPU).
+    """
+    device = next(model.parameters()).device.type
+    fused = {"fused": True} if device in FUSED_DEVICES else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay
+            model.parameters(),
+            lr=lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+            **fused,
         )
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, **fused)
 
 
 def thin(points: list[list[float]], limit: int = MAX_LR_POINTS) -> list[list[float]]:
@@ -256,9 +271,9 @@ class Objective:
                 trial.report(value, int(epoch))
             trial.set_user_attr("resumed_at_epoch", state.epoch + 1)
 
-        # The best epoch's weights stay in memory and are written to best.pt only
-        # when a later epoch stops matching them (or at the end): until then the
-        # epoch's last.pt holds the same weights.
+        # The best epoch's weights stay in memory (the copy packed for its last.pt)
+        # and are written to best.pt only when a later epoch stops matching them
+        # (or at the end): until then the epoch's last.pt holds the same weights.
         run = TrialRun(trial, params, seed, folder, model, loader, optimizer, schedule, loss_fn, scaler, state,
                        checkpoints.Writer())
         if cfg.keep != "none" and state.best and state.best.get("epoch") == state.epoch and not state.best_saved:
@@ -267,11 +282,13 @@ class Objective:
             for epoch in range(state.epoch + 1, cfg.epochs + 1):
                 self._epoch(run, epoch)
             if run.best_weights is not None and not state.best_saved:
-                checkpoints.save(folder / checkpoints.BEST, self._weights(run))
+                run.writer.save(folder / checkpoints.BEST, self._weights(run))
                 state.best_saved = True
         finally:
-            run.writer.wait()
-            self._publish(trial, state)
+            try:
+                run.writer.close()
+            finally:
+                self._publish(trial, state)
         return state.best_value
 
     def _epoch(self, run: TrialRun, epoch: int) -> None:
@@ -320,22 +337,26 @@ class Objective:
             ("lr", result.lrs[-1] if result.lrs else schedule.lr(state.step)),
         ):
             state.curves[key].append(round(float(value), 8) if key != "epoch" else epoch)
-        if ev.macro_f1 > state.best_value:
+        improved = ev.macro_f1 > state.best_value
+        if improved:
             state.best_value, state.best = ev.macro_f1, ev.summary(epoch)
             state.best_saved = False
-            run.best_weights = _snapshot(model) if cfg.keep != "none" else None
         elif run.best_weights is not None and not state.best_saved:
             # last.pt is about to move past the best epoch: persist its weights first.
-            run.writer.wait()
-            checkpoints.save(run.folder / checkpoints.BEST, self._weights(run))
+            # The writer keeps order, so best.pt is on disk before that last.pt.
+            run.writer.save(run.folder / checkpoints.BEST, self._weights(run))
             state.best_saved = True
         trial.report(ev.macro_f1, epoch)
-        trial.set_user_attr("curves", state.curves)
-        if epoch < cfg.epochs:  # after the last epoch the trial ends; nothing to continue from
+        # After the last epoch the trial ends: nothing to continue from, and the
+        # model itself holds the final weights.
+        packed = checkpoints.pack(model.state_dict()) if epoch < cfg.epochs else None
+        if improved and cfg.keep != "none":
+            run.best_weights = checkpoints.unpack(packed) if packed is not None else model.state_dict()
+        if packed is not None:
             run.writer.save(
                 run.folder / checkpoints.LAST,
                 {
-                    "model": checkpoints.pack(model.state_dict()),
+                    "model": packed,
                     "optimizer": checkpoints.pack(run.optimizer.state_dict()),
                     "schedule": copy.deepcopy(schedule.state_dict()),
                     "scaler": copy.deepcopy(run.scaler.state_dict()) if run.scaler is not None else {},
@@ -354,7 +375,12 @@ class Objective:
         return study is None or not isinstance(study.pruner, optuna.pruners.NopPruner)
 
     def _publish(self, trial: optuna.Trial, state: RunState) -> None:
-        """The trial's summary attributes, written once when it ends."""
+        """The trial's curves and summary attributes, written once when it ends.
+
+        While it runs, its intermediate values give the validation macro-F1 of
+        every epoch, and ``last.pt`` holds the curves a retry continues.
+        """
+        trial.set_user_attr("curves", state.curves)
         trial.set_user_attr("lr_steps", thin(state.lr_steps))
         trial.set_user_attr("best", state.best)
         trial.set_user_attr("images_per_s", round(state.train_images / max(state.train_seconds, 1e-9), 1))

@@ -247,8 +247,11 @@ def check_config(study: optuna.Study, cfg: Config) -> None:
 
 def top_trials(study: optuna.Study, n: int = 10) -> list[FrozenTrial]:
     """Finished trials with a value, best first."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if t.value is not None]
-    return sorted(trials, key=lambda t: (-t.value, t.number))[:n]
+    return _best_first(study.get_trials(deepcopy=False, states=FINISHED))[:n]
+
+
+def _best_first(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return sorted((t for t in trials if t.value is not None), key=lambda t: (-t.value, t.number))
 
 
 def keep_weights(cfg: Config, folder: Path) -> Callable[[optuna.Study, FrozenTrial], None]:
@@ -258,11 +261,15 @@ def keep_weights(cfg: Config, folder: Path) -> Callable[[optuna.Study, FrozenTri
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         if cfg.keep != "best":
             return
-        best = top_trials(study, 1)
+        files = checkpoints.weight_files(folder)
+        if len(files) < 2:
+            return
+        finished = study.get_trials(deepcopy=False, states=FINISHED)
+        best = _best_first(finished)
         best_number = best[0].number if best else None
-        finished = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
-        for number in checkpoints.weight_files(folder):
-            if number != best_number and number in finished:
+        numbers = {t.number for t in finished}
+        for number in files:
+            if number != best_number and number in numbers:
                 checkpoints.remove(folder, number)
 
     return callback

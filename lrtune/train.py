@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -31,6 +32,12 @@ class Precision:
     device: torch.device
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision where it is on; no context at all where it is off (it costs per batch)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def scaler(self) -> torch.amp.GradScaler | None:
         if self.amp_dtype == torch.float16:
@@ -113,11 +120,11 @@ def train_one_epoch(
         group_size = min(accum_steps, n_batches - group_start)
         x = to_model_input(images, device, channels_last=precision.channels_last)
         y = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=precision.amp_dtype, enabled=precision.amp_dtype is not None):
+        with precision.autocast():
             loss = loss_fn(model(x), y)
-        scaled = loss / group_size
+        scaled = loss / group_size if group_size > 1 else loss
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        loss_sum += loss.detach() * len(y)
+        loss_sum.add_(loss.detach(), alpha=len(y))
         n_seen += len(y)
         if i + 1 - group_start == group_size:
             lr = schedule.lr(step)
@@ -146,18 +153,33 @@ class Evaluation:
     recall: list[float]
     f1: list[float]
     support: list[int]
-    confusion: list[list[int]]
+    targets: np.ndarray
+    preds: np.ndarray
 
     def summary(self, epoch: int) -> dict:
-        """JSON-safe record of this evaluation, for trial attributes."""
-        return {"epoch": epoch, **self.__dict__}
+        """JSON-safe record of this evaluation with its confusion matrix, for trial attributes.
+
+        The confusion matrix is computed here rather than every epoch: a trial
+        keeps it only for its best epoch.
+        """
+        labels = list(range(len(self.f1)))
+        return {
+            "epoch": epoch,
+            "loss": self.loss,
+            "macro_f1": self.macro_f1,
+            "accuracy": self.accuracy,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "support": self.support,
+            "confusion": confusion_matrix(self.targets, self.preds, labels=labels).tolist(),
+        }
 
 
 def metrics(targets: np.ndarray, preds: np.ndarray, n_classes: int, loss: float = float("nan")) -> Evaluation:
-    """Macro-F1, accuracy, per-class scores and confusion matrix, from scikit-learn."""
-    labels = list(range(n_classes))
+    """Macro-F1, accuracy and per-class scores, from scikit-learn."""
     precision, recall, f1, support = precision_recall_fscore_support(
-        targets, preds, labels=labels, zero_division=0
+        targets, preds, labels=list(range(n_classes)), zero_division=0
     )
     return Evaluation(
         loss=loss,
@@ -167,7 +189,8 @@ def metrics(targets: np.ndarray, preds: np.ndarray, n_classes: int, loss: float 
         recall=[round(float(v), 6) for v in recall],
         f1=[round(float(v), 6) for v in f1],
         support=[int(v) for v in support],
-        confusion=confusion_matrix(targets, preds, labels=labels).tolist(),
+        targets=targets,
+        preds=preds,
     )
 
 
@@ -187,7 +210,7 @@ def evaluate(
     for images, labels in batches:
         x = to_model_input(images, device, channels_last=precision.channels_last)
         y = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=precision.amp_dtype, enabled=precision.amp_dtype is not None):
+        with precision.autocast():
             logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         preds.append(logits.argmax(dim=1))

@@ -1,3 +1,8 @@
+import os
+import sys
+import threading
+
+import pytest
 import torch
 
 from lrtune import checkpoints
@@ -40,3 +45,43 @@ def test_adopt_moves_a_trials_files_to_its_retry(tmp_path):
     assert (checkpoints.trial_dir(tmp_path, 7) / checkpoints.LAST).is_file()
     assert not checkpoints.trial_dir(tmp_path, 3).exists()
     assert not checkpoints.adopt(tmp_path, 4, 8)
+
+
+def test_writer_saves_in_order_and_raises_its_error_on_the_caller(tmp_path):
+    writer = checkpoints.Writer()
+    path = tmp_path / "trials" / "0" / "last.pt"
+    for epoch in range(1, 4):
+        writer.save(path, {"run": {"epoch": epoch}})
+    writer.wait()
+    assert checkpoints.load(path)["run"] == {"epoch": 3}
+    (tmp_path / "file").write_text("not a folder")
+    writer.save(tmp_path / "file" / "last.pt", {"run": {"epoch": 4}})
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.close()
+    assert checkpoints.load(path)["run"] == {"epoch": 3}
+
+
+def test_pack_copies_tensors_so_later_training_does_not_change_the_checkpoint():
+    weight = torch.ones(3)
+    packed = checkpoints.pack({"w": weight, "step": torch.tensor(1.0), "n": torch.tensor([2, 3])})
+    weight.add_(1)
+    back = checkpoints.unpack(packed)
+    assert torch.equal(back["w"], torch.ones(3)) and back["step"].item() == 1.0
+    assert back["n"].tolist() == [2, 3]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is a Linux feature")
+def test_the_writer_thread_yields_the_cpu_to_training_but_the_process_does_not():
+    seen = {}
+
+    def probe():
+        checkpoints._lower_priority()
+        seen["writer"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    assert seen["writer"] == 19
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before

@@ -112,3 +112,28 @@ def test_errors_that_would_fail_every_trial_stop_before_the_first(tmp_path):
         make(tmp_path, model="no_such_model")
     with pytest.raises(LRTuneError, match="data .*missing.* not found"):
         make(tmp_path, data=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_the_fused_optimizer_makes_the_default_optimizers_update(name):
+    torch.manual_seed(0)
+    ours = torch.nn.Linear(6, 3)
+    reference = torch.nn.Linear(6, 3)
+    reference.load_state_dict(ours.state_dict())
+    initial = ours.weight.detach().clone()
+    cfg = Config(optimizer=name, weight_decay=0.01, momentum=0.9)
+    opt = objective_mod.create_optimizer(ours, cfg, 0.05)
+    assert opt.defaults["fused"]
+    if name == "sgd":
+        ref_opt = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)
+    else:
+        ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.05, weight_decay=0.01)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    for _ in range(5):
+        for model, optimizer in ((ours, opt), (reference, ref_opt)):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    for a, b in zip(ours.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ours.weight, initial)
