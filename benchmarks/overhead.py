@@ -4,14 +4,18 @@ Both sides train the same timm model on the same cached, augmented data for
 the same epochs with the same LR schedule, and validate after every epoch. The
 lrtune side is a real trial of a real study in SQLite, opened as a search
 opens it (WAL, heartbeats): it also reports to Optuna every epoch, stores
-curves and metrics, writes a checkpoint every epoch and keeps the best weights.
+curves and metrics, writes a checkpoint after every epoch but the last, and
+keeps the best weights.
 Both start from the same seed, so they train on the same batches with the same
 augmentations and reach the same macro-F1. Runs alternate (bare, lrtune, bare,
 ..., bare), and each lrtune trial is compared with the mean of the bare runs
 on either side of it, so a machine that drifts slower or faster over the
 minutes does not bias the ratio.
 
-    python benchmarks/overhead.py [--repeats 11] [--epochs 10]
+    python benchmarks/overhead.py [--repeats 31] [--epochs 10]
+
+On a shared machine single runs vary by 10% or more, so the default takes 31
+lrtune trials (about 6 minutes on 2 cores) for a median good to about 1%.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def lrtune_trial(study: optuna.Study, objective: Objective, cfg: Config) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -123,14 +127,15 @@ def main() -> None:
     # Each lrtune trial against the mean of the bare runs just before and after
     # it, which cancels a machine that drifts steadily faster or slower.
     ratios = [t / ((before + after) / 2) for t, before, after in zip(lrtune_times, bare_times, bare_times[1:])]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
     neighbours = sum((before + after) / 2 for before, after in zip(bare_times, bare_times[1:]))
     print(
         f"\n{cfg.model}, {args.epochs} epochs, {args.repeats} lrtune trials between {args.repeats + 1} bare runs"
         f" on {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads, torch {torch.__version__})\n"
         f"bare loop   median {statistics.median(bare_times):.2f} s\n"
         f"lrtune      median {statistics.median(lrtune_times):.2f} s\n"
-        f"ratio       median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f});"
-        f" of the totals {sum(lrtune_times) / neighbours:.3f}"
+        f"ratio       median {statistics.median(ratios):.3f} (quartiles {q1:.3f} to {q3:.3f},"
+        f" min {min(ratios):.3f}, max {max(ratios):.3f}); of the totals {sum(lrtune_times) / neighbours:.3f}"
     )
 
 

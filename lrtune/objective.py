@@ -25,7 +25,7 @@ from lrtune.losses import create_loss
 from lrtune.models import check_model, create_model
 from lrtune.schedules import create_schedule
 from lrtune.space import TrialParams, check_space, suggest
-from lrtune.train import Diverged, Interrupted, evaluate, precision_for, resolve_device, train_one_epoch
+from lrtune.train import Diverged, Interrupted, confusion, evaluate, precision_for, resolve_device, train_one_epoch
 
 MAX_LR_POINTS = 500  # per-step LR points kept on a trial
 MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: the fault is not in one trial's parameters
@@ -100,7 +100,8 @@ class RunState:
     epoch: int = 0
     step: int = 0
     best_value: float = -1.0
-    best: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)  # the best epoch's metrics, without its confusion matrix
+    best_preds: list[int] = field(default_factory=list)  # the best epoch's predictions, for that matrix
     curves: dict[str, list[float]] = field(
         default_factory=lambda: {k: [] for k in ("epoch", "train_loss", "val_loss", "val_f1", "val_acc", "lr")}
     )
@@ -162,6 +163,7 @@ class Objective:
         )
         self.n_classes = len(self.imageset.classes)
         self.train_idx, self.val_idx = split_indices(self.imageset, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        self.val_targets = self.imageset.labels[self.val_idx]  # in the order evaluate sees them
         check_model(cfg.model, num_classes=self.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
         self.consecutive_failures = 0
 
@@ -282,8 +284,7 @@ class Objective:
             for epoch in range(state.epoch + 1, cfg.epochs + 1):
                 self._epoch(run, epoch)
             if run.best_weights is not None and not state.best_saved:
-                run.writer.save(folder / checkpoints.BEST, self._weights(run))
-                state.best_saved = True
+                self._save_best(run)
         finally:
             try:
                 run.writer.close()
@@ -339,13 +340,13 @@ class Objective:
             state.curves[key].append(round(float(value), 8) if key != "epoch" else epoch)
         improved = ev.macro_f1 > state.best_value
         if improved:
-            state.best_value, state.best = ev.macro_f1, ev.summary(epoch)
+            state.best_value, state.best = ev.macro_f1, ev.summary(epoch, with_confusion=False)
+            state.best_preds = ev.preds.tolist()
             state.best_saved = False
         elif run.best_weights is not None and not state.best_saved:
             # last.pt is about to move past the best epoch: persist its weights first.
             # The writer keeps order, so best.pt is on disk before that last.pt.
-            run.writer.save(run.folder / checkpoints.BEST, self._weights(run))
-            state.best_saved = True
+            self._save_best(run)
         trial.report(ev.macro_f1, epoch)
         # After the last epoch the trial ends: nothing to continue from, and the
         # model itself holds the final weights.
@@ -374,6 +375,18 @@ class Objective:
         study = getattr(trial, "study", None)
         return study is None or not isinstance(study.pruner, optuna.pruners.NopPruner)
 
+    def _save_best(self, run: TrialRun) -> None:
+        """Queue best.pt, unless ``keep=best`` and a finished trial already does at least as well.
+
+        Such weights would be deleted as soon as this trial ends, and a later
+        epoch that does better is kept by then.
+        """
+        if self.cfg.keep == "best" and not _may_beat_study(run.trial, run.state.best_value):
+            run.best_weights = None
+            return
+        run.writer.save(run.folder / checkpoints.BEST, self._weights(run))
+        run.state.best_saved = True
+
     def _publish(self, trial: optuna.Trial, state: RunState) -> None:
         """The trial's curves and summary attributes, written once when it ends.
 
@@ -382,7 +395,10 @@ class Objective:
         """
         trial.set_user_attr("curves", state.curves)
         trial.set_user_attr("lr_steps", thin(state.lr_steps))
-        trial.set_user_attr("best", state.best)
+        best = dict(state.best)
+        if state.best_preds:
+            best["confusion"] = confusion(self.val_targets, state.best_preds, self.n_classes)
+        trial.set_user_attr("best", best)
         trial.set_user_attr("images_per_s", round(state.train_images / max(state.train_seconds, 1e-9), 1))
 
     def _weights(self, run: TrialRun) -> dict:
@@ -397,6 +413,17 @@ class Objective:
             "epoch": run.state.best["epoch"],
             "macro_f1": run.state.best_value,
         }
+
+
+def _may_beat_study(trial: optuna.Trial, value: float) -> bool:
+    """False when a complete trial of the study already has at least ``value``."""
+    study = getattr(trial, "study", None)
+    if study is None:
+        return True
+    try:
+        return value > study.best_value
+    except ValueError:  # no complete trial yet
+        return True
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -264,13 +264,12 @@ def keep_weights(cfg: Config, folder: Path) -> Callable[[optuna.Study, FrozenTri
         files = checkpoints.weight_files(folder)
         if len(files) < 2:
             return
-        finished = study.get_trials(deepcopy=False, states=FINISHED)
+        # The best of the finished trials that have weights: a pruned trial may
+        # have a higher value than every complete one, but no weights to keep.
+        finished = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if t.number in files]
         best = _best_first(finished)
-        best_number = best[0].number if best else None
-        numbers = {t.number for t in finished}
-        for number in files:
-            if number != best_number and number in numbers:
-                checkpoints.remove(folder, number)
+        for t in best[1:]:
+            checkpoints.remove(folder, t.number)
 
     return callback
 

@@ -156,14 +156,13 @@ class Evaluation:
     targets: np.ndarray
     preds: np.ndarray
 
-    def summary(self, epoch: int) -> dict:
-        """JSON-safe record of this evaluation with its confusion matrix, for trial attributes.
+    def summary(self, epoch: int, *, with_confusion: bool = True) -> dict:
+        """JSON-safe record of this evaluation, for trial attributes.
 
         The confusion matrix is computed here rather than every epoch: a trial
         keeps it only for its best epoch.
         """
-        labels = list(range(len(self.f1)))
-        return {
+        summary = {
             "epoch": epoch,
             "loss": self.loss,
             "macro_f1": self.macro_f1,
@@ -172,8 +171,15 @@ class Evaluation:
             "recall": self.recall,
             "f1": self.f1,
             "support": self.support,
-            "confusion": confusion_matrix(self.targets, self.preds, labels=labels).tolist(),
         }
+        if with_confusion:
+            summary["confusion"] = confusion(self.targets, self.preds, len(self.f1))
+        return summary
+
+
+def confusion(targets: np.ndarray | list[int], preds: np.ndarray | list[int], n_classes: int) -> list[list[int]]:
+    """The confusion matrix (rows: true class, columns: predicted), from scikit-learn."""
+    return confusion_matrix(targets, preds, labels=list(range(n_classes))).tolist()
 
 
 def metrics(targets: np.ndarray, preds: np.ndarray, n_classes: int, loss: float = float("nan")) -> Evaluation:

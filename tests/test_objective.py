@@ -29,6 +29,10 @@ def test_objective_runs_under_a_fixed_trial_and_records_json_safe_results(tmp_pa
     best = attrs["best"]
     assert best["macro_f1"] == value
     assert len(best["confusion"]) == 10 and len(best["f1"]) == 10
+    # The matrix is the best epoch's, computed when the trial ends.
+    assert sum(map(sum, best["confusion"])) == len(objective.val_idx)
+    trace = sum(best["confusion"][i][i] for i in range(10))
+    assert trace / len(objective.val_idx) == pytest.approx(best["accuracy"])
     assert attrs["effective_batch"] == 64
     import json
 
@@ -99,6 +103,20 @@ def test_out_of_memory_fails_the_trial_with_its_reason_then_stops_a_doomed_study
         assert trial.user_attrs["reason"] == "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
     with pytest.raises(LRTuneError, match="3 trials in a row failed"):
         objective(optuna.trial.FixedTrial(PARAMS, number=2))
+
+
+@pytest.mark.parametrize(
+    ("keep", "study_best", "written"), [("best", 1.0, False), ("best", 0.0, True), ("all", 1.0, True)]
+)
+def test_keep_best_writes_no_weights_for_a_trial_that_cannot_beat_the_study(tmp_path, keep, study_best, written):
+    objective = make(tmp_path, keep=keep)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    study.add_trial(optuna.trial.create_trial(value=study_best))
+    study.enqueue_trial(PARAMS)
+    study.optimize(objective, n_trials=1)
+    assert 0.0 < study.trials[1].value
+    assert (tmp_path / "study" / "trials" / "1" / "best.pt").is_file() == written
+    assert not (tmp_path / "study" / "trials" / "1" / "last.pt").exists()
 
 
 def test_keep_none_writes_no_weights(tmp_path):

@@ -107,3 +107,15 @@ def test_latest_study_is_the_one_with_the_newest_trial(storage_url):
     assert study_mod.latest_study_name(storage) == "b"
     with pytest.raises(LRTuneError, match=r"unknown study 'z' \(existing studies: a, b, c\)"):
         study_mod.load_study(storage, "z")
+
+
+def test_keep_best_keeps_the_best_weights_even_when_a_pruned_trial_scored_higher(tmp_path):
+    from lrtune import checkpoints
+
+    study = optuna.create_study(direction="maximize")
+    for value, state in ((0.5, TrialState.COMPLETE), (0.7, TrialState.COMPLETE), (0.9, TrialState.PRUNED)):
+        study.add_trial(optuna.trial.create_trial(value=value, state=state))
+    for number in (0, 1):
+        checkpoints.save(checkpoints.trial_dir(tmp_path, number) / checkpoints.BEST, {"trial": number})
+    study_mod.keep_weights(Config(keep="best"), tmp_path)(study, study.trials[-1])
+    assert sorted(checkpoints.weight_files(tmp_path)) == [1]
