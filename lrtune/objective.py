@@ -61,7 +61,9 @@ def epoch_seed(trial_seed: int, epoch: int) -> int:
     return trial_seed * 1000 + epoch
 
 
-FUSED_DEVICES = ("cpu", "cuda")  # where PyTorch has fused AdamW and SGD kernels
+# Where PyTorch has fused AdamW and SGD kernels: CUDA and the CPU since torch
+# 2.4, used from 2.8, the first release where other projects found them mature.
+FUSED_DEVICES = ("cpu", "cuda") if torch.__version__ >= "2.8" else ()
 
 
 def create_optimizer(model: torch.nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
