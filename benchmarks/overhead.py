@@ -36,16 +36,16 @@ from sklearn.metrics import f1_score
 from lrtune.config import Config, effective_hflip, effective_image_size
 from lrtune.data import iter_eval_batches, load_imageset, make_train_loader, split_indices, to_model_input
 from lrtune.models import create_model
-from lrtune.objective import Objective, epoch_seed, seed_everything
-from lrtune.space import BASELINE
+from lrtune.objective import FUSED_DEVICES, Objective, epoch_seed, seed_everything
 from lrtune.progress import Progress
+from lrtune.space import BASELINE
 from lrtune.study import FINISHED, default_storage_url, open_storage, optimize, prepare_study, study_dir
 
 BARE_SEED = 0
 
 
 def bare_loop(cfg: Config) -> float:
-    """The plainest correct loop: AdamW (fused, as lrtune uses it), cosine LR per step, CE, validation macro-F1 per epoch."""
+    """The plainest correct loop: AdamW, cosine LR per step, CE, validation macro-F1 per epoch."""
     images = load_imageset(cfg.data, image_size=effective_image_size(cfg))
     train_idx, val_idx = split_indices(images, val_fraction=cfg.val_fraction, seed=cfg.seed)
     seed_everything(BARE_SEED)
@@ -55,7 +55,8 @@ def bare_loop(cfg: Config) -> float:
         affine=cfg.affine, color=cfg.color, rare_affine=cfg.rare_affine,
     )
     lr = BASELINE["lr"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True)
+    fused = {"fused": True} if "cpu" in FUSED_DEVICES else {}  # the implementation lrtune uses
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, **fused)
     total = cfg.epochs * len(loader)
     step, best = 0, 0.0
     for epoch in range(1, cfg.epochs + 1):

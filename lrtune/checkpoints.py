@@ -98,16 +98,20 @@ class Writer:
     The caller hands over state it will not touch again (``pack`` makes such
     copies); ``wait`` before files are read, moved or removed, and ``close``
     when done. At most ``MAX_PENDING`` writes wait their turn, which bounds the
-    memory held when writing is slower than training. On Linux the thread runs at the lowest CPU priority: training
-    keeps every core busy, and a write at normal priority would take a core
-    from it in the middle of a step instead of using the idle moments between.
+    memory held when writing is slower than training.
+
+    On Linux the thread runs at the lowest CPU priority: training keeps every
+    core busy, and a write at normal priority would take a core from it in the
+    middle of a step instead of using the idle moments between.
     """
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrtune-checkpoint", initializer=_lower_priority)
-        self._pending: list[Future] = []
-
     MAX_PENDING = 2  # best.pt and last.pt of one epoch
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="lrtune-checkpoint", initializer=_lower_priority
+        )
+        self._pending: list[Future] = []
 
     def save(self, path: Path, state: dict[str, Any]) -> None:
         while len(self._pending) >= self.MAX_PENDING:

@@ -342,7 +342,7 @@ class Objective:
             state.curves[key].append(round(float(value), 8) if key != "epoch" else epoch)
         improved = ev.macro_f1 > state.best_value
         if improved:
-            state.best_value, state.best = ev.macro_f1, ev.summary(epoch, with_confusion=False)
+            state.best_value, state.best = ev.macro_f1, ev.summary(epoch)
             state.best_preds = ev.preds.tolist()
             state.best_saved = False
         elif run.best_weights is not None and not state.best_saved:

@@ -156,13 +156,13 @@ class Evaluation:
     targets: np.ndarray
     preds: np.ndarray
 
-    def summary(self, epoch: int, *, with_confusion: bool = True) -> dict:
+    def summary(self, epoch: int) -> dict:
         """JSON-safe record of this evaluation, for trial attributes.
 
-        The confusion matrix is computed here rather than every epoch: a trial
-        keeps it only for its best epoch.
+        Without the confusion matrix: a trial keeps that only for its best
+        epoch, computed once with ``confusion`` when the trial ends.
         """
-        summary = {
+        return {
             "epoch": epoch,
             "loss": self.loss,
             "macro_f1": self.macro_f1,
@@ -172,9 +172,6 @@ class Evaluation:
             "f1": self.f1,
             "support": self.support,
         }
-        if with_confusion:
-            summary["confusion"] = confusion(self.targets, self.preds, len(self.f1))
-        return summary
 
 
 def confusion(targets: np.ndarray | list[int], preds: np.ndarray | list[int], n_classes: int) -> list[list[int]]:
