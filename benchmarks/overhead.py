@@ -34,12 +34,16 @@ from optuna.trial import TrialState
 from sklearn.metrics import f1_score
 
 from lrtune.config import Config, effective_hflip, effective_image_size
-from lrtune.data import iter_eval_batches, load_imageset, make_train_loader, split_indices, to_model_input
-from lrtune.models import create_model
-from lrtune.objective import FUSED_DEVICES, Objective, epoch_seed, seed_everything
-from lrtune.progress import Progress
-from lrtune.space import BASELINE
-from lrtune.study import FINISHED, default_storage_url, open_storage, optimize, prepare_study, study_dir
+from lrtune.storage import FINISHED, default_storage_url, open_storage, study_dir
+from lrtune.training.datasets import load_imageset, split_indices
+from lrtune.training.loaders import iter_eval_batches, make_train_loader, to_model_input
+from lrtune.training.models import create_model
+from lrtune.training.optimizer import FUSED_DEVICES
+from lrtune.training.run import epoch_seed, seed_everything
+from lrtune.tuner import recovery
+from lrtune.tuner.driver import optimize, prepare_study
+from lrtune.tuner.space import BASELINE
+from lrtune.tuner.trial import Objective
 
 BARE_SEED = 0
 
@@ -86,7 +90,7 @@ def lrtune_trial(study: optuna.Study, objective: Objective, cfg: Config) -> tupl
 
     The study and the objective are built once, as a search builds them once for
     all its trials. The timing covers everything a trial costs in
-    ``lrtune.study.optimize``, the loop ``lrtune search`` runs: ask, training,
+    ``lrtune.tuner.driver.optimize``, the loop ``lrtune search`` runs: ask, training,
     reports, checkpoints, attributes, tell and the study callbacks.
     """
     if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):  # else the new study's own baseline
@@ -94,7 +98,7 @@ def lrtune_trial(study: optuna.Study, objective: Objective, cfg: Config) -> tupl
         study.enqueue_trial(dict(BASELINE), user_attrs={"seed": BARE_SEED})
     budget = replace(cfg, trials=len(study.get_trials(deepcopy=False, states=FINISHED)) + 1)
     start = time.perf_counter()
-    optimize(study, objective, budget, stop=lambda: False, progress=Progress(budget.trials, verbosity=0))
+    optimize(study, objective, budget, stop=lambda: False, progress=None)
     elapsed = time.perf_counter() - start
     return elapsed, study.get_trials(deepcopy=False)[-1].value
 
@@ -110,9 +114,9 @@ def main() -> None:
     bare_times, lrtune_times = [], []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = replace(cfg, studies_dir=tmp, study="overhead")
-        storage = open_storage(default_storage_url(tmp), heartbeat=True)
+        storage = open_storage(default_storage_url(tmp), heartbeat=recovery.heartbeat())
         objective = Objective(cfg, study_dir=study_dir(tmp, cfg.study))
-        study = prepare_study(cfg, objective=objective, storage=storage)
+        study = prepare_study(cfg, dataset=objective.data.summary(), storage=storage)
         bare_loop(cfg)  # warm-up: first-touch allocations, lazy imports
         lrtune_trial(study, objective, cfg)
         for i in range(2 * args.repeats + 1):

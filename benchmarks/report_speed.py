@@ -3,7 +3,7 @@
     python3 benchmarks/report_speed.py [--trials 500] [--keep DIR]
 
 The study is written to a fresh SQLite database the way a search writes it
-(WAL mode, lrtune's study and trial attributes). The first ``run_report`` pays
+(WAL mode, lrtune's study and trial attributes). The first report pays
 for importing plotly and Optuna's importance code; the later lines are warm.
 """
 
@@ -20,8 +20,9 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from lrtune.report import compute_report, draw_report, run_report  # noqa: E402
-from lrtune.study import default_storage_url, load_study, mask_url, open_storage  # noqa: E402
+from lrtune.api import open_study, write_report  # noqa: E402
+from lrtune.report import compute_report, draw_report  # noqa: E402
+from lrtune.storage import default_storage_url, load_study, mask_url, open_storage  # noqa: E402
 from studies import make_study  # noqa: E402
 
 STUDY = "bench-500"
@@ -50,16 +51,19 @@ def main() -> None:
             timed(f"create {args.trials}-trial study (setup)", make_study, storage, STUDY, args.trials)
         out = folder / "report.html"
 
-        timed("run_report, cold (imports included)", run_report, url, STUDY, str(out), studies_dir=str(folder))
-        timed("run_report, warm", run_report, url, STUDY, str(out), studies_dir=str(folder))
-        timed("run_report, no --study (picks latest)", run_report, url, None, str(out), studies_dir=str(folder))
-        timed("run_report --plotlyjs cdn", run_report, url, STUDY, str(out), plotlyjs="cdn")
+        def report(name, **kwargs):
+            return write_report(study=open_study(name=name, storage=url), out=out, studies_dir=folder, **kwargs)
+
+        timed("report, cold (imports included)", report, STUDY)
+        timed("report, warm", report, STUDY)
+        timed("report, no --study (picks latest)", report, None)
+        timed("report --plotlyjs cdn", report, STUDY, plotlyjs="cdn")
 
         study = load_study(open_storage(url), STUDY)
         timed("  read the trials from SQLite", study.get_trials, deepcopy=False)
         data = timed("  compute_report (trials cached)", compute_report, study, storage_label=mask_url(url))
         timed("  draw_report", draw_report, data)
-        run_report(url, STUDY, str(out), studies_dir=str(folder))
+        report(STUDY)
         print(f"trials {len(data.trials)}, report {out.stat().st_size / 1e6:.1f} MB")
 
 

@@ -1,5 +1,39 @@
-"""lrtune: tune the learning rate of PyTorch image classifiers, and the choices that interact with it."""
+"""lrtune: tune the learning rate of PyTorch image classifiers, and the choices that interact with it.
+
+The public API is what ``__all__`` names; every other module is internal.
+"""
+
+from lrtune.api import best_trial, list_studies, load_config, open_study, search, write_report
+from lrtune.config import Config
+from lrtune.errors import (
+    ConfigError,
+    DataError,
+    LRTuneError,
+    ModelError,
+    SearchInterrupted,
+    StorageError,
+    StudyError,
+)
+from lrtune.progress import ConsoleProgress, ProgressSink
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConsoleProgress",
+    "DataError",
+    "LRTuneError",
+    "ModelError",
+    "ProgressSink",
+    "SearchInterrupted",
+    "StorageError",
+    "StudyError",
+    "__version__",
+    "best_trial",
+    "list_studies",
+    "load_config",
+    "open_study",
+    "search",
+    "write_report",
+]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from lrtune.errors import LRTuneError
+from lrtune.errors import ConfigError
 
 DIGITS_SETS = ("digits-lt", "digits")
 
@@ -114,7 +114,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
             return int(value)
         return hint(value)
     except (TypeError, ValueError):
-        raise LRTuneError(f"{source}: {name} = {value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+        raise ConfigError(f"{source}: {name} = {value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -130,14 +130,14 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 def file_overrides(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise LRTuneError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}")
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise LRTuneError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
-        raise LRTuneError(f"config file {path}: unknown key {unknown[0]!r} (valid keys: {', '.join(FIELDS)})")
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (valid keys: {', '.join(FIELDS)})")
     return {name: _convert(name, value, str(path)) for name, value in raw.items()}
 
 
@@ -160,7 +160,7 @@ def resolve(
     for name, value in (cli or {}).items():
         if value is not None:
             if name not in FIELDS:
-                raise LRTuneError(f"unknown option {name!r}")
+                raise ConfigError(f"unknown option {name!r}")
             values[name] = _convert(name, value, "--" + name.replace("_", "-"))
     cfg = Config(**values)
     validate(cfg)
@@ -170,42 +170,42 @@ def resolve(
 def validate(cfg: Config) -> None:
     for name, choices in CHOICES.items():
         if getattr(cfg, name) not in choices:
-            raise LRTuneError(f"unknown {name} {getattr(cfg, name)!r} (valid: {', '.join(choices)})")
+            raise ConfigError(f"unknown {name} {getattr(cfg, name)!r} (valid: {', '.join(choices)})")
     if cfg.trials <= 0:
-        raise LRTuneError(f"--trials must be a positive number of trials, got {cfg.trials}")
+        raise ConfigError(f"--trials must be a positive number of trials, got {cfg.trials}")
     if cfg.epochs <= 0:
-        raise LRTuneError(f"--epochs must be positive, got {cfg.epochs}")
+        raise ConfigError(f"--epochs must be positive, got {cfg.epochs}")
     if cfg.batch_size <= 0:
-        raise LRTuneError(f"--batch-size must be positive, got {cfg.batch_size}")
+        raise ConfigError(f"--batch-size must be positive, got {cfg.batch_size}")
     if cfg.image_size < 0:
-        raise LRTuneError(f"--image-size must be positive, got {cfg.image_size}")
+        raise ConfigError(f"--image-size must be positive, got {cfg.image_size}")
     if cfg.lr_min <= 0 or cfg.lr_max <= 0:
-        raise LRTuneError(f"--lr-min and --lr-max must be positive, got {cfg.lr_min:g} and {cfg.lr_max:g}")
+        raise ConfigError(f"--lr-min and --lr-max must be positive, got {cfg.lr_min:g} and {cfg.lr_max:g}")
     if cfg.lr_min > cfg.lr_max:
-        raise LRTuneError(f"--lr-min {cfg.lr_min:g} is greater than --lr-max {cfg.lr_max:g}")
+        raise ConfigError(f"--lr-min {cfg.lr_min:g} is greater than --lr-max {cfg.lr_max:g}")
     if not 0 < cfg.val_fraction < 1:
-        raise LRTuneError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction:g}")
+        raise ConfigError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction:g}")
     if cfg.workers <= 0:
-        raise LRTuneError(f"--workers must be positive, got {cfg.workers}")
+        raise ConfigError(f"--workers must be positive, got {cfg.workers}")
     if cfg.timeout < 0:
-        raise LRTuneError(f"--timeout must not be negative, got {cfg.timeout:g}")
+        raise ConfigError(f"--timeout must not be negative, got {cfg.timeout:g}")
     if not cfg.accum or any(a <= 0 for a in cfg.accum):
-        raise LRTuneError(f"--accum must list positive step counts, got {cfg.accum}")
+        raise ConfigError(f"--accum must list positive step counts, got {cfg.accum}")
     if not cfg.schedulers:
-        raise LRTuneError("--schedulers must name at least one scheduler")
+        raise ConfigError("--schedulers must name at least one scheduler")
     if not cfg.losses:
-        raise LRTuneError("--losses must name at least one loss")
+        raise ConfigError("--losses must name at least one loss")
     for name in ("num_workers", "pruner_warmup", "weight_decay", "warmup_epochs"):
         if getattr(cfg, name) < 0:
-            raise LRTuneError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name):g}")
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name):g}")
     if not 0 <= cfg.momentum < 1:
-        raise LRTuneError(f"--momentum must be in [0, 1), got {cfg.momentum:g}")
+        raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum:g}")
     if cfg.diverge_factor <= 1:
-        raise LRTuneError(f"--diverge-factor must be greater than 1, got {cfg.diverge_factor:g}")
+        raise ConfigError(f"--diverge-factor must be greater than 1, got {cfg.diverge_factor:g}")
     for name in ("hflip", "affine", "color", "rare_affine"):
         p = getattr(cfg, name)
         if not (0 <= p <= 1 or (name == "hflip" and p == -1)):
-            raise LRTuneError(f"{name} must be a probability between 0 and 1, got {p:g}")
+            raise ConfigError(f"{name} must be a probability between 0 and 1, got {p:g}")
 
 
 def effective_image_size(cfg: Config) -> int:

@@ -1,8 +1,42 @@
-"""The one exception type the CLI turns into a one-line message and an exit code."""
+"""The exceptions lrtune raises. Each message is one line that names the culprit."""
 
 
 class LRTuneError(Exception):
-    """A problem the user can fix: bad input, a missing file, an unknown name.
+    """A problem the user can fix: bad input, a missing file, an unknown name."""
 
-    The message is one line that names the culprit.
+
+class ConfigError(LRTuneError):
+    """An option, an environment variable or a config file holds a bad value."""
+
+
+class DataError(LRTuneError):
+    """A dataset is missing, malformed, or holds an image that cannot be decoded."""
+
+
+class ModelError(LRTuneError):
+    """An unknown model, or weights that cannot be found or loaded."""
+
+
+class StorageError(LRTuneError):
+    """A storage cannot be opened, or a study or trial is not in it."""
+
+
+class StudyError(LRTuneError):
+    """A study cannot go on: another config, too many failed trials in a row."""
+
+
+class SearchInterrupted(LRTuneError):
+    """Ctrl-C or SIGTERM stopped a search; running it again resumes where it stopped.
+
+    ``signum`` is the signal that stopped it.
     """
+
+    def __init__(self, message: str, *, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,22 +1,41 @@
-"""Progress of a search on stderr: a live line on a terminal, one line per trial otherwise."""
+"""Progress: what a long operation tells, and the console sink that shows it on stderr.
+
+Library calls print nothing unless given a sink. ``ConsoleProgress`` is the
+one the CLI uses: a live line on a terminal, one line per trial otherwise.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
-import optuna
-from optuna.trial import FrozenTrial, TrialState
+from lrtune.formatting import format_metric, format_value
 
 
-class Progress:
-    """Trial k/N, epoch, current best and pruned count.
+class ProgressSink(Protocol):
+    """Anything with these methods can follow a search, a training run or a prediction."""
+
+    def message(self, text: str) -> None: ...
+
+    def start(self, *, total: int, finished: int, pruned: int, best: float | None) -> None: ...
+
+    def count(self, what: str, done: int, total: int) -> None: ...
+
+    def epoch(self, trial: int, epoch: int, epochs: int, macro_f1: float) -> None: ...
+
+    def trial_done(
+        self, number: int, state: str, value: float | None, params: dict[str, Any], reason: str
+    ) -> None: ...
+
+
+class ConsoleProgress:
+    """Trial k/N, epoch, current best and pruned count, on stderr.
 
     ``verbosity`` 0 is quiet, 1 prints finished trials (and a live epoch line on
     a terminal), 2 also prints every epoch as its own line.
     """
 
-    def __init__(self, total: int, *, verbosity: int = 1, stream: TextIO | None = None, prefix: str = "") -> None:
+    def __init__(self, total: int = 0, *, verbosity: int = 1, stream: TextIO | None = None, prefix: str = "") -> None:
         self.total = total
         self.verbosity = verbosity
         self.stream = stream or sys.stderr
@@ -27,15 +46,12 @@ class Progress:
         self.pruned = 0
         self._dirty = False
 
-    def start(self, study: optuna.Study) -> None:
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        self.finished = len(trials)
-        self.pruned = sum(t.state == TrialState.PRUNED for t in trials)
-        values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        self.best = max(values) if values else None
+    def start(self, *, total: int, finished: int, pruned: int, best: float | None) -> None:
+        """Counts a resumed study already holds."""
+        self.total, self.finished, self.pruned, self.best = total, finished, pruned, best
 
     def _status(self) -> str:
-        best = f"{self.best:.4f}" if self.best is not None else "-"
+        best = format_metric(self.best)
         return f"{self.finished}/{self.total} finished, best macro-F1 {best}, {self.pruned} pruned"
 
     def _write(self, text: str, *, transient: bool = False) -> None:
@@ -46,31 +62,6 @@ class Progress:
             self.stream.write(self.prefix + text + "\n")
         self.stream.flush()
 
-    def epoch(self, trial: int, epoch: int, epochs: int, macro_f1: float) -> None:
-        if self.verbosity >= 2 or self.live:
-            self._write(
-                f"trial {trial} epoch {epoch}/{epochs} macro-F1 {macro_f1:.4f} | {self._status()}",
-                transient=self.live,
-            )
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Study callback: one line per finished trial."""
-        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            self.finished += 1
-        if trial.state == TrialState.PRUNED:
-            self.pruned += 1
-        if trial.state == TrialState.COMPLETE and trial.value is not None:
-            self.best = trial.value if self.best is None else max(self.best, trial.value)
-        if self.verbosity == 0:
-            return
-        params = trial.params
-        lr = f"lr {params['lr']:.3g} " if "lr" in params else ""
-        what = f"{lr}{params.get('scheduler', '')} {params.get('loss', '')} accum {params.get('accum', '')}".strip()
-        value = f" macro-F1 {trial.value:.4f}" if trial.value is not None else ""
-        reason = trial.user_attrs.get("reason") or ""
-        note = f" ({reason})" if reason and trial.state != TrialState.COMPLETE else ""
-        self._write(f"trial {trial.number} {trial.state.name.lower()}{value} [{what}]{note} | {self._status()}")
-
     def message(self, text: str) -> None:
         if self.verbosity > 0:
             if self._dirty:
@@ -78,3 +69,33 @@ class Progress:
                 self._dirty = False
             self.stream.write(self.prefix + text + "\n")
             self.stream.flush()
+
+    def count(self, what: str, done: int, total: int) -> None:
+        """A counter, shown only on a terminal and at most a hundred times."""
+        if self.verbosity == 0 or not self.stream.isatty() or (done % max(1, total // 100) and done != total):
+            return
+        self.stream.write(f"\r{self.prefix}{what}: {done}/{total}" + ("\n" if done == total else ""))
+        self.stream.flush()
+
+    def epoch(self, trial: int, epoch: int, epochs: int, macro_f1: float) -> None:
+        if self.verbosity >= 2 or self.live:
+            self._write(
+                f"trial {trial} epoch {epoch}/{epochs} macro-F1 {macro_f1:.4f} | {self._status()}",
+                transient=self.live,
+            )
+
+    def trial_done(self, number: int, state: str, value: float | None, params: dict[str, Any], reason: str) -> None:
+        """One line per finished trial; ``state`` is Optuna's state name (COMPLETE, PRUNED, FAIL)."""
+        if state in ("COMPLETE", "PRUNED"):
+            self.finished += 1
+        if state == "PRUNED":
+            self.pruned += 1
+        if state == "COMPLETE" and value is not None:
+            self.best = value if self.best is None else max(self.best, value)
+        if self.verbosity == 0:
+            return
+        lr = f"lr {format_value(params['lr'])} " if "lr" in params else ""
+        what = f"{lr}{params.get('scheduler', '')} {params.get('loss', '')} accum {params.get('accum', '')}".strip()
+        shown = f" macro-F1 {value:.4f}" if value is not None else ""
+        note = f" ({reason})" if reason and state != "COMPLETE" else ""
+        self._write(f"trial {number} {state.lower()}{shown} [{what}]{note} | {self._status()}")

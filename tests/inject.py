@@ -11,19 +11,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from lrtune import objective  # noqa: E402
+from lrtune.tuner import trial as trial_mod  # noqa: E402
+from lrtune.training import run as run_mod  # noqa: E402
 from lrtune.cli import main  # noqa: E402
 
 fault, _, value = sys.argv[1].partition("=")
 
 if fault == "nan-above-lr":
-    real_create_loss = objective.create_loss
-    real_create_optimizer = objective.create_optimizer
+    real_create_loss = run_mod.create_loss
+    real_create_optimizer = run_mod.create_optimizer
     current = {}
 
-    def create_optimizer(model, cfg, lr):
-        current["lr"] = lr
-        return real_create_optimizer(model, cfg, lr)
+    def create_optimizer(model, **kwargs):
+        current["lr"] = kwargs["lr"]
+        return real_create_optimizer(model, **kwargs)
 
     def create_loss(*args, **kwargs):
         loss = real_create_loss(*args, **kwargs)
@@ -31,18 +32,17 @@ if fault == "nan-above-lr":
             return lambda logits, y: loss(logits, y) * float("nan")
         return loss
 
-    objective.create_optimizer = create_optimizer
-    objective.create_loss = create_loss
+    run_mod.create_optimizer = create_optimizer
+    run_mod.create_loss = create_loss
 elif fault == "oom-trial":
-    real_train = objective.train_one_epoch
-    real_run = objective.Objective._run
+    real_run = trial_mod.Objective._run
 
     def run(self, trial, *args, **kwargs):
         if trial.number == int(value):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
         return real_run(self, trial, *args, **kwargs)
 
-    objective.Objective._run = run
+    trial_mod.Objective._run = run
 else:
     raise SystemExit(f"unknown fault {fault!r}")
 

@@ -1,0 +1,94 @@
+"""The public functions of lrtune. Every argument is a keyword; every error an ``LRTuneError``.
+
+Nothing here prints, unless a progress sink is given, and nothing exits the
+process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from lrtune import config as config_mod
+from lrtune.config import Config
+from lrtune.progress import ConsoleProgress, ProgressSink
+from lrtune.storage import (
+    default_storage_url,
+    load_study,
+    open_existing_storage,
+    storage_label,
+    summarize_studies,
+    top_trials,
+)
+
+
+def load_config(
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """A validated config: ``overrides`` > ``LRTUNE_*`` in ``environ`` (default ``os.environ``) > the TOML file > defaults."""
+    return config_mod.resolve(overrides, config_file=config_file, environ=environ)
+
+
+def search(*, config: Config | None = None, progress: ProgressSink | None = None) -> optuna.Study:
+    """Run, or resume, the study ``config`` describes, and return it.
+
+    Running the same search again continues it: ``config.trials`` is the
+    study's total of finished trials. Ctrl-C (or SIGTERM) stops the running
+    trial at its next micro-batch and raises ``SearchInterrupted``; the next
+    call continues that trial from its last epoch.
+    """
+    from lrtune.tuner.driver import run_search
+
+    cfg = config if config is not None else Config()
+    verbosity = progress.verbosity if isinstance(progress, ConsoleProgress) else 0
+    return run_search(cfg, progress=progress, verbosity=verbosity)
+
+
+def _storage_url(storage: str | None, studies_dir: str | Path) -> str:
+    return storage or default_storage_url(studies_dir)
+
+
+def open_study(
+    *, name: str | None = None, storage: str | None = None, studies_dir: str | Path = "studies"
+) -> optuna.Study:
+    """Study ``name`` (default: the most recently active one) from ``storage``, to read.
+
+    ``storage`` is any SQLAlchemy URL; by default the SQLite file under
+    ``studies_dir``, which must exist.
+    """
+    return load_study(open_existing_storage(_storage_url(storage, studies_dir)), name)
+
+
+def list_studies(*, storage: str | None = None, studies_dir: str | Path = "studies") -> list[dict[str, Any]]:
+    """One row per study: its name, finished, pruned, failed and running trials, and best value."""
+    return summarize_studies(open_existing_storage(_storage_url(storage, studies_dir)))
+
+
+def best_trial(*, study: optuna.Study) -> FrozenTrial | None:
+    """The finished trial with the highest macro-F1 (ties: the earlier), or None."""
+    best = top_trials(study, 1)
+    return best[0] if best else None
+
+
+def write_report(
+    *,
+    study: optuna.Study,
+    out: str | Path | None = None,
+    studies_dir: str | Path = "studies",
+    plotlyjs: str = "inline",
+) -> Path:
+    """Write the study's HTML report and return its path.
+
+    ``out`` defaults to ``<studies_dir>/<study>/report.html``. ``plotlyjs`` is
+    ``inline`` (the page works offline) or ``cdn`` (a small file).
+    """
+    from lrtune.report import write_report as write
+
+    return write(study, out=out, studies_dir=studies_dir, plotlyjs=plotlyjs, storage_label=storage_label(study))

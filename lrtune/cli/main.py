@@ -1,0 +1,79 @@
+"""The ``lrtune`` command: a table of subcommands over the library.
+
+Results go to stdout; logs, progress and errors to stderr. A command's
+handler returns the exit code; ``main`` turns errors into one line and a code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from typing import Sequence
+
+from lrtune.cli import read, search
+from lrtune.cli.options import common_parser, verbosity
+from lrtune.errors import LRTuneError, first_line
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+# Each module adds its subcommands with register(sub, common).
+COMMANDS = (search, read)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_parser()
+    parser = argparse.ArgumentParser(
+        prog="lrtune",
+        description="Tune the learning rate, scheduler, loss and gradient accumulation of a timm image classifier.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub, common)
+    return parser
+
+
+def abort(text: str, code: int = EXIT_ERROR) -> int:
+    print(f"lrtune: error: {text}", file=sys.stderr)
+    return code
+
+
+def _configure_process(level: int) -> None:
+    """The command line owns its process: no update checks, and library logs only when asked for."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for updates on import otherwise
+    if level >= 3:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.DEBUG)
+    else:
+        import warnings
+
+        warnings.filterwarnings("ignore", message=".*upsample_bilinear2d.*")
+        logging.getLogger("timm").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    _configure_process(verbosity(args))
+    try:
+        return args.handler(args, argv)
+    except LRTuneError as exc:
+        if args.debug:
+            traceback.print_exc()
+        return abort(str(exc))
+    except KeyboardInterrupt:
+        print("lrtune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the one place an unexpected error becomes a message and an exit code
+        if args.debug:
+            traceback.print_exc()
+            return EXIT_ERROR
+        return abort(f"unexpected {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)")

@@ -1,0 +1,77 @@
+"""What the commands print on stdout: tables of trials and a study's summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lrtune.formatting import format_metric, format_params, format_value, table
+from lrtune.storage import top_trials
+
+TRIAL_HEADER = ["trial", "state", "macro-F1", "lr", "scheduler", "loss", "accum", "epochs", "other"]
+TUNED = ("lr", "scheduler", "loss", "accum")
+
+
+def trial_row(t: FrozenTrial) -> list[str]:
+    p = t.params
+    extras = {k: v for k, v in sorted(p.items()) if k not in TUNED}
+    epochs = len(t.user_attrs.get("curves", {}).get("epoch", [])) or len(t.intermediate_values)
+    return [
+        str(t.number),
+        t.state.name.lower(),
+        format_metric(t.value),
+        format_value(p.get("lr", "-")),
+        str(p.get("scheduler", "-")),
+        str(p.get("loss", "-")),
+        str(p.get("accum", "-")),
+        str(epochs),
+        format_params(extras).replace(", ", " "),
+    ]
+
+
+def format_summary(study: optuna.Study, top: int = 5) -> str:
+    """Trial counts by state, the top trials, the best and its gain over the baseline, throughput."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
+    best = top_trials(study, top)
+    lines = [f"study {study.study_name}: " + ", ".join(f"{n} {k}" for k, n in counts.items())]
+    if best:
+        lines.append(table([trial_row(t) for t in best], TRIAL_HEADER))
+        b = best[0]
+        lines.append(f"best: trial {b.number}, macro-F1 {format_metric(b.value)}, {format_params(b.params)}")
+        baseline = [t for t in trials if t.user_attrs.get("baseline") and t.value is not None]
+        if baseline:
+            base = baseline[0]
+            lines.append(
+                f"baseline (trial {base.number}): macro-F1 {format_metric(base.value)}, gain {b.value - base.value:+.4f}"
+            )
+    else:
+        lines.append("no finished trials yet")
+    speeds = sorted(t.user_attrs["images_per_s"] for t in trials if t.user_attrs.get("images_per_s"))
+    if speeds:
+        lines.append(f"training throughput: {speeds[len(speeds) // 2]:.0f} images/s (median over {len(speeds)} trials)")
+    return "\n".join(lines)
+
+
+def show_json(study: optuna.Study, top: int) -> dict[str, Any]:
+    """``lrtune show --json``: the config, the best trial with its metrics, the top trials."""
+    ranked = top_trials(study, top)
+    best = ranked[0] if ranked else None
+    return {
+        "study": study.study_name,
+        "config": study.user_attrs.get("config"),
+        "best": None
+        if best is None
+        else {"trial": best.number, "value": best.value, "params": best.params, "metrics": best.user_attrs.get("best")},
+        "top": [{"trial": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params} for t in ranked],
+    }
+
+
+def studies_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no studies"
+    header = list(rows[0])
+    cells = [[format_metric(r[k]) if k == "best" else str(r[k]) for k in header] for r in rows]
+    return table(cells, header)

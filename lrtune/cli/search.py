@@ -1,0 +1,54 @@
+"""``lrtune search``: run, or resume, a study."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Sequence
+
+from lrtune.cli.options import add_field, resolve_config, verbosity
+from lrtune.cli.output import format_summary
+from lrtune.errors import SearchInterrupted
+from lrtune.progress import ConsoleProgress
+
+SIGNAL_EXIT = {2: 130, 15: 143}
+GROUPS = {
+    "data": ("data", "data_root", "image_size", "val_fraction", "cache", "skip_bad_images", "balance",
+             "hflip", "affine", "color", "rare_affine", "num_workers"),
+    "model and training": ("model", "pretrained", "weights", "epochs", "batch_size", "optimizer", "weight_decay",
+                           "momentum", "warmup_epochs", "device", "amp", "diverge_factor"),
+    "search space": ("lr_min", "lr_max", "schedulers", "losses", "accum"),
+    "study": ("trials", "timeout", "sampler", "pruner", "pruner_warmup", "seed", "workers", "keep", "force"),
+}
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "search",
+        parents=[common],
+        help="run (or resume) a study",
+        description="Run an Optuna study over LR, scheduler, loss and accumulation. "
+        "Running the same command again resumes the study up to --trials finished trials.",
+    )
+    for title, names in GROUPS.items():
+        group = parser.add_argument_group(title)
+        for name in names:
+            add_field(group, name)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from lrtune.api import search
+
+    cfg = resolve_config(args)
+    progress = ConsoleProgress(cfg.trials, verbosity=verbosity(args))
+    try:
+        study = search(config=cfg, progress=progress)
+    except SearchInterrupted as exc:
+        progress.message(
+            "interrupted; the running trial continues from its last epoch on resume: "
+            + shlex.join(["lrtune", *argv])
+        )
+        return SIGNAL_EXIT.get(exc.signum, 1)
+    print(format_summary(study))
+    return 0

@@ -1,0 +1,45 @@
+"""How numbers are written, the same in the CLI, ``show`` and the report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_metric(value: float | None) -> str:
+    """A macro-F1 or accuracy: four decimals, ``-`` when missing."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+def format_value(value: Any) -> str:
+    """A parameter value: floats with three significant digits (an LR of ``0.00123``), lists joined."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v) for v in value)
+    return str(value)
+
+
+def format_params(params: dict[str, Any]) -> str:
+    """``lr=0.00123, scheduler=cosine, ...`` in the order given."""
+    return ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m 05s`` or ``2h 07m``."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain-text table with a dashed rule under the header."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)

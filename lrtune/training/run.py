@@ -1,0 +1,268 @@
+"""One training run: a config and its hyperparameters, trained epoch by epoch. Knows nothing of Optuna.
+
+The same run serves a search's trials and ``lrtune train``. Every epoch starts
+from a seed made of the run's seed and the epoch number, so a run restored from
+its checkpoint computes exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from lrtune.config import Config, effective_hflip, effective_image_size
+from lrtune.progress import ProgressSink
+from lrtune.training import checkpoints
+from lrtune.training.datasets import ImageSet, class_counts, load_imageset, split_indices
+from lrtune.training.loaders import iter_eval_batches, make_train_loader
+from lrtune.training.loop import AmpPolicy, Diverged, train_one_epoch, evaluate
+from lrtune.training.losses import create_loss
+from lrtune.training.models import create_model
+from lrtune.training.optimizer import create_optimizer
+from lrtune.training.schedules import create_schedule
+
+EVAL_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Hyperparams:
+    """What a search tunes: the LR, the scheduler and loss with their parameters, accumulation."""
+
+    lr: float
+    scheduler: str
+    loss: str
+    accum: int
+    step_size: int = 1
+    step_gamma: float = 0.1
+    plateau_factor: float = 0.1
+    plateau_patience: int = 2
+    focal_gamma: float = 2.0
+    smoothing: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Hyperparams":
+        """From a trial's parameters: the names this class knows, the defaults for the rest."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class TrainingData:
+    """A dataset and its split into training and validation indices."""
+
+    imageset: ImageSet
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.imageset.classes)
+
+    @property
+    def val_targets(self) -> np.ndarray:
+        """Validation labels, in the order ``evaluate`` sees them."""
+        return self.imageset.labels[self.val_idx]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe: name, classes, split sizes and counts, image size, skipped files."""
+        n, labels = self.n_classes, self.imageset.labels
+        return {
+            "name": self.imageset.name,
+            "classes": list(self.imageset.classes),
+            "n_train": int(len(self.train_idx)),
+            "n_val": int(len(self.val_idx)),
+            "train_counts": class_counts(labels[self.train_idx], n).tolist(),
+            "val_counts": class_counts(labels[self.val_idx], n).tolist(),
+            "image_size": int(self.imageset.images.shape[1]),
+            "skipped": list(self.imageset.skipped),
+        }
+
+
+def load_training_data(cfg: Config, *, progress: ProgressSink | None = None) -> TrainingData:
+    imageset = load_imageset(
+        cfg.data,
+        image_size=effective_image_size(cfg),
+        data_root=cfg.data_root,
+        cache=cfg.cache,
+        cache_dir=f"{cfg.studies_dir}/cache",
+        skip_bad_images=cfg.skip_bad_images,
+        progress=progress,
+    )
+    train_idx, val_idx = split_indices(imageset, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    return TrainingData(imageset, train_idx, val_idx)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(run_seed: int, epoch: int) -> int:
+    """Every epoch starts from its own seed, so a resumed run replays exactly."""
+    return run_seed * 1000 + epoch
+
+
+@dataclass
+class RunState:
+    """What a run has done so far; saved at the end of every epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    best_value: float = -1.0
+    best: dict[str, Any] = field(default_factory=dict)  # the best epoch's metrics, without its confusion matrix
+    best_preds: list[int] = field(default_factory=list)  # the best epoch's predictions, for that matrix
+    curves: dict[str, list[float]] = field(
+        default_factory=lambda: {k: [] for k in ("epoch", "train_loss", "val_loss", "val_f1", "val_acc", "lr")}
+    )
+    lr_steps: list[list[float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    train_images: int = 0
+    best_saved: bool = False  # the best epoch's weights are on disk
+
+    @property
+    def images_per_s(self) -> float:
+        return round(self.train_images / max(self.train_seconds, 1e-9), 1)
+
+
+@dataclass(frozen=True)
+class EpochOutcome:
+    epoch: int
+    macro_f1: float
+    improved: bool  # the best epoch so far
+
+
+class TrainingRun:
+    """Model, loader, optimizer, schedule, loss and AMP scaler of one run, and its state.
+
+    ``should_stop`` is asked between micro-batches; when it says yes the epoch
+    raises ``Interrupted`` and the last checkpoint stays the place to resume.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        params: Hyperparams,
+        *,
+        data: TrainingData,
+        amp: AmpPolicy,
+        seed: int,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.cfg, self.params, self.data, self.amp, self.seed = cfg, params, data, amp, seed
+        self.should_stop = should_stop
+        seed_everything(seed)
+        self.model = create_model(cfg.model, num_classes=data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
+        memory_format = torch.channels_last if amp.channels_last else torch.preserve_format
+        self.model.to(amp.device, memory_format=memory_format)
+        self.loader = make_train_loader(
+            data.imageset,
+            data.train_idx,
+            batch_size=cfg.batch_size,
+            balance=cfg.balance,
+            hflip=effective_hflip(cfg),
+            affine=cfg.affine,
+            color=cfg.color,
+            rare_affine=cfg.rare_affine,
+            num_workers=cfg.num_workers,
+            pin_memory=amp.device.type == "cuda",
+        )
+        steps_per_epoch = max(1, math.ceil(len(self.loader) / params.accum))
+        self.optimizer = create_optimizer(
+            self.model, name=cfg.optimizer, lr=params.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+        )
+        self.schedule = create_schedule(
+            params.scheduler,
+            base_lr=params.lr,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.epochs,
+            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            step_size=params.step_size,
+            step_gamma=params.step_gamma,
+            factor=params.plateau_factor,
+            patience=params.plateau_patience,
+        )
+        self.loss_fn = create_loss(params.loss, focal_gamma=params.focal_gamma, smoothing=params.smoothing)
+        self.scaler = amp.scaler()
+        self.state = RunState()
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by ``checkpoint``."""
+        self.model.load_state_dict(checkpoints.unpack(saved["model"]))
+        self.optimizer.load_state_dict(checkpoints.unpack(saved["optimizer"]))
+        self.schedule.load_state_dict(saved["schedule"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        self.state = RunState(**saved["run"])
+
+    def checkpoint(self, packed_model: dict[str, Any]) -> dict[str, Any]:
+        """The end-of-epoch state, as copies that training may go on changing beside."""
+        return {
+            "model": packed_model,
+            "optimizer": checkpoints.pack(self.optimizer.state_dict()),
+            "schedule": copy.deepcopy(self.schedule.state_dict()),
+            "scaler": copy.deepcopy(self.scaler.state_dict()) if self.scaler is not None else {},
+            "run": copy.deepcopy(self.state.__dict__),
+        }
+
+    def train_epoch(self, epoch: int) -> EpochOutcome:
+        """Train and validate one epoch, and record it; raises ``Diverged`` on a runaway loss."""
+        cfg, state = self.cfg, self.state
+        seed_everything(epoch_seed(self.seed, epoch))
+        self.loader.dataset.reseed(epoch_seed(self.seed, epoch))
+        started = time.perf_counter()
+        result = train_one_epoch(
+            self.model,
+            self.loader,
+            self.optimizer,
+            self.loss_fn,
+            schedule=self.schedule,
+            step=state.step,
+            accum_steps=self.params.accum,
+            amp=self.amp,
+            scaler=self.scaler,
+            should_stop=self.should_stop,
+        )
+        state.train_seconds += time.perf_counter() - started
+        state.train_images += result.images
+        previous = state.curves["train_loss"]
+        if previous and result.train_loss > cfg.diverge_factor * min(previous):
+            raise Diverged(
+                f"train loss {result.train_loss:.4g} at epoch {epoch} is over "
+                f"{cfg.diverge_factor:g}x its best ({min(previous):.4g})"
+            )
+        ev = evaluate(
+            self.model,
+            iter_eval_batches(self.data.imageset, self.data.val_idx, max(cfg.batch_size, EVAL_BATCH)),
+            n_classes=self.data.n_classes,
+            amp=self.amp,
+        )
+        self.schedule.epoch_end(ev.macro_f1)
+        state.lr_steps.extend([[state.step + i, lr] for i, lr in enumerate(result.lrs)])
+        state.epoch, state.step = epoch, result.step
+        last_lr = result.lrs[-1] if result.lrs else self.schedule.lr(state.step)
+        for key, value in (
+            ("train_loss", result.train_loss),
+            ("val_loss", ev.loss),
+            ("val_f1", ev.macro_f1),
+            ("val_acc", ev.accuracy),
+            ("lr", last_lr),
+        ):
+            state.curves[key].append(round(float(value), 8))
+        state.curves["epoch"].append(epoch)
+        improved = ev.macro_f1 > state.best_value
+        if improved:
+            state.best_value, state.best = ev.macro_f1, ev.summary(epoch)
+            state.best_preds = ev.preds.tolist()
+            state.best_saved = False
+        return EpochOutcome(epoch, ev.macro_f1, improved)

@@ -1,0 +1,236 @@
+"""The search driver: it owns the study's budget, its workers and the recovery of dead trials.
+
+``run_search`` is what ``lrtune.search`` and ``lrtune search`` run: open the
+storage, check the config against the study's, stop early when the study is
+complete, queue the baseline, re-queue orphans, then run trials in this
+process or in local workers until the study holds ``cfg.trials`` finished ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lrtune import config as config_mod
+from lrtune.config import Config
+from lrtune.errors import SearchInterrupted, StudyError
+from lrtune.progress import ProgressSink
+from lrtune.tuner import recovery, samplers
+from lrtune.tuner.interrupt import CatchSignals
+from lrtune.tuner.space import baseline_params
+from lrtune.storage import (
+    FINISHED,
+    best_first,
+    count_finished,
+    default_study_name,
+    mask_url,
+    open_storage,
+    storage_url,
+    study_dir,
+    study_names,
+)
+from lrtune.training import checkpoints
+
+SIGNAL_NAMES = {2: "SIGINT", 15: "SIGTERM"}
+
+
+def config_changes(study: optuna.Study, cfg: Config) -> list[str]:
+    """How ``cfg`` differs from the study's stored config in what trials compute.
+
+    Raises ``StudyError`` when it differs and ``cfg.force`` is off. Writes nothing.
+    """
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        return []
+    changes = config_mod.diff(stored, config_mod.to_dict(cfg))
+    if changes and not cfg.force:
+        raise StudyError(
+            f"study {study.study_name!r} was made with another config ({'; '.join(changes)}); "
+            "use the same options to resume it, --force to resume anyway, or --study NAME for a new study"
+        )
+    return changes
+
+
+def record_config(study: optuna.Study, cfg: Config) -> None:
+    """Store the resolved config on a new study, and each forced change in ``config_history``."""
+    stored = study.user_attrs.get("config")
+    changes = config_changes(study, cfg)
+    current = config_mod.to_dict(cfg)
+    if changes:
+        history = list(study.user_attrs.get("config_history", []))
+        history.append({"config": stored, "changes": changes})
+        study.set_user_attr("config_history", history)
+    if stored is None or config_mod.fingerprint(stored) != config_mod.fingerprint(current):
+        study.set_user_attr("config", current)
+        study.set_user_attr("fingerprint", config_mod.fingerprint(current))
+
+
+def prepare_study(cfg: Config, *, dataset: dict[str, Any], storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Create or load the study, check its config, record the dataset and queue the baseline."""
+    name = cfg.study or default_study_name(cfg)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise StudyError(f"study {name!r} exists and does not maximize; pick another --study")
+    samplers.attach(study, cfg)
+    record_config(study, cfg)
+    if "dataset" not in study.user_attrs:
+        study.set_user_attr("dataset", dataset)
+    if not study.get_trials(deepcopy=False):
+        baseline = baseline_params(cfg)
+        study.set_user_attr("baseline", baseline)
+        study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    return study
+
+
+def keep_weights(cfg: Config, folder: Path) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Study callback: with ``keep=best`` only the study's best trial keeps its weights."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if cfg.keep != "best":
+            return
+        files = checkpoints.weight_files(folder)
+        if len(files) < 2:
+            return
+        # The best of the finished trials that have weights: a pruned trial may
+        # have a higher value than every complete one, but no weights to keep.
+        finished = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if t.number in files]
+        for t in best_first(finished)[1:]:
+            checkpoints.remove(folder, t.number)
+
+    return callback
+
+
+def report_trial(progress: ProgressSink | None) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Study callback: tell ``progress`` how each trial ended."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if progress is not None:
+            reason = str(trial.user_attrs.get("reason") or "")
+            progress.trial_done(trial.number, trial.state.name, trial.value, dict(trial.params), reason)
+
+    return callback
+
+
+def optimize(
+    study: optuna.Study, objective: Any, cfg: Config, *, stop: Callable[[], bool], progress: ProgressSink | None
+) -> None:
+    """Run trials until the study holds ``cfg.trials`` finished ones, the timeout passes, or a stop."""
+    from lrtune.tuner.trial import TrialFailed
+
+    def stop_when_asked(study: optuna.Study, trial: FrozenTrial) -> None:
+        if stop():
+            study.stop()
+
+    study.optimize(
+        objective,
+        timeout=cfg.timeout or None,
+        catch=(TrialFailed,),
+        callbacks=[
+            report_trial(progress),
+            keep_weights(cfg, study_dir(cfg.studies_dir, study.study_name)),
+            optuna.study.MaxTrialsCallback(cfg.trials, states=FINISHED),
+            stop_when_asked,
+        ],
+    )
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's own log lines and experimental warnings off, unless its verbosity was raised to DEBUG."""
+    level = optuna.logging.get_verbosity()
+    if level < logging.DEBUG + 1:
+        yield
+        return
+    optuna.logging.set_verbosity(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def _complete(study: optuna.Study, cfg: Config) -> bool:
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return count_finished(study) >= cfg.trials and not running
+
+
+def run_search(cfg: Config, *, progress: ProgressSink | None = None, verbosity: int = 0) -> optuna.Study:
+    """Run, or resume, the study ``cfg`` names until it holds ``cfg.trials`` finished trials.
+
+    Ctrl-C and SIGTERM stop the running trial at its next micro-batch and queue
+    it to continue; ``SearchInterrupted`` then says which signal it was.
+    ``verbosity`` is what local worker processes print on stderr.
+    """
+    config_mod.validate(cfg)
+    say = progress.message if progress is not None else (lambda text: None)
+    name = cfg.study or default_study_name(cfg)
+    url = storage_url(cfg)
+    with quiet_optuna():
+        samplers.check_names(cfg)
+        storage = open_storage(url, heartbeat=recovery.heartbeat())
+        if name in study_names(storage):
+            existing = optuna.load_study(study_name=name, storage=storage)
+            config_changes(existing, cfg)
+            if _complete(existing, cfg):  # before torch, the data or a model is loaded
+                say(f"study {name!r} already has {count_finished(existing)} finished trials (--trials {cfg.trials}); nothing to run")
+                return existing
+        with CatchSignals() as signals:
+            study = _search(cfg, storage, name, url, progress, verbosity, signals)
+            if signals.flag.signum is not None:
+                signame = SIGNAL_NAMES.get(signals.flag.signum, str(signals.flag.signum))
+                raise SearchInterrupted(
+                    f"search interrupted by {signame}; the running trial continues from its last epoch "
+                    "when the same search runs again",
+                    signum=signals.flag.signum,
+                )
+    return study
+
+
+def _search(
+    cfg: Config,
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    url: str,
+    progress: ProgressSink | None,
+    verbosity: int,
+    signals: CatchSignals,
+) -> optuna.Study:
+    from lrtune.tuner.trial import Objective  # imports torch, timm and albumentations: after the early exit
+    from lrtune.tuner.workers import run_workers
+    from lrtune.training.loop import Interrupted
+
+    say = progress.message if progress is not None else (lambda text: None)
+    objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=progress)
+    study = prepare_study(cfg, dataset=objective.data.summary(), storage=storage)
+    recovered = recovery.recover_orphans(study)
+    if recovered:
+        say(f"re-queued trial(s) {', '.join(map(str, recovered))} left running by a dead process")
+    done = count_finished(study)
+    if done >= cfg.trials:
+        say(f"study {name!r} already has {done} finished trials (--trials {cfg.trials}); nothing to run")
+        return study
+    verb = "resuming" if done else "starting"
+    say(
+        f"{verb} study {name!r}: {done} of {cfg.trials} trials finished, {cfg.trials - done} to go "
+        f"(storage {mask_url(url)}, device {objective.device})"
+    )
+    if progress is not None:
+        finished = study.get_trials(deepcopy=False, states=FINISHED)
+        values = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
+        pruned = sum(t.state == TrialState.PRUNED for t in finished)
+        progress.start(total=cfg.trials, finished=len(finished), pruned=pruned, best=max(values, default=None))
+    try:
+        if cfg.workers > 1:
+            run_workers(cfg, name, verbosity, signals)
+        else:
+            optimize(study, objective, cfg, stop=signals.flag, progress=progress)
+    except Interrupted:
+        pass
+    return study

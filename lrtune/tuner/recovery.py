@@ -1,0 +1,63 @@
+"""Recovery of trials whose worker died: on this host at once, on other hosts by heartbeat."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+import psutil
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from lrtune.tuner.trial import retry_attrs
+from lrtune.storage import Heartbeat
+
+HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 60  # a trial silent this long on another machine is taken as dead
+
+
+def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a failed trial again with the same parameters; the retry continues its checkpoint."""
+    study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial, trial.user_attrs.get("seed")))
+
+
+def heartbeat() -> Heartbeat:
+    """Heartbeats for a searching storage: a silent trial is failed and queued again."""
+    return Heartbeat(interval=HEARTBEAT_INTERVAL, grace=GRACE_PERIOD, on_stale=retry_trial)
+
+
+def _owner_is_dead(trial: FrozenTrial) -> bool:
+    """True when the trial ran on this host in a process that no longer exists."""
+    if trial.user_attrs.get("host") != socket.gethostname() or "pid" not in trial.user_attrs:
+        return False
+    pid = int(trial.user_attrs["pid"])
+    if pid == os.getpid():
+        return True
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return True
+    return status == psutil.STATUS_ZOMBIE
+
+
+def recover_orphans(study: optuna.Study) -> list[int]:
+    """Fail and re-queue RUNNING trials whose process on this host is gone.
+
+    Trials of other machines are left to the heartbeat. The state change is
+    atomic in the database, so when several workers race only one re-queues.
+    """
+    recovered = []
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _owner_is_dead(trial):
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "reason", "worker died")
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        retry_trial(study, trial)
+        recovered.append(trial.number)
+    return recovered

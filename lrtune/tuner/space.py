@@ -1,0 +1,61 @@
+"""The search space. The only module that calls ``trial.suggest_*``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from lrtune.config import Config
+from lrtune.errors import ConfigError
+from lrtune.training.losses import LOSSES
+from lrtune.training.run import Hyperparams
+from lrtune.training.schedules import SCHEDULERS
+
+# The default a user would train with and no search: the first trial of every study.
+BASELINE: dict[str, Any] = {"lr": 1e-3, "scheduler": "cosine", "loss": "ce", "accum": 1}
+
+# Ranges of the conditional parameters.
+STEP_GAMMA = (0.1, 0.9)
+PLATEAU_FACTOR = (0.1, 0.7)
+PLATEAU_PATIENCE = (0, 3)
+FOCAL_GAMMA = (0.5, 5.0)
+SMOOTHING = (0.01, 0.3)
+
+
+def check_space(cfg: Config) -> None:
+    """Unknown scheduler or loss names fail before the first trial."""
+    for kind, names, registry in (("scheduler", cfg.schedulers, SCHEDULERS), ("loss", cfg.losses, LOSSES)):
+        for name in names:
+            if name not in registry:
+                raise ConfigError(f"unknown {kind} {name!r} (valid: {', '.join(registry)})")
+
+
+def suggest(trial: optuna.Trial, cfg: Config) -> Hyperparams:
+    """Sample one point: LR, scheduler and loss with their conditional parameters, accumulation."""
+    lr = trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)
+    scheduler = trial.suggest_categorical("scheduler", list(cfg.schedulers))
+    loss = trial.suggest_categorical("loss", list(cfg.losses))
+    accum = trial.suggest_categorical("accum", list(cfg.accum))
+    extra: dict[str, Any] = {}
+    if scheduler == "step":
+        extra["step_size"] = trial.suggest_int("step_size", 1, max(1, cfg.epochs // 2))
+        extra["step_gamma"] = trial.suggest_float("step_gamma", *STEP_GAMMA)
+    elif scheduler == "plateau":
+        extra["plateau_factor"] = trial.suggest_float("plateau_factor", *PLATEAU_FACTOR)
+        extra["plateau_patience"] = trial.suggest_int("plateau_patience", *PLATEAU_PATIENCE)
+    if loss == "focal":
+        extra["focal_gamma"] = trial.suggest_float("focal_gamma", *FOCAL_GAMMA)
+    elif loss == "label_smoothing":
+        extra["smoothing"] = trial.suggest_float("smoothing", *SMOOTHING)
+    return Hyperparams(lr=lr, scheduler=scheduler, loss=loss, accum=int(accum), **extra)
+
+
+def baseline_params(cfg: Config) -> dict[str, Any]:
+    """BASELINE moved into the configured space where the space excludes it."""
+    return {
+        "lr": min(max(BASELINE["lr"], cfg.lr_min), cfg.lr_max),
+        "scheduler": BASELINE["scheduler"] if BASELINE["scheduler"] in cfg.schedulers else cfg.schedulers[0],
+        "loss": BASELINE["loss"] if BASELINE["loss"] in cfg.losses else cfg.losses[0],
+        "accum": BASELINE["accum"] if BASELINE["accum"] in cfg.accum else min(cfg.accum),
+    }

@@ -1,0 +1,259 @@
+"""A trial as a training run that reports, prunes, records and checkpoints.
+
+``Objective`` is what ``study.optimize`` calls. The training itself is a
+``TrainingRun``; this module adds what makes it a trial: the intermediate value
+and the pruner each epoch, the trial's files, and its attributes.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+
+from lrtune.config import Config, effective_image_size
+from lrtune.errors import LRTuneError, StudyError, first_line
+from lrtune.progress import ProgressSink
+from lrtune.tuner.space import check_space, suggest
+from lrtune.training import checkpoints
+from lrtune.training.loop import Diverged, Interrupted, amp_policy, resolve_device
+from lrtune.training.metrics import confusion
+from lrtune.training.models import check_model
+from lrtune.training.run import Hyperparams, TrainingData, TrainingRun, load_training_data
+
+MAX_LR_POINTS = 500  # per-step LR points kept on a trial
+MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: the fault is not in one trial's parameters
+
+
+class TrialFailed(Exception):
+    """One trial failed for a reason of its own; the study goes on."""
+
+
+@dataclass
+class StopFlag:
+    """Set by signal handlers; read by the training loop between micro-batches."""
+
+    signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+def thin(points: list[list[float]], limit: int = MAX_LR_POINTS) -> list[list[float]]:
+    """At most ``limit`` evenly spaced points, always keeping the last."""
+    if len(points) <= limit:
+        return points
+    stride = math.ceil(len(points) / limit)
+    kept = points[::stride]
+    return kept if kept[-1] == points[-1] else kept + [points[-1]]
+
+
+def retry_attrs(trial: optuna.Trial | optuna.trial.FrozenTrial, seed: int | None) -> dict:
+    """The user attributes of a queued retry: the trial it continues, and its seed."""
+    attrs: dict = {"retry_of": trial.number}
+    if seed is not None:
+        attrs["seed"] = seed
+    return attrs
+
+
+@dataclass
+class TrialFiles:
+    """A trial's folder, its checkpoint writer, and its best weights while not yet in best.pt."""
+
+    folder: Path
+    writer: checkpoints.Writer = field(default_factory=checkpoints.Writer)
+    best_weights: dict[str, torch.Tensor] | None = None
+
+
+class Objective:
+    """Callable objective: ``study.optimize(Objective(cfg, study_dir=...))``.
+
+    Loading the data, checking names and building the model once happen here,
+    so errors that would fail every trial stop the study before it starts.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        study_dir: Path,
+        stop: Callable[[], bool] | None = None,
+        progress: ProgressSink | None = None,
+        data: TrainingData | None = None,
+    ) -> None:
+        check_space(cfg)
+        self.cfg = cfg
+        self.study_dir = Path(study_dir)
+        self.stop = stop or (lambda: False)
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.amp = amp_policy(self.device, cfg.amp)
+        self.data = data or load_training_data(cfg, progress=progress)
+        check_model(cfg.model, num_classes=self.data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
+        self.consecutive_failures = 0
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.stop():
+            raise Interrupted
+        params = suggest(trial, self.cfg)
+        seed = int(trial.user_attrs.get("seed", self.cfg.seed * 100_003 + trial.number))
+        retry_of = trial.user_attrs.get("retry_of")
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("effective_batch", self.cfg.batch_size * params.accum)
+        failure = None
+        try:
+            value = self._run(trial, params, seed, retry_of)
+        except (Interrupted, KeyboardInterrupt):
+            trial.set_user_attr("reason", "interrupted")
+            study = getattr(trial, "study", None)
+            if study is not None:
+                study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial, seed))
+            raise
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("reason", str(exc))
+            checkpoints.remove(self.study_dir, trial.number)
+            raise
+        except Diverged as exc:
+            reason = f"diverged: {exc}"
+            trial.set_user_attr("reason", reason)
+            checkpoints.remove(self.study_dir, trial.number)
+            raise optuna.TrialPruned(reason) from None
+        except LRTuneError:  # a fault of the setup, not of this trial: it would fail every trial
+            checkpoints.remove(self.study_dir, trial.number)
+            raise
+        except torch.cuda.OutOfMemoryError as exc:
+            failure = f"out of memory: {first_line(exc)}"
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {first_line(exc)}".removesuffix(f": {type(exc).__name__}")
+        if failure is not None:
+            # Outside the except clause the failed run's frames, and with them its
+            # model and optimizer, are no longer held by the traceback.
+            self._fail(trial, failure)
+        self.consecutive_failures = 0
+        checkpoints.remove(self.study_dir, trial.number, keep_best=self.cfg.keep != "none")
+        return value
+
+    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        trial.set_user_attr("reason", reason)
+        checkpoints.remove(self.study_dir, trial.number)
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            raise StudyError(f"{self.consecutive_failures} trials in a row failed; the last: {reason}")
+        raise TrialFailed(reason)
+
+    def _run(self, trial: optuna.Trial, params: Hyperparams, seed: int, retry_of: int | None) -> float:
+        run = TrainingRun(self.cfg, params, data=self.data, amp=self.amp, seed=seed, should_stop=self.stop)
+        files = TrialFiles(checkpoints.trial_dir(self.study_dir, trial.number))
+        if retry_of is not None and checkpoints.adopt(self.study_dir, int(retry_of), trial.number):
+            run.restore(checkpoints.load(files.folder / checkpoints.LAST, self.amp.device))
+            for epoch, value in zip(run.state.curves["epoch"], run.state.curves["val_f1"]):
+                trial.report(value, int(epoch))
+            trial.set_user_attr("resumed_at_epoch", run.state.epoch + 1)
+        # The best epoch's weights stay in memory (the copy packed for its last.pt)
+        # and are written to best.pt only when a later epoch stops matching them
+        # (or at the end): until then the epoch's last.pt holds the same weights.
+        state = run.state
+        if self.cfg.keep != "none" and state.best and state.best.get("epoch") == state.epoch and not state.best_saved:
+            files.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        try:
+            for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
+                self._epoch(trial, run, files, epoch)
+            if files.best_weights is not None and not state.best_saved:
+                self._save_best(trial, run, files)
+        finally:
+            try:
+                files.writer.close()
+            finally:
+                publish(trial, run)
+        return state.best_value
+
+    def _epoch(self, trial: optuna.Trial, run: TrainingRun, files: TrialFiles, epoch: int) -> None:
+        """Train one epoch, report it, checkpoint it; prune if the pruner says so."""
+        outcome = run.train_epoch(epoch)
+        if not outcome.improved and files.best_weights is not None and not run.state.best_saved:
+            # last.pt is about to move past the best epoch: persist its weights first.
+            # The writer keeps order, so best.pt is on disk before that last.pt.
+            self._save_best(trial, run, files)
+        trial.report(outcome.macro_f1, epoch)
+        # After the last epoch the trial ends: nothing to continue from, and the
+        # model itself holds the final weights.
+        packed = checkpoints.pack(run.model.state_dict()) if epoch < self.cfg.epochs else None
+        if outcome.improved and self.cfg.keep != "none":
+            files.best_weights = checkpoints.unpack(packed) if packed is not None else run.model.state_dict()
+        if packed is not None:
+            files.writer.save(files.folder / checkpoints.LAST, run.checkpoint(packed))
+        if self.progress is not None:
+            self.progress.epoch(trial.number, epoch, self.cfg.epochs, outcome.macro_f1)
+        if _prunes(trial) and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    def _save_best(self, trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
+        """Queue best.pt, unless ``keep=best`` and a finished trial already does at least as well.
+
+        Such weights would be deleted as soon as this trial ends, and a later
+        epoch that does better is kept by then.
+        """
+        if self.cfg.keep == "best" and not _may_beat_study(trial, run.state.best_value):
+            files.best_weights = None
+            return
+        files.writer.save(files.folder / checkpoints.BEST, weights_record(trial, run, files))
+        run.state.best_saved = True
+
+
+def _prunes(trial: optuna.Trial) -> bool:
+    """False when the study's pruner never prunes, which spares asking it every epoch."""
+    study = getattr(trial, "study", None)
+    return study is None or not isinstance(study.pruner, optuna.pruners.NopPruner)
+
+
+def _may_beat_study(trial: optuna.Trial, value: float) -> bool:
+    """False when a complete trial of the study already has at least ``value``."""
+    study = getattr(trial, "study", None)
+    if study is None:
+        return True
+    try:
+        return value > study.best_value
+    except ValueError:  # no complete trial yet
+        return True
+
+
+def publish(trial: optuna.Trial, run: TrainingRun) -> None:
+    """The trial's curves and summary attributes, written once when it ends.
+
+    While it runs, its intermediate values give the validation macro-F1 of
+    every epoch, and ``last.pt`` holds the curves a retry continues.
+    """
+    state, data = run.state, run.data
+    trial.set_user_attr("curves", state.curves)
+    trial.set_user_attr("lr_steps", thin(state.lr_steps))
+    best = dict(state.best)
+    if state.best_preds:
+        best["confusion"] = confusion(data.val_targets, state.best_preds, data.n_classes)
+    trial.set_user_attr("best", best)
+    trial.set_user_attr("images_per_s", state.images_per_s)
+
+
+def weights_record(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> dict:
+    """best.pt: the best epoch's weights and what is needed to use them."""
+    return {
+        "model": run.cfg.model,
+        "state_dict": files.best_weights,
+        "classes": list(run.data.imageset.classes),
+        "image_size": effective_image_size(run.cfg),
+        "params": run.params.to_dict(),
+        "trial": trial.number,
+        "epoch": run.state.best["epoch"],
+        "macro_f1": run.state.best_value,
+    }

@@ -1,0 +1,101 @@
+"""Local worker processes sharing one study: one per GPU when several are visible."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import sys
+from typing import Any
+
+from lrtune import config as config_mod
+from lrtune.config import Config
+from lrtune.errors import LRTuneError, StudyError, first_line
+from lrtune.tuner.interrupt import CatchSignals
+
+SIGNAL_EXIT = {2: 130, 15: 143}
+
+
+def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device: str, errors: Any) -> None:
+    """One worker process: its own objective on the shared study.
+
+    Its errors go back to the parent on ``errors``; its progress goes to stderr
+    when ``verbosity`` says so.
+    """
+    cfg = config_mod.from_dict({**cfg_values, "device": device})
+    import optuna
+    import torch
+
+    from lrtune.progress import ConsoleProgress
+    from lrtune.tuner import recovery, samplers
+    from lrtune.tuner.driver import optimize, quiet_optuna
+    from lrtune.tuner.trial import Objective
+    from lrtune.storage import count_finished, open_storage, storage_url, study_dir
+    from lrtune.training.loop import Interrupted
+
+    if not device.startswith("cuda"):
+        # Workers share the CPU's cores instead of each spawning a thread per core.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
+    progress = ConsoleProgress(cfg.trials, verbosity=verbosity, prefix=f"[worker {index}] ")
+    with quiet_optuna(), CatchSignals() as signals:
+        try:
+            # No sink while the data loads: the parent process showed that already.
+            objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=None)
+            objective.progress = progress
+            storage = open_storage(storage_url(cfg), heartbeat=recovery.heartbeat())
+            study = optuna.load_study(study_name=name, storage=storage)
+            samplers.attach(study, cfg, worker=index)
+            if count_finished(study) < cfg.trials:
+                optimize(study, objective, cfg, stop=signals.flag, progress=progress)
+        except Interrupted:
+            pass
+        except LRTuneError as exc:
+            errors.put((index, str(exc)))
+            sys.exit(1)
+        except Exception as exc:
+            errors.put((index, f"unexpected {type(exc).__name__}: {first_line(exc)}"))
+            sys.exit(1)
+        if signals.flag.signum is not None:
+            sys.exit(SIGNAL_EXIT.get(signals.flag.signum, 1))
+
+
+def run_workers(cfg: Config, name: str, verbosity: int, signals: CatchSignals) -> None:
+    """Run ``cfg.workers`` processes on the study; signals caught here are passed on to each.
+
+    Raises ``StudyError`` with the first worker's error when one fails.
+    """
+    import torch
+
+    n_gpus = torch.cuda.device_count() if cfg.device in ("auto", "cuda") else 0
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.Queue()
+    procs = []
+    values = config_mod.to_dict(cfg)
+    for index in range(cfg.workers):
+        device = f"cuda:{index % n_gpus}" if n_gpus > 1 else cfg.device
+        proc = ctx.Process(target=_worker_main, args=(values, name, index, verbosity, device, errors), daemon=False)
+        proc.start()
+        procs.append(proc)
+
+    def forward(signum: int) -> None:
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    signals.on_signal = forward
+    for proc in procs:
+        proc.join()
+    if signals.flag.signum is not None:
+        return
+    messages = []
+    while True:
+        try:
+            messages.append(errors.get(timeout=0.1))
+        except queue.Empty:
+            break
+    if messages:
+        index, text = sorted(messages)[0]
+        raise StudyError(f"worker {index}: {text}")
+    failed = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode]
+    if failed:
+        raise StudyError(f"worker {failed[0][0]} exited with code {failed[0][1]}")

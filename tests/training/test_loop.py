@@ -1,0 +1,127 @@
+import copy
+
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lrtune.errors import LRTuneError
+from lrtune.training.schedules import create_schedule
+from lrtune.training.loop import AmpPolicy, Diverged, Interrupted, evaluate, resolve_device, train_one_epoch
+from lrtune.training.metrics import confusion
+
+CPU = AmpPolicy(torch.device("cpu"))
+
+
+def linear_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+
+
+def batches(n, size, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randint(0, 256, (size, 4, 4, 3), dtype=torch.uint8, generator=g), torch.randint(0, 5, (size,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def run(model, loader, accum, lr=0.5, optimizer="sgd"):
+    steps = -(-len(loader) // accum)
+    opt = torch.optim.SGD(model.parameters(), lr=lr) if optimizer == "sgd" else torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = create_schedule("step", base_lr=lr, steps_per_epoch=steps, epochs=1, step_size=1, step_gamma=0.5)
+    return train_one_epoch(model, loader, opt, nn.CrossEntropyLoss(), schedule=schedule, step=0, accum_steps=accum, amp=CPU)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_accumulating_k_micro_batches_equals_one_big_batch(k, optimizer):
+    micro = batches(k * 3, 4)
+    big = [
+        (torch.cat([x for x, _ in micro[i : i + k]]), torch.cat([y for _, y in micro[i : i + k]]))
+        for i in range(0, len(micro), k)
+    ]
+    a, b = linear_model(), linear_model()
+    ra = run(a, micro, accum=k, optimizer=optimizer)
+    rb = run(b, big, accum=1, optimizer=optimizer)
+    assert ra.step == rb.step == 3
+    assert len(ra.lrs) == 3
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    assert ra.train_loss == pytest.approx(rb.train_loss, rel=1e-5)
+
+
+def test_partial_group_at_epoch_end_still_steps():
+    model = linear_model()
+    before = copy.deepcopy(model.state_dict())
+    result = run(model, batches(5, 4), accum=4)
+    assert result.step == 2  # one full group of 4 and the remaining 1
+    assert not torch.equal(before["1.weight"], model.state_dict()["1.weight"])
+
+
+def test_lr_follows_the_schedule_per_optimizer_step():
+    model = linear_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    schedule = create_schedule("cosine", base_lr=0.1, steps_per_epoch=4, epochs=1)
+    result = train_one_epoch(
+        model, batches(8, 2), opt, nn.CrossEntropyLoss(), schedule=schedule, step=0, accum_steps=2, amp=CPU
+    )
+    assert result.lrs == pytest.approx([schedule.lr(i) for i in range(4)])
+    assert opt.param_groups[0]["lr"] == pytest.approx(schedule.lr(3))
+
+
+def test_non_finite_loss_raises_diverged():
+    class NaNLoss(nn.Module):
+        def forward(self, logits, y):
+            return logits.sum() * float("nan")
+
+    model = linear_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = create_schedule("step", base_lr=0.1, steps_per_epoch=2, epochs=1)
+    with pytest.raises(Diverged):
+        train_one_epoch(model, batches(2, 2), opt, NaNLoss(), schedule=schedule, step=0, accum_steps=1, amp=CPU)
+
+
+def test_stop_request_interrupts_between_micro_batches():
+    model = linear_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = create_schedule("step", base_lr=0.1, steps_per_epoch=4, epochs=1)
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Interrupted):
+        train_one_epoch(
+            model, batches(4, 2), opt, nn.CrossEntropyLoss(), schedule=schedule, step=0, accum_steps=1,
+            amp=CPU, should_stop=should_stop,
+        )
+
+
+def test_evaluate_matches_sklearn_metrics_and_restores_nothing():
+    model = linear_model()
+    data = batches(3, 8)
+    ev = evaluate(model, data, n_classes=5, amp=CPU)
+    assert not model.training
+    from sklearn.metrics import f1_score
+
+    from lrtune.training.loaders import to_model_input
+
+    with torch.no_grad():
+        preds = torch.cat([model(to_model_input(x, "cpu")).argmax(1) for x, _ in data]).numpy()
+    y = torch.cat([y for _, y in data]).numpy()
+    assert ev.macro_f1 == pytest.approx(f1_score(y, preds, average="macro", labels=range(5), zero_division=0))
+    assert np.array(confusion(ev.targets, ev.preds, 5)).sum() == len(y)
+    assert ev.loss > 0
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(LRTuneError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LRTuneError, match="CUDA is not available"):
+            resolve_device("cuda:0")

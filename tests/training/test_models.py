@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from lrtune.errors import LRTuneError
+from lrtune.training.models import create_model
+
+
+def test_any_timm_model_with_our_number_of_classes():
+    model = create_model("test_resnet", num_classes=7)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 7)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(LRTuneError, match=r"unknown model 'test_resnett'.*did you mean: test_resnet"):
+        create_model("test_resnett", num_classes=3)
+
+
+def test_pretrained_without_local_weights_is_a_clear_error_not_a_download(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LRTuneError, match="no local pretrained weights for 'resnet18'.*--weights FILE"):
+        create_model("resnet18", num_classes=3, pretrained=True)
+
+
+def test_pretrained_from_a_local_file_keeps_the_backbone_and_replaces_the_head(tmp_path):
+    source = create_model("test_resnet", num_classes=1000)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model("test_resnet", num_classes=4, pretrained=True, weights=str(path))
+    loaded, original = model.state_dict(), source.state_dict()
+    backbone = [k for k in original if not k.startswith("fc.")]
+    assert backbone and all(torch.equal(loaded[k], original[k]) for k in backbone)
+    assert model.get_classifier().out_features == 4
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(LRTuneError, match="weights file not found"):
+        create_model("test_resnet", num_classes=3, pretrained=True, weights=str(tmp_path / "x.pth"))
+    with pytest.raises(LRTuneError, match="--weights is given without --pretrained"):
+        create_model("test_resnet", num_classes=3, weights=str(tmp_path / "x.pth"))

@@ -1,0 +1,62 @@
+import optuna
+import pytest
+
+from lrtune.config import Config
+from lrtune.errors import LRTuneError
+from lrtune.tuner.space import BASELINE, baseline_params, check_space, suggest
+
+
+def sample(cfg, n=40, seed=0):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append((suggest(trial, cfg), trial.params))
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_default_space_covers_every_dimension():
+    cfg = Config()
+    drawn = sample(cfg, 80)
+    assert {p.scheduler for p, _ in drawn} == {"step", "cosine", "plateau"}
+    assert {p.loss for p, _ in drawn} == {"ce", "focal", "label_smoothing", "f1"}
+    assert {p.accum for p, _ in drawn} == {1, 2, 4, 8}
+    assert all(cfg.lr_min <= p.lr <= cfg.lr_max for p, _ in drawn)
+
+
+def test_conditional_parameters_only_where_they_apply():
+    for params, raw in sample(Config(), 60):
+        assert ("step_size" in raw) == (params.scheduler == "step")
+        assert ("plateau_factor" in raw) == (params.scheduler == "plateau")
+        assert ("focal_gamma" in raw) == (params.loss == "focal")
+        assert ("smoothing" in raw) == (params.loss == "label_smoothing")
+
+
+def test_narrowed_and_fixed_dimensions():
+    cfg = Config(lr_min=0.01, lr_max=0.01, schedulers=["step"], losses=["focal"], accum=[2])
+    for params, _ in sample(cfg, 10):
+        assert params.lr == pytest.approx(0.01)
+        assert (params.scheduler, params.loss, params.accum) == ("step", "focal", 2)
+        assert 1 <= params.step_size <= cfg.epochs // 2
+
+
+def test_fixed_trial_gives_the_params_back():
+    trial = optuna.trial.FixedTrial({"lr": 0.003, "scheduler": "plateau", "loss": "ce", "accum": 4,
+                                     "plateau_factor": 0.5, "plateau_patience": 1})
+    params = suggest(trial, Config())
+    assert (params.lr, params.scheduler, params.accum, params.plateau_factor, params.plateau_patience) == (
+        0.003, "plateau", 4, 0.5, 1)
+
+
+def test_baseline_is_the_default_and_moves_into_a_narrowed_space():
+    assert baseline_params(Config()) == BASELINE
+    narrowed = baseline_params(Config(lr_min=0.01, lr_max=0.1, schedulers=["step", "plateau"], losses=["focal"], accum=[2, 4]))
+    assert narrowed == {"lr": 0.01, "scheduler": "step", "loss": "focal", "accum": 2}
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(LRTuneError, match=r"unknown scheduler 'linear' \(valid: step, cosine, plateau\)"):
+        check_space(Config(schedulers=["linear"]))
+    with pytest.raises(LRTuneError, match=r"unknown loss 'dice' \(valid: ce, focal, label_smoothing, f1\)"):
+        check_space(Config(losses=["ce", "dice"]))

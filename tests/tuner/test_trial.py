@@ -1,0 +1,132 @@
+import optuna
+import pytest
+import torch
+
+from lrtune.config import Config
+from lrtune.errors import LRTuneError
+from lrtune.tuner.trial import Objective, StopFlag, TrialFailed
+from lrtune.training import checkpoints
+from lrtune.training import run as run_mod
+from lrtune.training.loop import Interrupted
+
+PARAMS = {"lr": 3e-3, "scheduler": "cosine", "loss": "focal", "focal_gamma": 2.0, "accum": 2}
+
+
+def make(tmp_path, **overrides):
+    cfg = Config(epochs=3, studies_dir=str(tmp_path), **overrides)
+    return Objective(cfg, study_dir=tmp_path / "study")
+
+
+def test_objective_runs_under_a_fixed_trial_and_records_json_safe_results(tmp_path):
+    objective = make(tmp_path)
+    trial = optuna.trial.FixedTrial(PARAMS)
+    value = objective(trial)
+    attrs = trial.user_attrs
+    assert 0.0 <= value <= 1.0
+    assert value == pytest.approx(max(attrs["curves"]["val_f1"]))
+    assert attrs["curves"]["epoch"] == [1, 2, 3]
+    assert len(attrs["curves"]["lr"]) == 3 and len(attrs["lr_steps"]) > 3
+    best = attrs["best"]
+    assert best["macro_f1"] == value
+    assert len(best["confusion"]) == 10 and len(best["f1"]) == 10
+    # The matrix is the best epoch's, computed when the trial ends.
+    assert sum(map(sum, best["confusion"])) == len(objective.data.val_idx)
+    trace = sum(best["confusion"][i][i] for i in range(10))
+    assert trace / len(objective.data.val_idx) == pytest.approx(best["accuracy"])
+    assert attrs["effective_batch"] == 64
+    import json
+
+    json.dumps(attrs)  # everything stored on a trial is JSON-safe
+    assert (tmp_path / "study" / "trials" / "0" / "best.pt").is_file()
+    assert not (tmp_path / "study" / "trials" / "0" / "last.pt").exists()
+    saved = checkpoints.load(tmp_path / "study" / "trials" / "0" / "best.pt")
+    assert saved["model"] == "test_resnet" and saved["classes"] == [str(i) for i in range(10)]
+
+
+def test_a_retried_trial_continues_from_its_checkpoint_and_ends_identical(tmp_path):
+    full = make(tmp_path / "a")
+    reference = optuna.trial.FixedTrial(PARAMS, number=0)
+    expected = full(reference)
+
+    stop = StopFlag()
+    interrupted = Objective(Config(epochs=3, studies_dir=str(tmp_path / "b")), study_dir=tmp_path / "b" / "s", stop=stop)
+
+    class StopInEpoch3:
+        def epoch(self, trial, epoch, epochs, f1):
+            if epoch == 2:
+                stop.signum = 2  # arrives during epoch 3
+
+    interrupted.progress = StopInEpoch3()
+    first = optuna.trial.FixedTrial(PARAMS, number=0)
+    with pytest.raises(Interrupted):
+        interrupted(first)
+    assert first.user_attrs["reason"] == "interrupted"
+    assert (tmp_path / "b" / "s" / "trials" / "0" / "last.pt").is_file()
+
+    stop.signum = None
+    retry = optuna.trial.FixedTrial(PARAMS, number=1)
+    retry.set_user_attr("retry_of", 0)
+    retry.set_user_attr("seed", first.user_attrs["seed"])
+    assert interrupted(retry) == expected
+    assert retry.user_attrs["resumed_at_epoch"] == 3
+    assert retry.user_attrs["curves"] == reference.user_attrs["curves"]
+    assert not (tmp_path / "b" / "s" / "trials" / "0").exists()
+
+
+def test_divergence_prunes_with_the_reason(tmp_path, monkeypatch):
+    objective = make(tmp_path)
+    real = run_mod.create_loss
+
+    def nan_loss(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        return lambda logits, y: loss(logits, y) * float("nan")
+
+    monkeypatch.setattr(run_mod, "create_loss", nan_loss)
+    trial = optuna.trial.FixedTrial(PARAMS)
+    with pytest.raises(optuna.TrialPruned, match="diverged"):
+        objective(trial)
+    assert trial.user_attrs["reason"].startswith("diverged: non-finite train loss")
+    assert not (tmp_path / "study" / "trials" / "0").exists()
+
+
+def test_out_of_memory_fails_the_trial_with_its_reason_then_stops_a_doomed_study(tmp_path, monkeypatch):
+    objective = make(tmp_path)
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(run_mod, "train_one_epoch", oom)
+    for number in range(2):
+        trial = optuna.trial.FixedTrial(PARAMS, number=number)
+        with pytest.raises(TrialFailed, match="out of memory"):
+            objective(trial)
+        assert trial.user_attrs["reason"] == "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
+    with pytest.raises(LRTuneError, match="3 trials in a row failed"):
+        objective(optuna.trial.FixedTrial(PARAMS, number=2))
+
+
+@pytest.mark.parametrize(
+    ("keep", "study_best", "written"), [("best", 1.0, False), ("best", 0.0, True), ("all", 1.0, True)]
+)
+def test_keep_best_writes_no_weights_for_a_trial_that_cannot_beat_the_study(tmp_path, keep, study_best, written):
+    objective = make(tmp_path, keep=keep)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    study.add_trial(optuna.trial.create_trial(value=study_best))
+    study.enqueue_trial(PARAMS)
+    study.optimize(objective, n_trials=1)
+    assert 0.0 < study.trials[1].value
+    assert (tmp_path / "study" / "trials" / "1" / "best.pt").is_file() == written
+    assert not (tmp_path / "study" / "trials" / "1" / "last.pt").exists()
+
+
+def test_keep_none_writes_no_weights(tmp_path):
+    objective = make(tmp_path, keep="none")
+    objective(optuna.trial.FixedTrial(PARAMS))
+    assert not (tmp_path / "study" / "trials" / "0").exists()
+
+
+def test_errors_that_would_fail_every_trial_stop_before_the_first(tmp_path):
+    with pytest.raises(LRTuneError, match="unknown model"):
+        make(tmp_path, model="no_such_model")
+    with pytest.raises(LRTuneError, match="data .*missing.* not found"):
+        make(tmp_path, data=str(tmp_path / "missing"))
