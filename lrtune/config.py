@@ -40,13 +40,13 @@ class Config:
     num_workers: int = 0  # DataLoader worker processes
     # --- model --------------------------------------------------------------
     model: str = "test_resnet"  # any timm model name
-    pretrained: bool = False  # start from local pretrained weights (never downloaded)
+    pretrained: bool = False  # start from pretrained weights
     weights: str = ""  # a local weights file (.pth, .pt, .bin, .safetensors) for --pretrained
     # --- training -------------------------------------------------------------
     epochs: int = 10  # epochs per trial
     batch_size: int = 32  # micro-batch size; the effective batch is batch_size * accum
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, nesterov)
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # decoupled weight decay (AdamW), or L2 penalty (SGD)
     momentum: float = 0.9  # SGD only
     warmup_epochs: float = 0.0  # linear LR warmup in front of any scheduler, in epochs
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -54,9 +54,9 @@ class Config:
     diverge_factor: float = 10.0  # a train loss above this multiple of its best ends the trial as diverged
     # --- search space --------------------------------------------------------
     lr_min: float = 1e-5  # log-uniform LR range; equal bounds fix the LR
-    lr_max: float = 1.0
-    schedulers: list[str] = field(default_factory=lambda: ["step", "cosine", "plateau"])
-    losses: list[str] = field(default_factory=lambda: ["ce", "focal", "label_smoothing", "f1"])
+    lr_max: float = 1.0  # upper bound of the log-uniform LR range
+    schedulers: list[str] = field(default_factory=lambda: ["step", "cosine", "plateau"])  # schedulers to search
+    losses: list[str] = field(default_factory=lambda: ["ce", "focal", "label_smoothing", "f1"])  # losses to search
     accum: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # gradient accumulation steps
     # --- study ----------------------------------------------------------------
     trials: int = 50  # total finished (complete or pruned) trials the study should hold
