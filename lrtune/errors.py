@@ -25,6 +25,10 @@ class StudyError(LRTuneError):
     """A study cannot go on: another config, too many failed trials in a row."""
 
 
+class OutputError(LRTuneError):
+    """An output file or folder cannot be written: missing, read-only, or a folder where a file belongs."""
+
+
 class SearchInterrupted(LRTuneError):
     """Ctrl-C or SIGTERM stopped a search; running it again resumes where it stopped.
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from lrtune.errors import ConfigError, LRTuneError
+from lrtune.errors import ConfigError, OutputError
 from lrtune.formatting import format_duration, format_metric, format_value
 from lrtune.report.compute import TOP_TRIALS, ReportData, compute_report
 from lrtune.report.figures import FIGURES
@@ -75,7 +75,7 @@ def write_report(
         path = study_dir(studies_dir, study.study_name) / REPORT_NAME
         _make_output_folder(path.parent)
     if path.is_dir():
-        raise LRTuneError(f"--out {path} is a folder; give a file name")
+        raise OutputError(f"--out {path} is a folder; give a file name")
     data = compute_report(study, storage_label=storage_label)
     _write_atomically(path, draw_report(data, plotlyjs=plotlyjs))
     return path
@@ -88,16 +88,16 @@ def _check_plotlyjs(mode: str) -> None:
 
 def _check_output_folder(folder: Path) -> None:
     if not folder.is_dir():
-        raise LRTuneError(f"output folder {folder} does not exist")
+        raise OutputError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise LRTuneError(f"output folder {folder} is not writable")
+        raise OutputError(f"output folder {folder} is not writable")
 
 
 def _make_output_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LRTuneError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
     _check_output_folder(folder)
 
 
@@ -114,7 +114,7 @@ def _write_atomically(path: Path, text: str) -> None:
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as exc:
-        raise LRTuneError(f"cannot write report {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write report {path}: {exc.strerror or exc}") from None
     finally:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
