@@ -112,7 +112,7 @@ def seed_study(
         return stored
     say = progress.message if progress is not None else (lambda text: None)
     say("running the LR range test once for this study (--lr-range auto)")
-    result = run_range_test(cfg, data=data, amp=amp, progress=progress)
+    result = run_range_test(cfg, data=data, amp=amp, steps=STEPS, progress=progress)
     baseline = study.user_attrs.get("baseline") or {}
     baseline_lr = float(baseline.get("lr", cfg.lr_min))
     record = result.to_dict()
