@@ -76,11 +76,13 @@ def lr_find(
     have without the test.
     """
     from lrtune.training.loop import amp_policy, resolve_device
+    from lrtune.training.range_test import check_sweep
     from lrtune.training.run import load_training_data
-    from lrtune.tuner.lr_range import run_range_test
+    from lrtune.tuner.lr_range import default_start, run_range_test
 
     cfg = config if config is not None else Config()
     config_mod.validate(cfg)
+    check_sweep(start=default_start(cfg) if start is None else start, end=end, steps=steps)
     device = resolve_device(cfg.device)
     data = load_training_data(cfg, progress=progress)
     return run_range_test(

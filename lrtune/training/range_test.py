@@ -190,11 +190,16 @@ def choose(
 # --------------------------------------------------------------------------- the sweep
 
 
-def _check_inputs(run: Any, *, start: float, end: float, steps: int, diverge: float, beta: float) -> None:
+def check_sweep(*, start: float, end: float, steps: int) -> None:
+    """A range that increases from a positive start, and enough steps for the rules; else ``ConfigError``."""
     if not (math.isfinite(start) and math.isfinite(end)) or start <= 0 or end <= start:
         raise ConfigError(f"the LR range must increase from a positive start: --start {start:g} --end {end:g}")
     if steps < MIN_STEPS:
         raise ConfigError(f"--steps {steps} is too few for a range test; use at least {MIN_STEPS}")
+
+
+def _check_inputs(run: Any, *, start: float, end: float, steps: int, diverge: float, beta: float) -> None:
+    check_sweep(start=start, end=end, steps=steps)
     if diverge <= 1 or not 0 <= beta < 1:
         raise ConfigError(f"diverge must be > 1 and beta in [0, 1), got {diverge:g} and {beta:g}")
     n_images, batch = len(run.loader.dataset), run.cfg.batch_size

@@ -100,3 +100,17 @@ def test_a_search_after_lr_find_has_exactly_the_trials_of_one_without(tmp_path):
     assert len(result.lrs) > 0
     after = lrtune.search(config=small(tmp_path / "with"))
     assert trials_of(after) == trials_of(without)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"start": 1.0, "end": 0.1}, "the LR range must increase"),
+        ({"steps": 3}, "too few for a range test"),
+        ({"loss": "nope"}, "unknown loss 'nope'"),
+    ],
+)
+def test_lr_find_refuses_bad_input_with_one_line(tmp_path, kwargs, message):
+    with pytest.raises(lrtune.ConfigError, match=message) as info:
+        lrtune.lr_find(config=small(tmp_path), **kwargs)
+    assert "\n" not in str(info.value)
