@@ -16,6 +16,12 @@ For each seed, two searches on the same data with the same budget: one with
 
 Prints one row per seed, the median ratio and the hit rate, and writes them as
 JSON with ``--out``.
+
+    python benchmarks/lr_range.py --combinations [--accum-values 1,4] [--losses ce,focal,label_smoothing,f1]
+
+instead runs one range test per loss and accumulation (seed 0) and prints each
+suggestion beside what linear and square-root scaling of the accumulation-1
+suggestion with the effective batch would predict.
 """
 
 from __future__ import annotations
@@ -118,6 +124,25 @@ def one_seed(seed: int, args: argparse.Namespace, root: Path) -> dict:
     }
 
 
+def combinations(args: argparse.Namespace) -> dict:
+    """One range test per (loss, accumulation): does the suggestion move with the effective batch?"""
+    cfg = lrtune.Config(data=args.data, batch_size=args.batch_size, seed=0, studies_dir=tempfile.mkdtemp())
+    rows = []
+    for loss in args.losses.split(","):
+        accums = [int(a) for a in args.accum_values.split(",")]
+        base = None
+        for accum in accums:
+            result = lrtune.lr_find(config=cfg, loss=loss, accum=accum)
+            if accum == accums[0]:
+                base = result.suggestion
+            row = {"loss": loss, "accum": accum, "suggestion": result.suggestion, "rule": result.rule,
+                   "steepest": result.suggestions["steepest"], "linear": base * accum if base else None,
+                   "sqrt": base * accum**0.5 if base else None}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return {"args": vars(args), "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -128,10 +153,18 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--top-min", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps a shared machine usable)")
+    parser.add_argument("--combinations", action="store_true", help="range tests per loss and accumulation")
+    parser.add_argument("--losses", default="ce,focal,label_smoothing,f1")
+    parser.add_argument("--accum-values", default="1,4")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if args.combinations:
+        summary = combinations(args)
+        if args.out:
+            Path(args.out).write_text(json.dumps(summary, indent=1))
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):

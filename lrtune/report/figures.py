@@ -309,7 +309,8 @@ FIGURES = [
         "lr-range",
         "LR range test",
         "The range test's training loss against the LR it swept, with each rule's suggestion marked (the chosen "
-        "one solid), beside the completed trials' final macro-F1 against their LR: did the test predict the good LRs?",
+        "one solid), beside the completed trials' final macro-F1 against their LR: did the test predict the good LRs? "
+        "The shaded band is the LR range the search sampled from.",
         draw_lr_range,
     ),
     Figure(

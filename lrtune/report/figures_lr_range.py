@@ -45,29 +45,25 @@ def lr_range_figure(curve: LRRangeData) -> Any:
     if curve.bounds is not None and with_trials:
         fig.add_vrect(x0=curve.bounds[0], x1=curve.bounds[1], fillcolor="#ff7f0e", opacity=0.08, line_width=0,
                       row=1, col=2)
-    values = curve.lrs + curve.trial_lrs + list(curve.suggestions.values())
-    axis = log_axis(values)
-    fig.update_xaxes(**axis)
-    fig.update_xaxes(title_text="learning rate")
+    title = f"suggested LR {format_value(curve.suggestion)}: {curve.rule}" if curve.suggestion else curve.rule
+    title = plot_text(f"{title} ({curve.setup})" if curve.setup else title)
+    layout(fig, title={"text": title, "font": {"size": 13}}, margin={"l": 70, "r": 30, "t": 80, "b": 60})
+    fig.update_xaxes(title_text="learning rate", **log_axis(curve.lrs + curve.trial_lrs + list(curve.suggestions.values())))
     fig.update_yaxes(title_text="training loss", row=1, col=1)
     if with_trials:
         fig.update_yaxes(title_text="validation macro-F1", row=1, col=2)
-    title = f"suggested LR {format_value(curve.suggestion)}: {curve.rule}" if curve.suggestion else curve.rule
-    title = plot_text(f"{title} ({curve.setup})" if curve.setup else title)
-    return layout(fig, title={"text": title, "font": {"size": 13}}, margin={"l": 70, "r": 30, "t": 80, "b": 60})
+    return fig
 
 
 def _mark_suggestions(fig: Any, curve: LRRangeData, col: int) -> None:
-    """A vertical line per rule; the chosen one solid and thick, the others dashed."""
+    """A vertical line per rule, named in the legend; the chosen one solid and thick, the others dashed."""
+    import plotly.graph_objects as go
+
     for rule, lr in curve.suggestions.items():
         chosen = curve.suggestion is not None and abs(lr - curve.suggestion) <= 1e-9 * lr
-        fig.add_vline(
-            x=lr,
-            line={"color": RULE_COLORS.get(rule, "#444"), "dash": "solid" if chosen else "dash",
-                  "width": 3 if chosen else 1.5},
-            annotation_text=f"{RULE_LABELS.get(rule, rule)} {format_value(lr)}" if col == 1 else None,
-            annotation_position="top left" if rule == "valley" else "top right",
-            annotation_font_size=10,
-            row=1,
-            col=col,
-        )
+        line = {"color": RULE_COLORS.get(rule, "#444"), "dash": "solid" if chosen else "dash",
+                "width": 3 if chosen else 1.5}
+        fig.add_vline(x=lr, line=line, row=1, col=col)
+        if col == 1:
+            name = f"{RULE_LABELS.get(rule, rule)}: {format_value(lr)}" + (" (suggested)" if chosen else "")
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=line, name=name), row=1, col=1)
