@@ -243,6 +243,9 @@ def fingerprint(cfg: Config | Mapping[str, Any]) -> str:
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Human-readable ``name: old -> new`` lines for the identity fields that differ."""
-    a, b = identity(old), identity(new)
+    """Human-readable ``name: old -> new`` lines for the identity fields that differ.
+
+    A field missing from ``old`` (stored by a version without it) counts as its default.
+    """
+    a, b = identity({**to_dict(Config()), **old}), identity(new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -35,3 +35,23 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, args, message):
     assert result.stderr.startswith("lrtune: error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
+
+
+def test_help_lists_the_sweep_options_and_the_search_s_data_and_training_flags(capsys):
+    from lrtune.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["lr-find", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--start", "--end", "--steps", "--plot", "--data", "--model", "--batch-size", "--losses", "--accum"):
+        assert flag in out
+    assert "env LRTUNE_BATCH_SIZE" in out
+
+
+def test_search_help_names_the_lr_range_option(capsys):
+    from lrtune.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    assert "--lr-range" in capsys.readouterr().out

@@ -114,3 +114,16 @@ def test_lr_find_refuses_bad_input_with_one_line(tmp_path, kwargs, message):
     with pytest.raises(lrtune.ConfigError, match=message) as info:
         lrtune.lr_find(config=small(tmp_path), **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_a_study_stored_before_the_lr_range_option_resumes_without_force():
+    from lrtune import config as config_mod
+    from lrtune.tuner import driver
+
+    study = optuna.create_study()
+    stored = config_mod.to_dict(Config())
+    del stored["lr_range"]
+    study.set_user_attr("config", stored)
+    assert driver.config_changes(study, Config()) == []
+    with pytest.raises(lrtune.StudyError, match="lr_range: 'off' -> 'auto'"):
+        driver.config_changes(study, Config(lr_range="auto"))
