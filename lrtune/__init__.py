@@ -3,7 +3,7 @@
 The public API is what ``__all__`` names; every other module is internal.
 """
 
-from lrtune.api import best_trial, list_studies, load_config, open_study, search, write_report
+from lrtune.api import best_trial, list_studies, load_config, lr_find, open_study, search, write_report
 from lrtune.config import Config
 from lrtune.errors import (
     ConfigError,
@@ -11,6 +11,7 @@ from lrtune.errors import (
     LRTuneError,
     ModelError,
     OutputError,
+    RangeTestError,
     SearchInterrupted,
     StorageError,
     StudyError,
@@ -28,6 +29,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "ProgressSink",
+    "RangeTestError",
     "SearchInterrupted",
     "StorageError",
     "StudyError",
@@ -35,6 +37,7 @@ __all__ = [
     "best_trial",
     "list_studies",
     "load_config",
+    "lr_find",
     "open_study",
     "search",
     "write_report",

@@ -58,6 +58,7 @@ class Config:
     schedulers: list[str] = field(default_factory=lambda: ["step", "cosine", "plateau"])  # schedulers to search
     losses: list[str] = field(default_factory=lambda: ["ce", "focal", "label_smoothing", "f1"])  # losses to search
     accum: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # gradient accumulation steps
+    lr_range: str = "off"  # off | auto: an LR range test, once per study, narrows the LR range and queues its suggestion
     # --- study ----------------------------------------------------------------
     trials: int = 50  # total finished (complete or pruned) trials the study should hold
     timeout: float = 0.0  # seconds for this run; 0: no limit
@@ -78,6 +79,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "balance": ("none", "sampler", "oversample"),
     "optimizer": ("adamw", "sgd"),
     "keep": ("best", "all", "none"),
+    "lr_range": ("off", "auto"),
 }
 
 # Fields that only say how or where this run happens; changing them never
@@ -241,6 +243,9 @@ def fingerprint(cfg: Config | Mapping[str, Any]) -> str:
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Human-readable ``name: old -> new`` lines for the identity fields that differ."""
-    a, b = identity(old), identity(new)
+    """Human-readable ``name: old -> new`` lines for the identity fields that differ.
+
+    A field missing from ``old`` (stored by a version without it) counts as its default.
+    """
+    a, b = identity({**to_dict(Config()), **old}), identity(new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -81,6 +81,36 @@ def write_report(
     return path
 
 
+def write_lr_range_plot(record: dict[str, Any], *, out: str | Path, plotlyjs: str = "inline") -> Path:
+    """Write the LR range test figure of ``record`` (``RangeTestResult.to_dict()``) alone on a page."""
+    from lrtune.report.figures_lr_range import lr_range_figure
+    from lrtune.report.lr_range import lr_range_data
+
+    _check_plotlyjs(plotlyjs)
+    path = Path(out)
+    _check_output_folder(path.parent)
+    if path.is_dir():
+        raise LRTuneError(f"--plot {path} is a folder; give a file name")
+    curve = lr_range_data(record)
+    if curve is None:
+        raise LRTuneError("the LR range test recorded no curve to plot")
+    title = "lrtune LR range test"
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            f'<head>\n<meta charset="utf-8">\n<title>{title}</title>\n<style>{STYLE}</style>',
+            _plotlyjs_script(plotlyjs),
+            "</head>\n<body>\n<main>",
+            f"<h1>{title}</h1>",
+            f'<div class="figure" id="fig-lr-range">{_figure_html(lr_range_figure(curve), "lr-range")}</div>',
+            "</main>\n</body>\n</html>\n",
+        ]
+    )
+    _write_atomically(path, page)
+    return path
+
+
 def _check_plotlyjs(mode: str) -> None:
     if mode not in PLOTLYJS_MODES:
         raise ConfigError(f"unknown --plotlyjs {mode!r} (valid: {', '.join(PLOTLYJS_MODES)})")
