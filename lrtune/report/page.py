@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from lrtune.errors import ConfigError, OutputError
+from lrtune.errors import ConfigError, OutputError, RangeTestError
 from lrtune.formatting import format_duration, format_metric, format_value
 from lrtune.report.compute import TOP_TRIALS, ReportData, compute_report
 from lrtune.report.figures import FIGURES
@@ -90,10 +90,10 @@ def write_lr_range_plot(record: dict[str, Any], *, out: str | Path, plotlyjs: st
     path = Path(out)
     _check_output_folder(path.parent)
     if path.is_dir():
-        raise LRTuneError(f"--plot {path} is a folder; give a file name")
+        raise OutputError(f"--plot {path} is a folder; give a file name")
     curve = lr_range_data(record)
     if curve is None:
-        raise LRTuneError("the LR range test recorded no curve to plot")
+        raise RangeTestError("the LR range test recorded no curve to plot")
     title = "lrtune LR range test"
     page = "\n".join(
         [

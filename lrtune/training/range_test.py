@@ -216,7 +216,7 @@ def _batches(loader: Any):
 
 def _sweep(run: Any, *, start: float, end: float, steps: int, diverge: float, beta: float,
            progress: Callable[[int, int], None] | None) -> tuple[list[float], list[float], str, int]:
-    model, optimizer, scaler, amp = run.model, run.optimizer, run.scaler, run.amp
+    model, optimizer, scaler = run.model, run.optimizer, run.scaler
     accum = run.params.accum
     model.train()
     optimizer.zero_grad(set_to_none=True)
