@@ -3,7 +3,19 @@
 The public API is what ``__all__`` names; every other module is internal.
 """
 
-from lrtune.api import best_trial, list_studies, load_config, open_study, search, write_report
+from lrtune.api import (
+    best_trial,
+    export_config,
+    export_onnx,
+    list_studies,
+    load_config,
+    load_model,
+    open_study,
+    predict,
+    search,
+    train,
+    write_report,
+)
 from lrtune.config import Config
 from lrtune.errors import (
     ConfigError,
@@ -31,9 +43,14 @@ __all__ = [
     "StudyError",
     "__version__",
     "best_trial",
+    "export_config",
+    "export_onnx",
     "list_studies",
     "load_config",
+    "load_model",
     "open_study",
+    "predict",
     "search",
+    "train",
     "write_report",
 ]
