@@ -18,8 +18,14 @@ def check_output_file(path: str | Path, option: str = "--out") -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ConfigError(f"{option} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"{option} {path} is not writable")
+    probe = temporary_sibling(path)
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as exc:
+        raise ConfigError(f"{option} {path} is not writable ({exc.strerror or exc})") from None
+    probe.unlink(missing_ok=True)
     return path
 
 

@@ -74,18 +74,19 @@ def retrain(
         run.replayed_metrics = list(spec.val_curve)
     work = folder.with_name(f".{folder.name}.work")
     resumed = _resume(run, work, _identity(spec, on, n_epochs, cfg.epochs), progress)
+    value = None
     for epoch in range(run.state.epoch + 1, n_epochs + 1):
         try:
             outcome = run.train_epoch(epoch)
         except Diverged as exc:
             raise StudyError(f"retraining trial {spec.trial} diverged: {exc}") from None
+        value = outcome.macro_f1 if on == "train" else None
         if epoch < n_epochs:
             checkpoints.save(work / checkpoints.LAST, run.checkpoint(checkpoints.pack(run.model.state_dict())))
         if progress is not None:
             val = "no validation (trained on all images)" if on == "all" else f"macro-F1 {format_metric(outcome.macro_f1)}"
             loss = run.state.curves["train_loss"][-1]
             progress.message(f"epoch {epoch}/{n_epochs}: train loss {loss:.4f}, {val}")
-    value = run.state.curves["val_f1"][-1] if on == "train" else None
     _write_folder(run, spec, folder, on=on, epochs=n_epochs, value=value)
     shutil.rmtree(work, ignore_errors=True)
     return TrainedModel(folder, n_epochs, on, value, spec.value, resumed)
