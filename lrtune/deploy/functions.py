@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -59,6 +60,7 @@ def train(
         if study is None:
             raise ConfigError("train needs a study, or a config file written by `lrtune export --format toml`")
         spec = spec_from_trial(study, find_trial(study, trial))
+    spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, studies_dir=str(studies_dir)))
     folder = model_folder(studies_dir, spec.study, name or _default_name(spec.trial, on, epochs))
     return retrain(spec, folder=folder, on=on, epochs=epochs, device=device, progress=progress)
 
