@@ -11,10 +11,6 @@ from lrtune.formatting import format_metric
 from lrtune.progress import ConsoleProgress
 
 
-def _int_or_none(text: str | None) -> int | None:
-    return None if text is None else int(text)
-
-
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     train = sub.add_parser(
         "train",
