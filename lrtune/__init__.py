@@ -3,7 +3,20 @@
 The public API is what ``__all__`` names; every other module is internal.
 """
 
-from lrtune.api import best_trial, list_studies, load_config, lr_find, open_study, search, write_report
+from lrtune.api import (
+    best_trial,
+    export_config,
+    export_onnx,
+    list_studies,
+    load_config,
+    load_model,
+    lr_find,
+    open_study,
+    predict,
+    search,
+    train,
+    write_report,
+)
 from lrtune.config import Config
 from lrtune.errors import (
     ConfigError,
@@ -35,10 +48,15 @@ __all__ = [
     "StudyError",
     "__version__",
     "best_trial",
+    "export_config",
+    "export_onnx",
     "list_studies",
     "load_config",
+    "load_model",
     "lr_find",
     "open_study",
+    "predict",
     "search",
+    "train",
     "write_report",
 ]

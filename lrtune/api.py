@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial
 
 from lrtune import config as config_mod
 from lrtune.config import Config
+from lrtune.deploy.functions import export_config, export_onnx, load_model, predict, train
 from lrtune.progress import ConsoleProgress, ProgressSink
 from lrtune.storage import (
     default_storage_url,

@@ -40,8 +40,8 @@ class Config:
     num_workers: int = 0  # DataLoader worker processes
     # --- model --------------------------------------------------------------
     model: str = "test_resnet"  # any timm model name
-    pretrained: bool = False  # start from pretrained weights
-    weights: str = ""  # a local weights file (.pth, .pt, .bin, .safetensors) for --pretrained
+    pretrained: bool = False  # start from pretrained weights: timm's, downloaded once into the Hugging Face cache, or --weights
+    weights: str = ""  # a local weights file (.pth, .pt, .bin, .safetensors) for --pretrained instead of the download
     # --- training -------------------------------------------------------------
     epochs: int = 10  # epochs per trial
     batch_size: int = 32  # micro-batch size; the effective batch is batch_size * accum
@@ -89,6 +89,8 @@ RUN_ONLY = frozenset(
 )
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# Tables of a file written by ``lrtune export --format toml``: where its config came from, not options.
+EXPORT_TABLES = ("trial", "dataset", "versions")
 _HINTS = typing.get_type_hints(Config)
 
 
@@ -137,10 +139,10 @@ def file_overrides(path: str | Path) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(raw) - set(FIELDS))
+    unknown = sorted(set(raw) - set(FIELDS) - set(EXPORT_TABLES))
     if unknown:
         raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} (valid keys: {', '.join(FIELDS)})")
-    return {name: _convert(name, value, str(path)) for name, value in raw.items()}
+    return {name: _convert(name, value, str(path)) for name, value in raw.items() if name in FIELDS}
 
 
 def resolve(

@@ -22,12 +22,13 @@ MAY_IMPORT = {
     "storage": {"config", "errors"},
     "tuner": {"config", "errors", "progress", "training", "storage", "formatting"},
     "report": {"config", "errors", "storage", "formatting"},
-    "api": {"config", "errors", "progress", "training", "storage", "tuner", "report", "formatting"},
-    "cli": {"config", "errors", "progress", "storage", "formatting", "api", "report", "tuner", "training"},
+    "deploy": {"config", "errors", "progress", "training", "storage", "formatting"},
+    "api": {"config", "errors", "progress", "training", "storage", "tuner", "report", "formatting", "deploy"},
+    "cli": {"config", "errors", "progress", "storage", "formatting", "api", "report", "tuner", "training", "deploy"},
     "__init__": {"api", "config", "errors", "progress"},
     "__main__": {"cli"},
 }
-NEVER = {"training": {"optuna"}, "storage": {"torch", "timm"}, "report": {"torch", "timm"}}
+NEVER = {"training": {"optuna"}, "storage": {"torch", "timm"}, "report": {"torch", "timm"}, "deploy": {"lrtune.tuner"}}
 
 
 def modules():

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import psutil
-from PIL import Image
+from PIL import Image, ImageOps
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from lrtune.config import DIGITS_SETS
@@ -29,10 +29,11 @@ from lrtune.progress import ProgressSink
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CACHE_MODES = ("auto", "memory", "disk")
-CACHE_FORMAT = 1  # bump when the layout of the disk cache changes
+CACHE_FORMAT = 2  # bump when the layout of the disk cache, or how an image is decoded, changes
 DIGITS_IMBALANCE = 0.1  # digits-lt keeps this share of the last class, and a geometric ramp in between
 
 _DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # more than 8 bits per pixel
 _LOADED: OrderedDict[tuple[Any, ...], ImageSet] = OrderedDict()  # load_imageset's memo of recent sets
 _LOADED_MAX = 2  # a process trains on one set, and may evaluate on one more
 
@@ -264,9 +265,7 @@ def _decode_into(
 
     def decode(i: int) -> bool:
         try:
-            with Image.open(listing.root / listing.files[i]) as image:
-                image.draft("RGB", (size, size))
-                out[i] = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+            out[i] = decode_image(listing.root / listing.files[i], size)
         except _DECODE_ERRORS:
             return False
         return True
@@ -284,6 +283,23 @@ def _decode_into(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return ok
+
+
+def decode_image(path: str | Path, size: int) -> np.ndarray:
+    """One image file as a ``(size, size, 3)`` uint8 RGB array, the way training and prediction both see it.
+
+    Upright by its EXIF orientation; grayscale, palette and RGBA images become
+    RGB (alpha dropped, as timm's loader does); 16-bit images keep their top 8
+    bits; any size is resized (bilinear) to the square. Raises OSError or
+    ValueError when the file cannot be decoded.
+    """
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))
+        image = ImageOps.exif_transpose(image)
+        if image.mode in _WIDE_MODES:
+            wide = np.asarray(image, dtype=np.uint32 if image.mode != "F" else np.float32)
+            image = Image.fromarray(np.clip(wide / 256, 0, 255).astype(np.uint8), "L")
+        return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _bad_image_error(path: Path) -> DataError:

@@ -1,4 +1,4 @@
-"""Models: any timm architecture, with pretrained weights only from local files."""
+"""Models: any timm architecture; pretrained weights from the Hugging Face cache (downloaded once) or a local file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 from lrtune.errors import ModelError, first_line
@@ -18,8 +17,8 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 def create_model(name: str, *, num_classes: int, pretrained: bool = False, weights: str = "") -> nn.Module:
     """Build timm model ``name`` with a ``num_classes`` head.
 
-    With ``pretrained``, weights come from ``weights`` (a local file) or from
-    timm's local caches; nothing is ever downloaded.
+    With ``pretrained``, weights come from ``weights`` (a local file) or, as
+    timm does it, from the Hugging Face hub into its cache (downloaded once).
     """
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
@@ -29,7 +28,9 @@ def create_model(name: str, *, num_classes: int, pretrained: bool = False, weigh
         if weights:
             raise ModelError("--weights is given without --pretrained")
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
-    path = Path(weights) if weights else local_weights(name)
+    if not weights:
+        return _download(name, num_classes)
+    path = Path(weights)
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
     if not path.name.endswith(WEIGHT_SUFFIXES):
@@ -42,37 +43,39 @@ def create_model(name: str, *, num_classes: int, pretrained: bool = False, weigh
         raise ModelError(f"cannot load weights {path} into {name}: {first_line(exc)}") from None
 
 
-def local_weights(name: str) -> Path:
-    """Where timm's pretrained weights for ``name`` already lie on this machine.
-
-    Looks in the Hugging Face cache and torch hub's checkpoint folder only.
-    """
+def _download(name: str, num_classes: int) -> nn.Module:
+    """timm's pretrained weights, from the Hugging Face cache or downloaded into it."""
     cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None:
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise ModelError(f"timm has no pretrained weights for {name!r}; pass --weights FILE")
-    candidates: list[Path] = []
-    if cfg.file:
-        candidates.append(Path(cfg.file))
-    if cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ModelError(_not_fetched(name, cfg, exc)) from None
+    except Exception as exc:  # the hub client raises its own HTTP errors for no network or a missing repo
+        if type(exc).__module__.split(".")[0] not in ("huggingface_hub", "requests", "httpx", "urllib3"):
+            raise
+        raise ModelError(_not_fetched(name, cfg, exc)) from None
 
-        repo = cfg.hf_hub_id
-        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-            found = try_to_load_from_cache(repo, filename)
-            if isinstance(found, str):
-                candidates.append(Path(found))
-    if cfg.url:
-        candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url))
-    for path in candidates:
-        if path.is_file():
-            return path
-    where = cfg.hf_hub_id or cfg.url or name
-    raise ModelError(
-        f"no local pretrained weights for {name!r} ({where} is not in the local caches, and lrtune never downloads); "
-        "pass --weights FILE"
+
+def _not_fetched(name: str, cfg: timm.models.PretrainedCfg, exc: BaseException) -> str:
+    """One line: what could not be fetched, where it would be cached, and the way out."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants
+
+        source, cache = f"Hugging Face hub {cfg.hf_hub_id}", constants.HF_HUB_CACHE
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else first_line(exc)[:160]
+    else:
+        import torch
+
+        source, cache = str(cfg.url or cfg.file), os.path.join(torch.hub.get_dir(), "checkpoints")
+        reason = first_line(exc)[:160]
+    return (
+        f"pretrained weights for {name!r} ({source}) are not in the cache {cache} and cannot be downloaded "
+        f"({reason}); connect to the network once, or pass --weights FILE"
     )
 
 
 def check_model(name: str, *, num_classes: int, pretrained: bool, weights: str) -> None:
-    """Fail fast (before any trial runs) on a bad model name or missing weights."""
+    """Fail fast (before any trial runs) on a bad model name or weights that cannot be had."""
     create_model(name, num_classes=num_classes, pretrained=pretrained, weights=weights)

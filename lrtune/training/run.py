@@ -23,6 +23,7 @@ from lrtune.training import checkpoints
 from lrtune.training.datasets import ImageSet, class_counts, load_imageset, split_indices
 from lrtune.training.loaders import iter_eval_batches, make_train_loader
 from lrtune.training.loop import AmpPolicy, Diverged, train_one_epoch, evaluate
+from lrtune.training.metrics import Evaluation
 from lrtune.training.losses import create_loss
 from lrtune.training.models import create_model
 from lrtune.training.optimizer import create_optimizer
@@ -195,6 +196,9 @@ class TrainingRun:
         self.loss_fn = create_loss(params.loss, focal_gamma=params.focal_gamma, smoothing=params.smoothing)
         self.scaler = amp.scaler()
         self.state = RunState()
+        # Without validation images, the validation macro-F1 of each epoch that the
+        # schedule (plateau) steps on: a retrain on all data replays its trial's.
+        self.replayed_metrics: list[float] = []
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Continue from a checkpoint written by ``checkpoint``."""
@@ -241,28 +245,40 @@ class TrainingRun:
                 f"train loss {result.train_loss:.4g} at epoch {epoch} is over "
                 f"{cfg.diverge_factor:g}x its best ({min(previous):.4g})"
             )
-        ev = evaluate(
-            self.model,
-            iter_eval_batches(self.data.imageset, self.data.val_idx, max(cfg.batch_size, EVAL_BATCH)),
-            n_classes=self.data.n_classes,
-            amp=self.amp,
-        )
-        self.schedule.epoch_end(ev.macro_f1)
+        ev = self._validate()
+        if ev is not None:
+            self.schedule.epoch_end(ev.macro_f1)
+        elif self.replayed_metrics and epoch <= len(self.replayed_metrics):
+            self.schedule.epoch_end(self.replayed_metrics[epoch - 1])
         state.lr_steps.extend([[state.step + i, lr] for i, lr in enumerate(result.lrs)])
         state.epoch, state.step = epoch, result.step
         last_lr = result.lrs[-1] if result.lrs else self.schedule.lr(state.step)
+        nan = float("nan")
         for key, value in (
             ("train_loss", result.train_loss),
-            ("val_loss", ev.loss),
-            ("val_f1", ev.macro_f1),
-            ("val_acc", ev.accuracy),
+            ("val_loss", ev.loss if ev else nan),
+            ("val_f1", ev.macro_f1 if ev else nan),
+            ("val_acc", ev.accuracy if ev else nan),
             ("lr", last_lr),
         ):
             state.curves[key].append(round(float(value), 8))
         state.curves["epoch"].append(epoch)
+        if ev is None:
+            return EpochOutcome(epoch, nan, False)
         improved = ev.macro_f1 > state.best_value
         if improved:
             state.best_value, state.best = ev.macro_f1, ev.summary(epoch)
             state.best_preds = ev.preds.tolist()
             state.best_saved = False
         return EpochOutcome(epoch, ev.macro_f1, improved)
+
+    def _validate(self) -> Evaluation | None:
+        """Metrics on the validation images; None when the run has none (trained on all data)."""
+        if not len(self.data.val_idx):
+            return None
+        return evaluate(
+            self.model,
+            iter_eval_batches(self.data.imageset, self.data.val_idx, max(self.cfg.batch_size, EVAL_BATCH)),
+            n_classes=self.data.n_classes,
+            amp=self.amp,
+        )

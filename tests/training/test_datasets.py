@@ -307,3 +307,24 @@ def test_group_split_that_leaves_a_class_out_of_training() -> None:
 def test_group_split_with_too_few_groups() -> None:
     with pytest.raises(LRTuneError, match="synthetic"):
         split_indices(synthetic([0, 0, 1, 1], ["a", "a", "b", "b"]), val_fraction=0.2, seed=0)
+
+
+def test_decoding_makes_odd_images_upright_rgb_squares_and_training_sees_the_same(tmp_path):
+    from imagefiles import upright_top_red, write_odd_images
+
+    from lrtune.training.datasets import decode_image
+
+    for name in write_odd_images(tmp_path / "odd"):
+        image = decode_image(tmp_path / "odd" / name, 8)
+        assert image.shape == (8, 8, 3) and image.dtype == np.uint8, name
+    rotated = decode_image(tmp_path / "odd" / "rotated.jpg", 8).astype(int)
+    assert rotated[0, :, 0].mean() > 200 and rotated[0, :, 2].mean() < 60  # red on top: EXIF applied
+    assert rotated[-1, :, 2].mean() > 200 and rotated[-1, :, 0].mean() < 60
+    deep = decode_image(tmp_path / "odd" / "deep16.png", 20)[..., 0].astype(int)
+    assert deep.min() == 0 and deep.max() > 200  # 16-bit values scaled, not clipped to white
+    assert decode_image(tmp_path / "odd" / "gray.png", 4).tolist() == [[[128] * 3] * 4] * 4
+    for label in ("up", "down"):
+        for i in range(2):
+            upright_top_red(tmp_path / "set" / label / f"{i}.jpg")
+    imageset = load_imageset(str(tmp_path / "set"), image_size=8, cache="memory")
+    assert np.array_equal(imageset.images[0], decode_image(tmp_path / "set" / "down" / "0.jpg", 8))

@@ -15,12 +15,40 @@ def test_unknown_model_suggests_close_names():
         create_model("test_resnett", num_classes=3)
 
 
-def test_pretrained_without_local_weights_is_a_clear_error_not_a_download(monkeypatch, tmp_path):
+def _offline_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(LRTuneError, match="no local pretrained weights for 'resnet18'.*--weights FILE"):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return tmp_path / "hf" / "hub"
+
+
+def test_pretrained_offline_and_not_cached_is_one_line_naming_hub_id_cache_and_weights(monkeypatch, tmp_path):
+    cache = _offline_cache(monkeypatch, tmp_path)
+    with pytest.raises(LRTuneError) as info:
         create_model("resnet18", num_classes=3, pretrained=True)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "timm/resnet18" in message and str(cache) in message and "--weights FILE" in message
+
+
+def test_pretrained_comes_through_timm_from_the_hugging_face_cache(monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    cache = _offline_cache(monkeypatch, tmp_path)
+    source = create_model("test_resnet", num_classes=1000)
+    repo = cache / "models--timm--test_resnet.r160_in1k"
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    save_file(source.state_dict(), str(repo / "snapshots" / revision / "model.safetensors"))
+    model = create_model("test_resnet", num_classes=4, pretrained=True)
+    assert torch.equal(model.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
+    assert model.get_classifier().out_features == 4
 
 
 def test_pretrained_from_a_local_file_keeps_the_backbone_and_replaces_the_head(tmp_path):
