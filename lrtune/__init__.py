@@ -3,20 +3,10 @@
 The public API is what ``__all__`` names; every other module is internal.
 """
 
-from lrtune.api import (
-    best_trial,
-    export_config,
-    export_onnx,
-    list_studies,
-    load_config,
-    load_model,
-    lr_find,
-    open_study,
-    predict,
-    search,
-    train,
-    write_report,
-)
+from typing import Any
+
+from lrtune import api
+from lrtune.api import best_trial, list_studies, load_config, lr_find, open_study, search, write_report
 from lrtune.config import Config
 from lrtune.errors import (
     ConfigError,
@@ -60,3 +50,16 @@ __all__ = [
     "train",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``train``, ``load_model``, ``predict``, ``export_config`` and ``export_onnx`` load torch: on first use."""
+    if name in api.DEPLOY_FUNCTIONS:
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

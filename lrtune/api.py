@@ -15,7 +15,6 @@ from optuna.trial import FrozenTrial
 
 from lrtune import config as config_mod
 from lrtune.config import Config
-from lrtune.deploy.functions import export_config, export_onnx, load_model, predict, train
 from lrtune.progress import ConsoleProgress, ProgressSink
 from lrtune.storage import (
     default_storage_url,
@@ -140,3 +139,15 @@ def write_report(
     from lrtune.report import write_report as write
 
     return write(study, out=out, studies_dir=studies_dir, plotlyjs=plotlyjs, storage_label=storage_label(study))
+
+
+DEPLOY_FUNCTIONS = ("train", "load_model", "predict", "export_config", "export_onnx")
+
+
+def __getattr__(name: str) -> Any:
+    """The deploy functions (``lrtune.deploy.functions``) load torch, so they are imported on first use."""
+    if name in DEPLOY_FUNCTIONS:
+        from lrtune.deploy import functions
+
+        return getattr(functions, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
