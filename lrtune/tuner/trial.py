@@ -22,7 +22,7 @@ from lrtune.config import Config, effective_image_size
 from lrtune.errors import LRTuneError, StudyError, first_line
 from lrtune.progress import ProgressSink
 from lrtune.tuner.space import check_space, suggest
-from lrtune.training import checkpoints
+from lrtune.training import checkpoints, memory
 from lrtune.training.loop import Diverged, Interrupted, amp_policy, resolve_device
 from lrtune.training.metrics import confusion
 from lrtune.training.models import check_model
@@ -98,10 +98,13 @@ class Objective:
         self.data = data or load_training_data(cfg, progress=progress)
         check_model(cfg.model, num_classes=self.data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
         self.consecutive_failures = 0
+        self.peak = 0  # the most device memory a trial of this process has reserved
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.stop():
             raise Interrupted
+        if self.peak:  # other trials may share this GPU: wait for room for one more like the last
+            memory.wait_for_memory(int(self.peak * memory.MEMORY_MARGIN), lambda: memory.free_bytes(self.device))
         params = suggest(trial, self.cfg)
         seed = int(trial.user_attrs.get("seed", self.cfg.seed * 100_003 + trial.number))
         retry_of = trial.user_attrs.get("retry_of")
@@ -111,7 +114,10 @@ class Objective:
         trial.set_user_attr("effective_batch", self.cfg.batch_size * params.accum)
         failure = None
         try:
-            value = self._run(trial, params, seed, retry_of)
+            try:
+                value = self._run(trial, params, seed, retry_of)
+            finally:
+                self.peak = max(self.peak, memory.peak_bytes(self.device))
         except (Interrupted, KeyboardInterrupt):
             trial.set_user_attr("reason", "interrupted")
             study = getattr(trial, "study", None)

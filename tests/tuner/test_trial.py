@@ -43,13 +43,15 @@ def test_objective_runs_under_a_fixed_trial_and_records_json_safe_results(tmp_pa
     assert saved["model"] == "test_resnet" and saved["classes"] == [str(i) for i in range(10)]
 
 
-def test_a_retried_trial_continues_from_its_checkpoint_and_ends_identical(tmp_path):
-    full = make(tmp_path / "a")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_retried_trial_continues_from_its_checkpoint_and_ends_identical(tmp_path, num_workers):
+    full = make(tmp_path / "a", num_workers=num_workers)
     reference = optuna.trial.FixedTrial(PARAMS, number=0)
     expected = full(reference)
 
     stop = StopFlag()
-    interrupted = Objective(Config(epochs=3, studies_dir=str(tmp_path / "b")), study_dir=tmp_path / "b" / "s", stop=stop)
+    cfg = Config(epochs=3, studies_dir=str(tmp_path / "b"), num_workers=num_workers)
+    interrupted = Objective(cfg, study_dir=tmp_path / "b" / "s", stop=stop)
 
     class StopInEpoch3:
         def epoch(self, trial, epoch, epochs, f1):
