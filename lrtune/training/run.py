@@ -192,7 +192,7 @@ class TrainingRun:
         memory_format = torch.channels_last if amp.channels_last else torch.preserve_format
         self.model.to(amp.device, memory_format=memory_format)
         # What trains: the model itself, or its compiled wrapper (same parameters, same state_dict).
-        self.net = torch.compile(self.model) if cfg.compile else self.model
+        self.net = torch.compile(self.model, dynamic=False) if cfg.compile else self.model
         self.augment = augment_path(cfg, data, amp.device)
         self.loader = make_loader(cfg, data, amp.device, self.augment)
         steps_per_epoch = max(1, math.ceil(len(self.loader) / params.accum))
