@@ -83,7 +83,8 @@ class DeviceAugment:
         if self.hflip > 0:
             flip = self._rand(b, device) < self.hflip
             mirror = torch.eye(3, device=device).repeat(b, 1, 1)
-            mirror[flip, 0, 0], mirror[flip, 0, 2] = -1.0, w - 1.0
+            mirror[:, 0, 0] = torch.where(flip, -1.0, 1.0)  # no boolean indexing: it would wait for the device
+            mirror[:, 0, 2] = torch.where(flip, w - 1.0, 0.0)
             inverse = inverse @ mirror
         if self.affine > 0 or affine_p is not None:
             p = affine_p if affine_p is not None else torch.full((b,), self.affine, device=device)
@@ -193,7 +194,8 @@ class DeviceLoader:
             yield self.augment(self.images[index], affine_p), self.labels[index]
 
 
-_CACHE: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+# (id of the source array, device) -> (the source array, kept so its id stays its own; images; labels)
+_CACHE: dict[tuple[int, str], tuple[np.ndarray, torch.Tensor, torch.Tensor]] = {}
 
 
 def device_cache(imageset: ImageSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,8 +204,8 @@ def device_cache(imageset: ImageSet, device: torch.device) -> tuple[torch.Tensor
     if key not in _CACHE:
         _CACHE.clear()
         images = torch.tensor(np.asarray(imageset.images), dtype=torch.uint8).to(device)
-        _CACHE[key] = images, torch.as_tensor(imageset.labels, dtype=torch.int64).to(device)
-    return _CACHE[key]
+        _CACHE[key] = imageset.images, images, torch.as_tensor(imageset.labels, dtype=torch.int64).to(device)
+    return _CACHE[key][1:]
 
 
 def make_device_loader(

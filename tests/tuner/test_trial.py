@@ -60,8 +60,11 @@ def test_a_retried_trial_continues_from_its_checkpoint_and_ends_identical(tmp_pa
     interrupted = Objective(cfg, study_dir=tmp_path / "b" / "s", stop=stop)
 
     class StopInEpoch3:
+        fired = False
+
         def epoch(self, trial, epoch, epochs, f1):
-            if epoch == 2:
+            if epoch == 2 and not self.fired:  # once: a retry from epoch 1 passes epoch 2 again
+                self.fired = True
                 stop.signum = 2  # arrives during epoch 3
 
     interrupted.progress = StopInEpoch3()
@@ -143,3 +146,14 @@ def test_errors_that_would_fail_every_trial_stop_before_the_first(tmp_path):
         make(tmp_path, model="no_such_model")
     with pytest.raises(LRTuneError, match="data .*missing.* not found"):
         make(tmp_path, data=str(tmp_path / "missing"))
+
+
+def test_a_trial_on_the_device_augmentation_path_trains_and_repeats_exactly(tmp_path):
+    values = []
+    for name in ("a", "b"):
+        cfg = Config(epochs=2, studies_dir=str(tmp_path / name), augment="device", crop=0.5, balance="oversample")
+        objective = Objective(cfg, study_dir=tmp_path / name / "study")
+        trial = optuna.trial.FixedTrial(PARAMS, number=0)
+        values.append((objective(trial), trial.user_attrs["curves"]))
+    assert 0.0 <= values[0][0] <= 1.0 and len(values[0][1]["epoch"]) == 2
+    assert values[0] == values[1]
