@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,7 @@ def epoch_times(cfg: Config, data: TrainingData) -> list[float]:
 def concurrent_digits(sizes: Sizes, workers: int, root: Path) -> float:
     """Total training images/s of ``workers`` digits searches sharing the device, over the span of their trials."""
     studies = root / f"digits-{workers}"
+    shutil.rmtree(studies, ignore_errors=True)  # a fresh study: an old one would already be complete
     trials = sizes.digits_trials * workers
     cmd = [sys.executable, "-m", "lrtune", "search", "-q", "--studies-dir", str(studies), "--study", "digits",
            "--device", sizes.device, "--trials", str(trials), "--workers", str(workers), "--pruner", "none",
