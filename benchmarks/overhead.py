@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
+from typing import Any, Callable
 
 import optuna
 import torch
@@ -39,7 +40,7 @@ from lrtune.training.datasets import load_imageset, split_indices
 from lrtune.training.loaders import iter_eval_batches, make_train_loader, to_model_input
 from lrtune.training.models import create_model
 from lrtune.training.optimizer import FUSED_DEVICES
-from lrtune.training.run import epoch_seed, seed_everything
+from lrtune.training.run import EpochOutcome, TrainingRun, epoch_seed, seed_everything
 from lrtune.tuner import recovery
 from lrtune.tuner.driver import optimize, prepare_study
 from lrtune.tuner.space import BASELINE
@@ -103,10 +104,61 @@ def lrtune_trial(study: optuna.Study, objective: Objective, cfg: Config) -> tupl
     return elapsed, study.get_trials(deepcopy=False)[-1].value
 
 
+def fixed_costs(study: optuna.Study, objective: Objective, cfg: Config, trials: int) -> tuple[float, float]:
+    """lrtune's own cost, in seconds per epoch and per trial, with the training itself taken out.
+
+    Each epoch's training and validation are replaced by a stand-in that records
+    an improving epoch (the costliest case: the best weights change every epoch)
+    with the LR points a real epoch has; building the run (model, loader) is
+    timed apart and left out too, as the bare loop pays it as well. What is left
+    is everything a trial adds: ask and tell, attributes, intermediate values,
+    the pruner, checkpoints, best weights, callbacks.
+    """
+    steps = len(objective.data.train_idx) // cfg.batch_size
+    spent = {"epochs": 0.0, "build": 0.0}
+    real_epoch, real_init, real_objective_epoch = TrainingRun.train_epoch, TrainingRun.__init__, Objective._epoch
+
+    def stand_in(run: TrainingRun, epoch: int) -> EpochOutcome:
+        state = run.state
+        state.curves["epoch"].append(epoch)
+        for key in ("train_loss", "val_loss", "val_f1", "val_acc", "lr"):
+            state.curves[key].append(round(1 / (epoch + 1), 8))
+        state.lr_steps.extend([[state.step + i, 1e-3] for i in range(steps)])
+        state.epoch, state.step = epoch, state.step + steps
+        state.best_value, state.best_saved = epoch / cfg.epochs, False
+        state.best = {"epoch": epoch, "macro_f1": state.best_value}
+        state.best_preds = [0] * len(objective.data.val_idx)
+        return EpochOutcome(epoch, state.best_value, True)
+
+    def timer(real: Callable, key: str) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+
+        return timed
+
+    TrainingRun.train_epoch = stand_in
+    TrainingRun.__init__ = timer(real_init, "build")
+    Objective._epoch = timer(real_objective_epoch, "epochs")
+    try:
+        lrtune_trial(study, objective, cfg)  # warm-up
+        spent.update(epochs=0.0, build=0.0)
+        total = sum(lrtune_trial(study, objective, cfg)[0] for _ in range(trials))
+    finally:
+        TrainingRun.train_epoch, TrainingRun.__init__, Objective._epoch = real_epoch, real_init, real_objective_epoch
+    per_epoch = spent["epochs"] / (trials * cfg.epochs)
+    per_trial = (total - spent["build"] - spent["epochs"]) / trials
+    return per_epoch, per_trial
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--fixed-only", action="store_true", help="only measure lrtune's fixed costs per epoch and trial")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     cfg = Config(epochs=args.epochs, schedulers=["cosine"], losses=["ce"], accum=[1], pruner="none")
@@ -117,6 +169,10 @@ def main() -> None:
         storage = open_storage(default_storage_url(tmp), heartbeat=recovery.heartbeat())
         objective = Objective(cfg, study_dir=study_dir(tmp, cfg.study))
         study = prepare_study(cfg, dataset=objective.data.summary(), storage=storage)
+        per_epoch, per_trial = fixed_costs(study, objective, cfg, trials=max(5, args.repeats))
+        print(f"lrtune's fixed cost: {per_epoch * 1000:.1f} ms per epoch, {per_trial * 1000:.1f} ms per trial", flush=True)
+        if args.fixed_only:
+            return
         bare_loop(cfg)  # warm-up: first-touch allocations, lazy imports
         lrtune_trial(study, objective, cfg)
         for i in range(2 * args.repeats + 1):
@@ -140,7 +196,8 @@ def main() -> None:
         f"bare loop   median {statistics.median(bare_times):.2f} s\n"
         f"lrtune      median {statistics.median(lrtune_times):.2f} s\n"
         f"ratio       median {statistics.median(ratios):.3f} (quartiles {q1:.3f} to {q3:.3f},"
-        f" min {min(ratios):.3f}, max {max(ratios):.3f}); of the totals {sum(lrtune_times) / neighbours:.3f}"
+        f" min {min(ratios):.3f}, max {max(ratios):.3f}); of the totals {sum(lrtune_times) / neighbours:.3f}\n"
+        f"fixed cost  {per_epoch * 1000:.1f} ms per epoch, {per_trial * 1000:.1f} ms per trial"
     )
 
 

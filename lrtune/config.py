@@ -37,7 +37,9 @@ class Config:
     affine: float = 0.5  # probability of a shift/scale/rotate
     color: float = 0.5  # probability of a brightness/contrast change
     rare_affine: float = 0.9  # shift/scale/rotate probability used on rare classes with balance=oversample
-    num_workers: int = 0  # DataLoader worker processes
+    crop: float = 0.0  # probability of a random-resized crop (8% to 100% of the area, aspect 3/4 to 4/3)
+    augment: str = "auto"  # cpu (albumentations) | device (batched on a uint8 cache on the GPU) | auto: device on CUDA when the cache fits a quarter of its free memory
+    num_workers: int = 0  # DataLoader worker processes (they persist across a trial's epochs)
     # --- model --------------------------------------------------------------
     model: str = "test_resnet"  # any timm model name
     pretrained: bool = False  # start from pretrained weights: timm's, downloaded once into the Hugging Face cache, or --weights
@@ -51,6 +53,7 @@ class Config:
     warmup_epochs: float = 0.0  # linear LR warmup in front of any scheduler, in epochs
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler)
+    compile: bool = False  # torch.compile the model: a compile in each trial's first epoch, faster steps after it
     diverge_factor: float = 10.0  # a train loss above this multiple of its best ends the trial as diverged
     # --- search space --------------------------------------------------------
     lr_min: float = 1e-5  # log-uniform LR range; equal bounds fix the LR
@@ -76,6 +79,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "cache": ("auto", "memory", "disk"),
+    "augment": ("auto", "cpu", "device"),
     "balance": ("none", "sampler", "oversample"),
     "optimizer": ("adamw", "sgd"),
     "keep": ("best", "all", "none"),
@@ -85,7 +89,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Fields that only say how or where this run happens; changing them never
 # changes what a trial computes, so a study may be resumed with other values.
 RUN_ONLY = frozenset(
-    {"trials", "timeout", "study", "storage", "studies_dir", "workers", "keep", "force", "device", "num_workers"}
+    {"trials", "timeout", "study", "storage", "studies_dir", "workers", "keep", "force", "device", "num_workers", "compile"}
 )
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -206,7 +210,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum:g}")
     if cfg.diverge_factor <= 1:
         raise ConfigError(f"--diverge-factor must be greater than 1, got {cfg.diverge_factor:g}")
-    for name in ("hflip", "affine", "color", "rare_affine"):
+    for name in ("hflip", "affine", "color", "rare_affine", "crop"):
         p = getattr(cfg, name)
         if not (0 <= p <= 1 or (name == "hflip" and p == -1)):
             raise ConfigError(f"{name} must be a probability between 0 and 1, got {p:g}")

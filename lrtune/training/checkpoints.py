@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,17 @@ class Writer:
             max_workers=1, thread_name_prefix="lrtune-checkpoint", initializer=_lower_priority
         )
         self._pending: list[Future] = []
+        self.last_seconds = 0.0  # how long the last finished save took
 
     def save(self, path: Path, state: dict[str, Any]) -> None:
         while len(self._pending) >= self.MAX_PENDING:
             self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(save, path, state))
+        self._pending.append(self._pool.submit(self._timed_save, path, state))
+
+    def _timed_save(self, path: Path, state: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        save(path, state)
+        self.last_seconds = time.perf_counter() - started
 
     def wait(self) -> None:
         """Block until every save is on disk; re-raise the first error here, on the training thread."""

@@ -15,25 +15,46 @@ import albumentations as A
 import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from lrtune.errors import ConfigError
 from lrtune.training.datasets import ImageSet, class_counts
 
 BALANCE_MODES = ("none", "sampler", "oversample")
 
+# The ranges of the augmentations, shared with the device path (device_augment.py).
+AFFINE_SHIFT = 0.1  # shift by up to this share of the side, each axis on its own
+AFFINE_SCALE = (0.9, 1.1)  # scale, each axis on its own
+AFFINE_ROTATE = 15.0  # rotate by up to this many degrees either way
+BRIGHTNESS = 0.2  # add up to this share of 255 either way
+CONTRAST = 0.2  # multiply by 1 plus up to this either way
+CROP_SCALE = (0.08, 1.0)  # random-resized crop: share of the area kept (timm's and torchvision's default)
+CROP_RATIO = (3 / 4, 4 / 3)  # and its aspect ratio
+
 # --- training data --------------------------------------------------------------------
 
 
-def train_transform(*, hflip: float, affine: float, color: float) -> A.Compose:
-    """uint8 HWC in, uint8 HWC out; a step whose probability is 0 is left out."""
+def train_transform(*, hflip: float, affine: float, color: float, crop: float = 0.0, size: int = 0) -> A.Compose:
+    """uint8 HWC in, uint8 HWC out; a step whose probability is 0 is left out.
+
+    ``crop`` is the probability of a random-resized crop back to ``size`` pixels.
+    """
     steps: list[A.BasicTransform] = []
+    if crop > 0:
+        steps.append(A.RandomResizedCrop(size=(size, size), scale=CROP_SCALE, ratio=CROP_RATIO, p=crop))
     if hflip > 0:
         steps.append(A.HorizontalFlip(p=hflip))
     if affine > 0:
-        steps.append(A.Affine(translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), rotate=(-15, 15), p=affine))
+        steps.append(
+            A.Affine(
+                translate_percent=(-AFFINE_SHIFT, AFFINE_SHIFT),
+                scale=AFFINE_SCALE,
+                rotate=(-AFFINE_ROTATE, AFFINE_ROTATE),
+                p=affine,
+            )
+        )
     if color > 0:
-        steps.append(A.RandomBrightnessContrast(p=color))
+        steps.append(A.RandomBrightnessContrast(brightness_limit=BRIGHTNESS, contrast_limit=CONTRAST, p=color))
     return A.Compose(steps, seed=0)
 
 
@@ -55,11 +76,19 @@ class TrainDataset(Dataset):
         self.rare = np.zeros(len(self.indices), bool) if rare is None else np.asarray(rare, bool)
         self.transform = transform
         self.rare_transform = rare_transform if rare_transform is not None else transform
+        self.seed = 0  # the seed of the current epoch
+        self._worker_epoch = -1  # in a worker process: the epoch its transforms were last reseeded for
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(i, tuple):  # (position, epoch seed, epoch count) from an EpochSampler
+            i, seed, count = i
+            if self._worker_epoch != count:
+                self._worker_epoch = count
+                info = torch.utils.data.get_worker_info()
+                self.reseed(worker_seed(seed, info.id if info is not None else 0))
         index = int(self.indices[i])
         pipeline = self.rare_transform if self.rare[i] else self.transform
         image = pipeline(image=np.array(self.images[index]))["image"]
@@ -67,6 +96,7 @@ class TrainDataset(Dataset):
 
     def reseed(self, seed: int) -> None:
         """Restart the augmentation random streams from ``seed``."""
+        self.seed = seed
         self.transform.set_random_seed(seed)
         if self.rare_transform is not self.transform:
             self.rare_transform.set_random_seed(seed + 1)
@@ -85,12 +115,37 @@ class TrainDataset(Dataset):
         self.__dict__.update(state)
 
 
-def _reseed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    info.dataset.reseed(torch.initial_seed() % 2**32)
+def worker_seed(epoch_seed: int, worker_id: int) -> int:
+    """The augmentation seed of one loader worker in one epoch."""
+    return (epoch_seed * 7919 + worker_id) % 2**32
 
 
-def _oversampled(train_idx: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+class EpochSampler(Sampler):
+    """Wraps a sampler to hand each position to the dataset with the epoch's seed.
+
+    Worker processes live for the whole run (``persistent_workers``), so they
+    cannot be reseeded from the main process between epochs; they read the seed
+    that comes with every index instead. The order itself is drawn from a
+    generator seeded by that seed, never from the global RNG, so an epoch does
+    not depend on what ran before it and a resumed run replays exactly.
+    """
+
+    def __init__(self, dataset: TrainDataset, sampler: Sampler) -> None:
+        self.dataset, self.sampler = dataset, sampler
+        self.epochs = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        seed, count = self.dataset.seed, self.epochs
+        self.epochs += 1
+        self.sampler.generator = torch.Generator().manual_seed(seed)  # type: ignore[attr-defined]
+        for i in self.sampler:
+            yield int(i), seed, count
+
+
+def oversampled(train_idx: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Extra copies that lift every class below the median class count up to it."""
     counts = class_counts(labels, n_classes)
     target = math.ceil(float(np.median(counts[counts > 0])))
@@ -108,30 +163,36 @@ def make_train_loader(
     affine: float,
     color: float,
     rare_affine: float,
+    crop: float = 0.0,
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
     """Shuffled, augmented training batches of uint8 (B, S, S, 3) images and int64 labels.
 
-    Order and sampling come from torch's global RNG, so ``torch.manual_seed(s)``
-    plus ``loader.dataset.reseed(s)`` before an epoch makes it repeatable.
+    Order and sampling come from torch's global RNG (with worker processes: from
+    the epoch's seed), so ``torch.manual_seed(s)`` plus ``loader.dataset.reseed(s)``
+    before an epoch makes it repeatable. Worker processes persist across epochs.
     """
     if balance not in BALANCE_MODES:
         raise ConfigError(f"unknown balance {balance!r} (valid: {', '.join(BALANCE_MODES)})")
     train_idx = np.asarray(train_idx, np.int64)
     labels = imageset.labels[train_idx]
-    transform = train_transform(hflip=hflip, affine=affine, color=color)
+    size = int(imageset.images.shape[1])
+    transform = train_transform(hflip=hflip, affine=affine, color=color, crop=crop, size=size)
     sampler = None
     if balance == "oversample":
-        extras = _oversampled(train_idx, labels, len(imageset.classes))
+        extras = oversampled(train_idx, labels, len(imageset.classes))
         rare = np.r_[np.zeros(len(train_idx), bool), np.ones(len(extras), bool)]
-        rare_transform = train_transform(hflip=hflip, affine=rare_affine, color=color)
+        rare_transform = train_transform(hflip=hflip, affine=rare_affine, color=color, crop=crop, size=size)
         dataset = TrainDataset(imageset, np.r_[train_idx, extras], transform, rare=rare, rare_transform=rare_transform)
     else:
         dataset = TrainDataset(imageset, train_idx, transform)
     if balance == "sampler":
         weights = 1.0 / class_counts(labels, len(imageset.classes))[labels]
         sampler = WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(train_idx), replacement=True)
+    if num_workers > 0:
+        # Workers stay up for the whole run; each epoch's seed travels with its indices.
+        sampler = EpochSampler(dataset, sampler if sampler is not None else RandomSampler(dataset))
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -140,8 +201,10 @@ def make_train_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=len(dataset) > batch_size,
-        worker_init_fn=_reseed_worker if num_workers > 0 else None,
-        persistent_workers=False,
+        # The workers' base seed comes from a generator of their own, not from the
+        # global RNG, which the model's dropout goes on drawing from.
+        generator=torch.Generator() if num_workers > 0 else None,
+        persistent_workers=num_workers > 0,
     )
 
 

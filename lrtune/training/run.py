@@ -16,11 +16,13 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from lrtune.config import Config, effective_hflip, effective_image_size
 from lrtune.progress import ProgressSink
-from lrtune.training import checkpoints
+from lrtune.training import checkpoints, memory
 from lrtune.training.datasets import ImageSet, class_counts, load_imageset, split_indices
+from lrtune.training.device_augment import DeviceLoader, choose_augment, make_device_loader
 from lrtune.training.loaders import iter_eval_batches, make_train_loader
 from lrtune.training.loop import AmpPolicy, Diverged, train_one_epoch, evaluate
 from lrtune.training.metrics import Evaluation
@@ -103,6 +105,30 @@ def load_training_data(cfg: Config, *, progress: ProgressSink | None = None) -> 
     return TrainingData(imageset, train_idx, val_idx)
 
 
+def augment_path(cfg: Config, data: TrainingData, device: torch.device) -> str:
+    """``cpu`` or ``device``: where this run augments, from ``cfg.augment`` and the device's free memory."""
+    free = memory.free_bytes(device) if cfg.augment == "auto" else None  # a cache already there counts as free
+    return choose_augment(cfg.augment, device_type=device.type, cache_bytes=data.imageset.images.nbytes, free_bytes=free)
+
+
+def make_loader(cfg: Config, data: TrainingData, device: torch.device, path: str) -> DataLoader | DeviceLoader:
+    """Training batches augmented on the CPU by albumentations, or on ``device`` from a cache there."""
+    common = dict(
+        batch_size=cfg.batch_size,
+        balance=cfg.balance,
+        hflip=effective_hflip(cfg),
+        affine=cfg.affine,
+        color=cfg.color,
+        crop=cfg.crop,
+        rare_affine=cfg.rare_affine,
+    )
+    if path == "device":
+        return make_device_loader(data.imageset, data.train_idx, device=device, **common)
+    return make_train_loader(
+        data.imageset, data.train_idx, num_workers=cfg.num_workers, pin_memory=device.type == "cuda", **common
+    )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -166,18 +192,10 @@ class TrainingRun:
         self.model = create_model(cfg.model, num_classes=data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
         memory_format = torch.channels_last if amp.channels_last else torch.preserve_format
         self.model.to(amp.device, memory_format=memory_format)
-        self.loader = make_train_loader(
-            data.imageset,
-            data.train_idx,
-            batch_size=cfg.batch_size,
-            balance=cfg.balance,
-            hflip=effective_hflip(cfg),
-            affine=cfg.affine,
-            color=cfg.color,
-            rare_affine=cfg.rare_affine,
-            num_workers=cfg.num_workers,
-            pin_memory=amp.device.type == "cuda",
-        )
+        # What trains: the model itself, or its compiled wrapper (same parameters, same state_dict).
+        self.net = torch.compile(self.model, dynamic=False) if cfg.compile else self.model
+        self.augment = augment_path(cfg, data, amp.device)
+        self.loader = make_loader(cfg, data, amp.device, self.augment)
         steps_per_epoch = max(1, math.ceil(len(self.loader) / params.accum))
         self.optimizer = create_optimizer(
             self.model, name=cfg.optimizer, lr=params.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
@@ -223,10 +241,11 @@ class TrainingRun:
         """Train and validate one epoch, and record it; raises ``Diverged`` on a runaway loss."""
         cfg, state = self.cfg, self.state
         seed_everything(epoch_seed(self.seed, epoch))
-        self.loader.dataset.reseed(epoch_seed(self.seed, epoch))
+        reseed = self.loader.reseed if isinstance(self.loader, DeviceLoader) else self.loader.dataset.reseed
+        reseed(epoch_seed(self.seed, epoch))
         started = time.perf_counter()
         result = train_one_epoch(
-            self.model,
+            self.net,
             self.loader,
             self.optimizer,
             self.loss_fn,
@@ -277,7 +296,7 @@ class TrainingRun:
         if not len(self.data.val_idx):
             return None
         return evaluate(
-            self.model,
+            self.net,
             iter_eval_batches(self.data.imageset, self.data.val_idx, max(self.cfg.batch_size, EVAL_BATCH)),
             n_classes=self.data.n_classes,
             amp=self.amp,

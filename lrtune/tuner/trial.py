@@ -11,6 +11,7 @@ import gc
 import math
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,7 @@ from lrtune.config import Config, effective_image_size
 from lrtune.errors import LRTuneError, StudyError, first_line
 from lrtune.progress import ProgressSink
 from lrtune.tuner.space import check_space, suggest
-from lrtune.training import checkpoints
+from lrtune.training import checkpoints, memory
 from lrtune.training.loop import Diverged, Interrupted, amp_policy, resolve_device
 from lrtune.training.metrics import confusion
 from lrtune.training.models import check_model
@@ -30,6 +31,7 @@ from lrtune.training.run import Hyperparams, TrainingData, TrainingRun, load_tra
 
 MAX_LR_POINTS = 500  # per-step LR points kept on a trial
 MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: the fault is not in one trial's parameters
+CHECKPOINT_SHARE = 0.02  # at most this share of a trial's time goes to writing last.pt
 
 
 class TrialFailed(Exception):
@@ -65,11 +67,42 @@ def retry_attrs(trial: optuna.Trial | optuna.trial.FrozenTrial, seed: int | None
 
 @dataclass
 class TrialFiles:
-    """A trial's folder, its checkpoint writer, and its best weights while not yet in best.pt."""
+    """A trial's folder, its checkpoint writer, and its best weights while not yet in best.pt.
+
+    Also what decides when ``last.pt`` is written: the seconds of epochs since
+    the last one and what the last one cost; and the last epoch whose value the
+    study has heard.
+    """
 
     folder: Path
     writer: checkpoints.Writer = field(default_factory=checkpoints.Writer)
     best_weights: dict[str, torch.Tensor] | None = None
+    since_checkpoint: float = 0.0
+    checkpoint_cost: float = 0.0
+    skipped: int = 0  # epochs that ended without a checkpoint
+    reported: int = 0
+
+    def keep(self, run: TrainingRun, *, due: bool, keep_best: bool, last: bool) -> None:
+        """Copy the epoch's weights where they are needed (best weights, last.pt); queue last.pt when ``due``.
+
+        After the last epoch the trial ends: nothing to continue from, and the
+        model itself holds the final weights.
+        """
+        started = time.perf_counter()
+        packed = checkpoints.pack(run.model.state_dict()) if not last and (due or keep_best) else None
+        if keep_best:
+            self.best_weights = checkpoints.unpack(packed) if packed is not None else run.model.state_dict()
+        if due:
+            self.writer.save(self.folder / checkpoints.LAST, run.checkpoint(packed))
+            self.checkpoint_cost = time.perf_counter() - started + self.writer.last_seconds
+            self.since_checkpoint = 0.0
+        elif not last:
+            self.skipped += 1
+
+    def checkpoint_due(self) -> bool:
+        """The first epoch, then whenever the epochs since the last checkpoint took
+        ``1 / CHECKPOINT_SHARE`` times what writing one costs: a kill loses at most that much training."""
+        return self.checkpoint_cost == 0 or self.since_checkpoint * CHECKPOINT_SHARE >= self.checkpoint_cost
 
 
 class Objective:
@@ -98,10 +131,13 @@ class Objective:
         self.data = data or load_training_data(cfg, progress=progress)
         check_model(cfg.model, num_classes=self.data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
         self.consecutive_failures = 0
+        self.peak = 0  # the most device memory a trial of this process has reserved
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.stop():
             raise Interrupted
+        if self.peak:  # other trials may share this GPU: wait for room for one more like the last
+            memory.wait_for_memory(int(self.peak * memory.MEMORY_MARGIN), lambda: memory.free_bytes(self.device))
         params = suggest(trial, self.cfg)
         seed = int(trial.user_attrs.get("seed", self.cfg.seed * 100_003 + trial.number))
         retry_of = trial.user_attrs.get("retry_of")
@@ -111,7 +147,10 @@ class Objective:
         trial.set_user_attr("effective_batch", self.cfg.batch_size * params.accum)
         failure = None
         try:
-            value = self._run(trial, params, seed, retry_of)
+            try:
+                value = self._run(trial, params, seed, retry_of)
+            finally:
+                self.peak = max(self.peak, memory.peak_bytes(self.device))
         except (Interrupted, KeyboardInterrupt):
             trial.set_user_attr("reason", "interrupted")
             study = getattr(trial, "study", None)
@@ -158,8 +197,7 @@ class Objective:
         files = TrialFiles(checkpoints.trial_dir(self.study_dir, trial.number))
         if retry_of is not None and checkpoints.adopt(self.study_dir, int(retry_of), trial.number):
             run.restore(checkpoints.load(files.folder / checkpoints.LAST, self.amp.device))
-            for epoch, value in zip(run.state.curves["epoch"], run.state.curves["val_f1"]):
-                trial.report(value, int(epoch))
+            _report(trial, run, files)
             trial.set_user_attr("resumed_at_epoch", run.state.epoch + 1)
         # The best epoch's weights stay in memory (the copy packed for its last.pt)
         # and are written to best.pt only when a later epoch stops matching them
@@ -176,27 +214,34 @@ class Objective:
             try:
                 files.writer.close()
             finally:
+                _report(trial, run, files)
+                if files.skipped:
+                    trial.set_user_attr("epochs_without_checkpoint", files.skipped)
                 publish(trial, run)
         return state.best_value
 
     def _epoch(self, trial: optuna.Trial, run: TrainingRun, files: TrialFiles, epoch: int) -> None:
-        """Train one epoch, report it, checkpoint it; prune if the pruner says so."""
+        """Train one epoch, report it, checkpoint it; prune if the pruner says so.
+
+        Without a pruner, values reach the study with the next checkpoint (or at
+        the end); an epoch much shorter than writing a checkpoint writes none. A
+        retry still continues from the last checkpoint and replays the same epochs.
+        """
+        started = time.perf_counter()
         outcome = run.train_epoch(epoch)
+        files.since_checkpoint += time.perf_counter() - started
         if not outcome.improved and files.best_weights is not None and not run.state.best_saved:
             # last.pt is about to move past the best epoch: persist its weights first.
             # The writer keeps order, so best.pt is on disk before that last.pt.
             self._save_best(trial, run, files)
-        trial.report(outcome.macro_f1, epoch)
-        # After the last epoch the trial ends: nothing to continue from, and the
-        # model itself holds the final weights.
-        packed = checkpoints.pack(run.model.state_dict()) if epoch < self.cfg.epochs else None
-        if outcome.improved and self.cfg.keep != "none":
-            files.best_weights = checkpoints.unpack(packed) if packed is not None else run.model.state_dict()
-        if packed is not None:
-            files.writer.save(files.folder / checkpoints.LAST, run.checkpoint(packed))
+        last, prunes = epoch == self.cfg.epochs, _prunes(trial)
+        due = not last and files.checkpoint_due()
+        if prunes or due:
+            _report(trial, run, files)
+        files.keep(run, due=due, keep_best=outcome.improved and self.cfg.keep != "none", last=last)
         if self.progress is not None:
             self.progress.epoch(trial.number, epoch, self.cfg.epochs, outcome.macro_f1)
-        if _prunes(trial) and trial.should_prune():
+        if prunes and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     def _save_best(self, trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
@@ -210,6 +255,14 @@ class Objective:
             return
         files.writer.save(files.folder / checkpoints.BEST, weights_record(trial, run, files))
         run.state.best_saved = True
+
+
+def _report(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
+    """Tell the study every epoch's validation macro-F1 it has not heard yet."""
+    for epoch, value in zip(run.state.curves["epoch"], run.state.curves["val_f1"]):
+        if epoch > files.reported:
+            trial.report(value, int(epoch))
+    files.reported = run.state.epoch
 
 
 def _prunes(trial: optuna.Trial) -> bool:

@@ -1,4 +1,4 @@
-"""Local worker processes sharing one study: one per GPU when several are visible."""
+"""Local worker processes sharing one study, and the GPUs: round-robin, several to a GPU when there are more workers."""
 
 from __future__ import annotations
 
@@ -59,6 +59,18 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
             sys.exit(SIGNAL_EXIT.get(signals.flag.signum, 1))
 
 
+def worker_devices(device: str, workers: int, n_gpus: int) -> list[str]:
+    """The device of each local worker.
+
+    With ``auto`` or ``cuda`` and several GPUs visible, workers go round the
+    GPUs, so more workers than GPUs share them (two to four small-model trials
+    fill a GPU that one cannot); with one GPU every worker shares it.
+    """
+    if device in ("auto", "cuda") and n_gpus > 1:
+        return [f"cuda:{index % n_gpus}" for index in range(workers)]
+    return [device] * workers
+
+
 def run_workers(cfg: Config, name: str, verbosity: int, signals: CatchSignals) -> None:
     """Run ``cfg.workers`` processes on the study; signals caught here are passed on to each.
 
@@ -71,8 +83,7 @@ def run_workers(cfg: Config, name: str, verbosity: int, signals: CatchSignals) -
     errors = ctx.Queue()
     procs = []
     values = config_mod.to_dict(cfg)
-    for index in range(cfg.workers):
-        device = f"cuda:{index % n_gpus}" if n_gpus > 1 else cfg.device
+    for index, device in enumerate(worker_devices(cfg.device, cfg.workers, n_gpus)):
         proc = ctx.Process(target=_worker_main, args=(values, name, index, verbosity, device, errors), daemon=False)
         proc.start()
         procs.append(proc)
