@@ -15,7 +15,7 @@ import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -113,10 +113,11 @@ class Writer:
         )
         self._pending: list[Future] = []
 
-    def save(self, path: Path, state: dict[str, Any]) -> None:
+    def save(self, path: Path, state: dict[str, Any], then: Callable[[], None] | None = None) -> None:
+        """Write ``state`` to ``path``, then call ``then`` (e.g. an upload), both on the writer's thread."""
         while len(self._pending) >= self.MAX_PENDING:
             self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(save, path, state))
+        self._pending.append(self._pool.submit(_save_then, path, state, then))
 
     def wait(self) -> None:
         """Block until every save is on disk; re-raise the first error here, on the training thread."""
@@ -129,6 +130,12 @@ class Writer:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _save_then(path: Path, state: dict[str, Any], then: Callable[[], None] | None) -> None:
+    save(path, state)
+    if then is not None:
+        then()
 
 
 def _lower_priority() -> None:

@@ -7,6 +7,7 @@ and the pruner each epoch, the trial's files, and its attributes.
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import os
@@ -19,8 +20,9 @@ import optuna
 import torch
 
 from lrtune.config import Config, effective_image_size
-from lrtune.errors import LRTuneError, StudyError, first_line
+from lrtune.errors import LRTuneError, StorageError, StudyError, first_line
 from lrtune.progress import ProgressSink
+from lrtune.tuner.artifacts import RemoteCheckpoints
 from lrtune.tuner.space import check_space, suggest
 from lrtune.training import checkpoints
 from lrtune.training.loop import Diverged, Interrupted, amp_policy, resolve_device
@@ -98,6 +100,7 @@ class Objective:
         self.data = data or load_training_data(cfg, progress=progress)
         check_model(cfg.model, num_classes=self.data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
         self.consecutive_failures = 0
+        self.remote = RemoteCheckpoints(cfg.artifacts, self.study_dir.name) if cfg.artifacts else None
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.stop():
@@ -120,15 +123,17 @@ class Objective:
             raise
         except optuna.TrialPruned as exc:
             trial.set_user_attr("reason", str(exc))
-            checkpoints.remove(self.study_dir, trial.number)
+            remove_files(self.study_dir, self.remote, trial)
             raise
         except Diverged as exc:
             reason = f"diverged: {exc}"
             trial.set_user_attr("reason", reason)
-            checkpoints.remove(self.study_dir, trial.number)
+            remove_files(self.study_dir, self.remote, trial)
             raise optuna.TrialPruned(reason) from None
+        except StorageError:  # the database is gone: keep the checkpoint for the retry that recovery queues
+            raise
         except LRTuneError:  # a fault of the setup, not of this trial: it would fail every trial
-            checkpoints.remove(self.study_dir, trial.number)
+            remove_files(self.study_dir, self.remote, trial)
             raise
         except torch.cuda.OutOfMemoryError as exc:
             failure = f"out of memory: {first_line(exc)}"
@@ -139,7 +144,9 @@ class Objective:
             # model and optimizer, are no longer held by the traceback.
             self._fail(trial, failure)
         self.consecutive_failures = 0
-        checkpoints.remove(self.study_dir, trial.number, keep_best=self.cfg.keep != "none")
+        if self.remote is not None:
+            self.remote.upload_best(trial, checkpoints.trial_dir(self.study_dir, trial.number) / checkpoints.BEST)
+        remove_files(self.study_dir, self.remote, trial, keep_best=self.cfg.keep != "none")
         return value
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
@@ -147,7 +154,7 @@ class Objective:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         trial.set_user_attr("reason", reason)
-        checkpoints.remove(self.study_dir, trial.number)
+        remove_files(self.study_dir, self.remote, trial)
         self.consecutive_failures += 1
         if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
             raise StudyError(f"{self.consecutive_failures} trials in a row failed; the last: {reason}")
@@ -156,7 +163,7 @@ class Objective:
     def _run(self, trial: optuna.Trial, params: Hyperparams, seed: int, retry_of: int | None) -> float:
         run = TrainingRun(self.cfg, params, data=self.data, amp=self.amp, seed=seed, should_stop=self.stop)
         files = TrialFiles(checkpoints.trial_dir(self.study_dir, trial.number))
-        if retry_of is not None and checkpoints.adopt(self.study_dir, int(retry_of), trial.number):
+        if retry_of is not None and take_checkpoint(self.study_dir, self.remote, trial, int(retry_of), files.folder):
             run.restore(checkpoints.load(files.folder / checkpoints.LAST, self.amp.device))
             for epoch, value in zip(run.state.curves["epoch"], run.state.curves["val_f1"]):
                 trial.report(value, int(epoch))
@@ -193,7 +200,9 @@ class Objective:
         if outcome.improved and self.cfg.keep != "none":
             files.best_weights = checkpoints.unpack(packed) if packed is not None else run.model.state_dict()
         if packed is not None:
-            files.writer.save(files.folder / checkpoints.LAST, run.checkpoint(packed))
+            last = files.folder / checkpoints.LAST
+            upload = None if self.remote is None else functools.partial(self.remote.upload_last, trial, last, epoch)
+            files.writer.save(last, run.checkpoint(packed), then=upload)
         if self.progress is not None:
             self.progress.epoch(trial.number, epoch, self.cfg.epochs, outcome.macro_f1)
         if _prunes(trial) and trial.should_prune():
@@ -210,6 +219,32 @@ class Objective:
             return
         files.writer.save(files.folder / checkpoints.BEST, weights_record(trial, run, files))
         run.state.best_saved = True
+
+
+def remove_files(study_dir: Path, remote: RemoteCheckpoints | None, trial: optuna.Trial, *, keep_best: bool = False) -> None:
+    """The ended trial's ``last.pt`` (here and uploaded), and its ``best.pt`` unless kept."""
+    checkpoints.remove(study_dir, trial.number, keep_best=keep_best)
+    if remote is not None:
+        remote.discard_trial(trial)
+
+
+def take_checkpoint(
+    study_dir: Path, remote: RemoteCheckpoints | None, trial: optuna.Trial, retry_of: int, folder: Path
+) -> bool:
+    """Put trial ``retry_of``'s ``last.pt`` in ``folder`` (the retry's): from this machine, else from the upload.
+
+    False when there is none; when the upload cannot be read, ``resume_failed`` says why.
+    """
+    if checkpoints.adopt(study_dir, retry_of, trial.number):
+        if remote is not None:
+            remote.take_over(trial, retry_of)
+        return True
+    if remote is None:
+        return False
+    why = remote.fetch(trial, retry_of, folder / checkpoints.LAST)
+    if why is not None:
+        trial.set_user_attr("resume_failed", why)
+    return why is None
 
 
 def _prunes(trial: optuna.Trial) -> bool:
