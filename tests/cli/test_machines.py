@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import statistics
-from pathlib import Path
+import time
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -75,13 +77,16 @@ def test_another_machine_joins_with_the_stored_config(shared, tmp_path):
     before = postgres.load(url, name)
     done = len([t for t in before.get_trials(deepcopy=False) if t.state.is_finished() and t.state != TrialState.FAIL])
     joined = run_cli("search", "--study", name, "--studies-dir", str(tmp_path), "--trials", str(done + 1),
-                     "--pruner", "none", LRTUNE_STORAGE=url, timeout=600)
+                     LRTUNE_STORAGE=url, timeout=600)
     assert joined.returncode == 0, joined.stderr
     study = postgres.load(url, name)
-    new = [t for t in study.get_trials(deepcopy=False) if t.number >= len(before.trials)]
-    assert len(new) == 1 and new[0].state == TrialState.COMPLETE
-    assert len(new[0].user_attrs["curves"]["epoch"]) == 2  # the study's --epochs, not the default
-    assert study.user_attrs["config"]["image_size"] == 8
+    (new,) = [t for t in study.get_trials(deepcopy=False) if t.number >= len(before.trials)]
+    assert new.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    # The study's --epochs 2 and --batch-size 128, not the defaults (10 and 32).
+    assert max(new.intermediate_values) <= 2
+    assert new.user_attrs["effective_batch"] % 128 == 0
+    if new.state == TrialState.COMPLETE:
+        assert new.user_attrs["curves"]["epoch"] == [1, 2]
 
 
 @pytest.mark.parametrize(
@@ -122,3 +127,58 @@ def test_the_password_never_appears(shared, tmp_path):
     outputs += [json.dumps([t.user_attrs, t.system_attrs], default=str) for t in study.get_trials(deepcopy=False)]
     leaks = [text for text in outputs if secret in text]
     assert not leaks, leaks[0][:2000]
+
+
+RESUME = ["--trials", "2", "--epochs", "4", "--batch-size", "128", "--image-size", "8", "--pruner", "none"]
+FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
+
+
+def _uploaded_checkpoint(url: str, name: str, number: int) -> dict | None:
+    try:
+        study = postgres.load(url, name)
+    except KeyError:  # not created yet
+        return None
+    trials = study.get_trials(deepcopy=False)
+    return trials[number].user_attrs.get("checkpoint") if len(trials) > number else None
+
+
+def test_a_trial_killed_on_machine_a_is_finished_on_machine_b_from_its_uploaded_checkpoint(tmp_path):
+    url = postgres.server_url()
+    name, reference = postgres.new_study_name(), postgres.new_study_name()
+    store = tmp_path / "artifacts"
+    # The same search uninterrupted, for comparison, alongside.
+    ref = postgres.start(None, "search", "--study", reference, "--studies-dir", str(tmp_path / "ref"), *RESUME,
+                         log=tmp_path / "ref.log", LRTUNE_STORAGE=url)
+    a = postgres.start("machine-a", "search", "--study", name, "--studies-dir", str(tmp_path / "a"), *RESUME,
+                       *FAST_HEARTBEAT, "--artifacts", str(store), log=tmp_path / "a.log", LRTUNE_STORAGE=url)
+    deadline = time.monotonic() + 600
+    while _uploaded_checkpoint(url, name, 1) is None and a.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    a.send_signal(signal.SIGKILL)
+    a.wait(timeout=60)
+    # What machine A left: trial 1 running, its last uploaded checkpoint, and that file in the store.
+    killed = postgres.load(url, name).get_trials(deepcopy=False)[1]
+    assert killed.state == TrialState.RUNNING and killed.user_attrs["host"] == "machine-a", (tmp_path / "a.log").read_text()
+    uploaded = killed.user_attrs["checkpoint"]
+    assert (store / uploaded["id"]).is_file() and 1 <= uploaded["epoch"] < 4
+    time.sleep(3 + 2)  # past the heartbeat grace: machine A's trial is now stale
+    b = postgres.start("machine-b", "search", "--study", name, "--studies-dir", str(tmp_path / "b"),
+                       *FAST_HEARTBEAT, log=tmp_path / "b.log", LRTUNE_STORAGE=url)
+    assert b.wait(timeout=600) == 0, (tmp_path / "b.log").read_text()
+    assert ref.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()
+
+    study = postgres.load(url, name)
+    (retry,) = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("retry_of") == 1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["host"] == "machine-b"
+    assert retry.user_attrs["resumed_at_epoch"] == uploaded["epoch"] + 1
+    assert "resume_failed" not in retry.user_attrs
+    assert retry.user_attrs["curves"]["epoch"] == [1, 2, 3, 4] and sorted(retry.intermediate_values) == [1, 2, 3, 4]
+    (uninterrupted,) = [t for t in postgres.load(url, reference).get_trials(deepcopy=False) if t.number == 1]
+    assert uninterrupted.params == retry.params
+    assert retry.value == uninterrupted.value
+    assert retry.user_attrs["curves"] == uninterrupted.user_attrs["curves"]
+    # The finished trial's last.pt is gone from the store; its best.pt is listed with it.
+    assert not (store / uploaded["id"]).exists()
+    kept = (tmp_path / "b" / name / "trials" / str(retry.number) / "best.pt").is_file()
+    metas = optuna.artifacts.get_all_artifact_meta(retry, storage=study._storage)
+    assert [m.filename for m in metas] == (["best.pt"] if kept else [])
