@@ -67,6 +67,20 @@ def machine_cmd(host: str | None, *args: str) -> list[str]:
     return ["unshare", "--uts", "sh", "-c", inner, "sh", *cmd]
 
 
+def wait_for_study(url: str, name: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Until study ``name`` holds a trial (or ``proc`` ends): workers that join later find it set up."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if load(url, name).get_trials(deepcopy=False):
+                return
+        except KeyError:
+            pass
+        time.sleep(0.2)
+
+
 def start(host: str | None, *args: str, log: Path, **env: str) -> subprocess.Popen:
     """A worker in the background; its stdout and stderr go to ``log``."""
     out = open(log, "w")
@@ -83,8 +97,11 @@ def pg_ctl(*args: str) -> subprocess.CompletedProcess:
             pytest.fail("LRTUNE_TEST_PGDATA is not set, but CI needs the server-restart test")
         pytest.skip("restarting the server needs LRTUNE_TEST_PGDATA (its data folder)")
     exe = str(Path(bindir) / "pg_ctl") if bindir else "pg_ctl"
-    cmd = [exe, "-D", data, *args]
+    # The server's output goes to a log file: a pipe to this process would keep
+    # pg_ctl's caller waiting for as long as the server runs.
+    log = Path(data).parent / "server.log"
+    cmd = [exe, "-D", data, "-l", str(log), *args]
     if os.geteuid() == 0:
         owner = Path(data).owner()
         cmd = ["su", owner, "-s", "/bin/sh", "-c", " ".join(cmd)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)

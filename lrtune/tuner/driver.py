@@ -101,7 +101,8 @@ def prepare_study(cfg: Config, *, dataset: dict[str, Any], storage: optuna.stora
     if not study.get_trials(deepcopy=False):
         baseline = baseline_params(cfg)
         study.set_user_attr("baseline", baseline)
-        study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        # Workers starting together on a new study would each queue it: once is enough.
+        study.enqueue_trial(baseline, user_attrs={"baseline": True}, skip_if_exists=True)
     return study
 
 

@@ -30,7 +30,9 @@ def shared(tmp_path_factory):
     args = ["search", "--study", name, "--studies-dir", str(folder / "studies"), "--trials", str(TRIALS), "-v",
             *TINY, "--pruner", "median", "--pruner-warmup", "0"]
     logs = [folder / f"worker{i}.log" for i in range(WORKERS)]
-    procs = [postgres.start(None, *args, log=log, LRTUNE_STORAGE=url) for log in logs]
+    procs = [postgres.start(None, *args, log=logs[0], LRTUNE_STORAGE=url)]
+    postgres.wait_for_study(url, name, procs[0])
+    procs += [postgres.start(None, *args, log=log, LRTUNE_STORAGE=url) for log in logs[1:]]
     codes = [proc.wait(timeout=800) for proc in procs]
     texts = [log.read_text() for log in logs]
     assert codes == [0] * WORKERS, "\n\n".join(texts)
@@ -182,3 +184,75 @@ def test_a_trial_killed_on_machine_a_is_finished_on_machine_b_from_its_uploaded_
     kept = (tmp_path / "b" / name / "trials" / str(retry.number) / "best.pt").is_file()
     metas = optuna.artifacts.get_all_artifact_meta(retry, storage=study._storage)
     assert [m.filename for m in metas] == (["best.pt"] if kept else [])
+
+
+def _finished(trials):
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def test_a_server_restart_mid_search_loses_and_duplicates_no_trial(tmp_path):
+    url = postgres.server_url()
+    name = postgres.new_study_name()
+    args = ["search", "--study", name, "--studies-dir", str(tmp_path), "--trials", "6", "--epochs", "2",
+            "--batch-size", "128", "--image-size", "8", "--storage-retry", "60"]
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    procs = [postgres.start(None, *args, log=logs[0], LRTUNE_STORAGE=url)]
+    postgres.wait_for_study(url, name, procs[0])
+    procs.append(postgres.start(None, *args, log=logs[1], LRTUNE_STORAGE=url))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        try:
+            if _finished(postgres.load(url, name).get_trials(deepcopy=False)):
+                break
+        except KeyError:
+            pass
+        time.sleep(0.5)
+    restarted = postgres.pg_ctl("restart", "-m", "fast", "-w")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    for proc, log in zip(procs, logs):
+        code = proc.wait(timeout=600)
+        text = log.read_text()
+        assert "Traceback" not in text, text
+        if code != 0:  # gave up: one line that says why
+            assert code == 1 and text.strip().splitlines()[-1].startswith("lrtune: error: "), text
+            assert text.count("lrtune: error:") == 1
+    again = run_cli(*args, LRTUNE_STORAGE=url, timeout=600)
+    assert again.returncode == 0, again.stderr
+    trials = postgres.load(url, name).get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials)))
+    assert len(_finished(trials)) >= 6
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # A trial that failed is continued by a retry that finished; none is retried twice.
+    retried = [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs]
+    assert len(retried) == len(set(retried))
+    assert {t.number for t in trials if t.state == TrialState.FAIL} <= set(retried)
+
+
+def _connections(url: str) -> int:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as conn:
+        count = conn.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"))
+        return int(count.scalar()) - 1  # not this one
+
+
+def test_sixteen_workers_stay_within_the_servers_connections(tmp_path):
+    url = postgres.server_url()
+    name = postgres.new_study_name()
+    proc = postgres.start(None, "search", "--study", name, "--studies-dir", str(tmp_path), "--workers", "16",
+                          "--trials", "16", "--epochs", "1", "--batch-size", "256", "--image-size", "8",
+                          log=tmp_path / "log", LRTUNE_STORAGE=url)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _connections(url))
+        time.sleep(0.5)
+    text = (tmp_path / "log").read_text()
+    assert proc.returncode == 0, text
+    assert "too many clients" not in text
+    # 16 workers and their parent, each with at most POOL_SIZE connections.
+    assert peak <= 17 * 2, peak
+    trials = postgres.load(url, name).get_trials(deepcopy=False)
+    assert len(_finished(trials)) >= 16
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
