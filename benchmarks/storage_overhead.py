@@ -2,8 +2,9 @@
 
 Each worker is its own process running a real search (``lrtune.search``) on a
 shared study, as a worker on another machine would. Every call lrtune makes to
-the storage (asking, reporting, attributes, heartbeats, telling) goes through
-``storage.retrying``; each worker times those calls, on all its threads, and
+the storage (asking, reporting, attributes, heartbeats, telling) is a method
+of ``storage.ResilientStorage``; each worker times those calls (the outermost
+of nested ones), on all its threads, and
 compares their sum with the time its trials ran (start to end, from the
 study). The share is therefore an upper bound: the heartbeat thread's calls
 overlap training rather than delay it.
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def worker(url: str, study: str, trials: int, epochs: int, studies_dir: str) -> None:
     """One search process; prints its storage seconds and its trials' seconds as JSON."""
     import torch
+    from optuna.storages import RDBStorage
 
     from lrtune import storage as storage_mod
     from lrtune.api import search
@@ -45,21 +47,25 @@ def worker(url: str, study: str, trials: int, epochs: int, studies_dir: str) -> 
     spent = [0.0]
     depth = threading.local()
     lock = threading.Lock()
-    plain = storage_mod.retrying
 
-    def timed(call, **kwargs):
-        if getattr(depth, "n", 0):  # a storage call inside another: counted once
-            return plain(call, **kwargs)
-        depth.n = 1
-        started = time.perf_counter()
-        try:
-            return plain(call, **kwargs)
-        finally:
-            depth.n = 0
-            with lock:
-                spent[0] += time.perf_counter() - started
+    def timed(method):
+        def call(self, *args, **kwargs):
+            if getattr(depth, "n", 0):  # a storage call inside another: counted once
+                return method(self, *args, **kwargs)
+            depth.n = 1
+            started = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                depth.n = 0
+                with lock:
+                    spent[0] += time.perf_counter() - started
 
-    storage_mod.retrying = timed
+        return call
+
+    for name in dir(RDBStorage):
+        if not name.startswith("_") and callable(getattr(RDBStorage, name)):
+            setattr(storage_mod.ResilientStorage, name, timed(getattr(storage_mod.ResilientStorage, name)))
     cfg = Config(storage=url, study=study, trials=trials, epochs=epochs, batch_size=128, image_size=8,
                  sampler="random", pruner="none", studies_dir=studies_dir, keep="none")
     result = search(config=cfg)
