@@ -3,13 +3,15 @@
 The public API is what ``__all__`` names; every other module is internal.
 """
 
-from lrtune.api import best_trial, list_studies, load_config, open_study, search, write_report
+from lrtune.api import best_trial, list_studies, load_config, lr_find, open_study, search, write_report
 from lrtune.config import Config
 from lrtune.errors import (
     ConfigError,
     DataError,
     LRTuneError,
     ModelError,
+    OutputError,
+    RangeTestError,
     SearchInterrupted,
     StorageError,
     StudyError,
@@ -25,7 +27,9 @@ __all__ = [
     "DataError",
     "LRTuneError",
     "ModelError",
+    "OutputError",
     "ProgressSink",
+    "RangeTestError",
     "SearchInterrupted",
     "StorageError",
     "StudyError",
@@ -33,6 +37,7 @@ __all__ = [
     "best_trial",
     "list_studies",
     "load_config",
+    "lr_find",
     "open_study",
     "search",
     "write_report",

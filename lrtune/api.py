@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -24,6 +24,9 @@ from lrtune.storage import (
     summarize_studies,
     top_trials,
 )
+
+if TYPE_CHECKING:
+    from lrtune.training.range_test import RangeTestResult
 
 
 def load_config(
@@ -60,6 +63,50 @@ def search(
     cfg = config if config is not None else Config()
     verbosity = progress.verbosity if isinstance(progress, ConsoleProgress) else 0
     return run_search(cfg, progress=progress, verbosity=verbosity, given=given)
+
+
+def lr_find(
+    *,
+    config: Config | None = None,
+    start: float | None = None,
+    end: float = 10.0,
+    steps: int = 100,
+    loss: str | None = None,
+    accum: int | None = None,
+    progress: ProgressSink | None = None,
+) -> "RangeTestResult":
+    """Run an LR range test on the data, model and batch size of ``config``, and return its curve and suggestion.
+
+    The LR grows exponentially from ``start`` (default ``config.lr_min / 100``)
+    toward ``end`` over ``steps`` optimizer steps, on ``loss`` with ``accum``
+    accumulation steps (default: the baseline trial's). The result holds the
+    curve (``lrs``, ``losses``, ``smoothed``), every rule's LR
+    (``suggestions``), and ``suggestion`` with the ``rule`` that chose it, or
+    None and the reason when the curve shows no clear descent. Global RNG
+    states are the same afterwards, so a later search computes what it would
+    have without the test.
+    """
+    from lrtune.training.loop import amp_policy, resolve_device
+    from lrtune.training.range_test import check_sweep
+    from lrtune.training.run import load_training_data
+    from lrtune.tuner.lr_range import default_start, run_range_test
+
+    cfg = config if config is not None else Config()
+    config_mod.validate(cfg)
+    check_sweep(start=default_start(cfg) if start is None else start, end=end, steps=steps)
+    device = resolve_device(cfg.device)
+    data = load_training_data(cfg, progress=progress)
+    return run_range_test(
+        cfg,
+        data=data,
+        amp=amp_policy(device, cfg.amp),
+        start=start,
+        end=end,
+        steps=steps,
+        loss=loss,
+        accum=accum,
+        progress=progress,
+    )
 
 
 def _storage_url(storage: str | None, studies_dir: str | Path) -> str:

@@ -40,13 +40,13 @@ class Config:
     num_workers: int = 0  # DataLoader worker processes
     # --- model --------------------------------------------------------------
     model: str = "test_resnet"  # any timm model name
-    pretrained: bool = False  # start from local pretrained weights (never downloaded)
+    pretrained: bool = False  # start from pretrained weights
     weights: str = ""  # a local weights file (.pth, .pt, .bin, .safetensors) for --pretrained
     # --- training -------------------------------------------------------------
     epochs: int = 10  # epochs per trial
     batch_size: int = 32  # micro-batch size; the effective batch is batch_size * accum
     optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, nesterov)
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # decoupled weight decay (AdamW), or L2 penalty (SGD)
     momentum: float = 0.9  # SGD only
     warmup_epochs: float = 0.0  # linear LR warmup in front of any scheduler, in epochs
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -54,10 +54,11 @@ class Config:
     diverge_factor: float = 10.0  # a train loss above this multiple of its best ends the trial as diverged
     # --- search space --------------------------------------------------------
     lr_min: float = 1e-5  # log-uniform LR range; equal bounds fix the LR
-    lr_max: float = 1.0
-    schedulers: list[str] = field(default_factory=lambda: ["step", "cosine", "plateau"])
-    losses: list[str] = field(default_factory=lambda: ["ce", "focal", "label_smoothing", "f1"])
+    lr_max: float = 1.0  # upper bound of the log-uniform LR range
+    schedulers: list[str] = field(default_factory=lambda: ["step", "cosine", "plateau"])  # schedulers to search
+    losses: list[str] = field(default_factory=lambda: ["ce", "focal", "label_smoothing", "f1"])  # losses to search
     accum: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # gradient accumulation steps
+    lr_range: str = "off"  # off | auto: an LR range test, once per study, narrows the LR range and queues its suggestion
     # --- study ----------------------------------------------------------------
     trials: int = 50  # total finished (complete or pruned) trials the study should hold
     timeout: float = 0.0  # seconds for this run; 0: no limit
@@ -83,6 +84,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "balance": ("none", "sampler", "oversample"),
     "optimizer": ("adamw", "sgd"),
     "keep": ("best", "all", "none"),
+    "lr_range": ("off", "auto"),
 }
 
 # Fields that only say how or where this run happens; changing them never
@@ -267,8 +269,9 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
     Where the data lies (``data``, ``data_root``) is left out: each machine may
     keep it elsewhere, and the study checks the data itself (``dataset_changes``).
+    A field missing from ``old`` (stored by a version without it) counts as its default.
     """
-    a, b = identity(old), identity(new)
+    a, b = identity({**to_dict(Config()), **old}), identity(new)
     names = sorted((set(a) | set(b)) - DATA_LOCATION)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in names if a.get(k) != b.get(k)]
 

@@ -25,6 +25,14 @@ class StudyError(LRTuneError):
     """A study cannot go on: another config, too many failed trials in a row."""
 
 
+class OutputError(LRTuneError):
+    """An output file or folder cannot be written: missing, read-only, or a folder where a file belongs."""
+
+
+class RangeTestError(LRTuneError):
+    """An LR range test cannot give a curve: the loss is non-finite from its first step."""
+
+
 class SearchInterrupted(LRTuneError):
     """Ctrl-C or SIGTERM stopped a search; running it again resumes where it stopped.
 

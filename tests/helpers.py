@@ -27,7 +27,7 @@ def lrtune_cmd(*args: str, inject: str | None = None) -> list[str]:
     return [sys.executable, "-m", "lrtune", *args]
 
 
-def run_cli(*args: str, inject: str | None = None, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, inject: str | None = None, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         lrtune_cmd(*args, inject=inject), capture_output=True, text=True, timeout=timeout, env=cli_env(**env), cwd=ROOT
     )

@@ -68,6 +68,33 @@ def study_attrs(classes: list[str] = CLASSES, *, epochs: int = 10, batch_size: i
             "image_size": 16,
         },
         "baseline": dict(BASELINE),
+        "lr_range": lr_range_record(),
+    }
+
+
+def lr_range_record(steps: int = 100) -> dict[str, Any]:
+    """A range test as ``lrtune search --lr-range auto`` stores it: falling fastest near 3e-3, diverging past 0.3."""
+    lrs = [1e-7 * 1e8 ** (i / (steps - 1)) for i in range(steps)]
+    losses = [2.3 - 1.8 / (1 + math.exp(-2.5 * (math.log10(lr) + 2.5))) + 4 * max(0.0, math.log10(lr) + 0.5) ** 2
+              for lr in lrs]
+    smoothed, avg = [], 0.0
+    for i, loss in enumerate(losses):
+        avg = 0.9 * avg + 0.1 * loss
+        smoothed.append(avg / (1 - 0.9 ** (i + 1)))
+    return {
+        "lrs": lrs,
+        "losses": losses,
+        "smoothed": smoothed,
+        "suggestions": {"steepest": 4e-3, "valley": 2e-3, "min/10": 2.5e-2},
+        "suggestion": 4e-3,
+        "rule": "steepest (the middle of valley, steepest, min/10)",
+        "stop": "stopped at LR 0.9: smoothed loss over 4x its minimum",
+        "start": 1e-7,
+        "end": 10.0,
+        "steps": steps,
+        "skipped": 0,
+        "setup": {"loss": "ce", "accum": 1, "batch_size": 32},
+        "bounds": [4e-4, 4e-2],
     }
 
 

@@ -88,7 +88,7 @@ def test_search_prints_nothing_without_a_sink_and_raises_typed_one_line_errors(t
 def test_the_public_surface_is_keyword_only():
     import inspect
 
-    for name in ("search", "open_study", "list_studies", "best_trial", "write_report", "load_config"):
+    for name in ("search", "open_study", "list_studies", "best_trial", "write_report", "load_config", "lr_find"):
         params = inspect.signature(getattr(lrtune, name)).parameters.values()
         assert all(p.kind == inspect.Parameter.KEYWORD_ONLY for p in params), name
     assert set(lrtune.__all__) <= set(dir(lrtune))

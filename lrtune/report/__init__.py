@@ -8,7 +8,7 @@ The study is only read, so a report can be made while a search is still writing 
 
 from lrtune.report.compute import ReportData, compute_report
 from lrtune.report.figures import FIGURE_NAMES
-from lrtune.report.page import PLOTLYJS_MODES, REPORT_NAME, draw_report, write_report
+from lrtune.report.page import PLOTLYJS_MODES, REPORT_NAME, draw_report, write_lr_range_plot, write_report
 
 __all__ = [
     "FIGURE_NAMES",
@@ -17,5 +17,6 @@ __all__ = [
     "ReportData",
     "compute_report",
     "draw_report",
+    "write_lr_range_plot",
     "write_report",
 ]

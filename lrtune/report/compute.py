@@ -12,6 +12,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from lrtune.report.lr_range import LRRangeData, lr_range_data
 from lrtune.report.notes import add_notes
 from lrtune.storage import mask_url
 
@@ -125,6 +126,7 @@ class ReportData:
     class_scores: ClassScores | None
     stopped: list[dict[str, Any]]
     notes: dict[str, list[str]] = field(default_factory=dict)
+    lr_range: LRRangeData | None = None  # the study's LR range test, with the completed trials' LR and value
 
     @property
     def completed(self) -> list[TrialSummary]:
@@ -170,6 +172,7 @@ def compute_report(study: optuna.Study, *, storage_label: str) -> ReportData:
         class_scores=class_scores(best_frozen, dataset) if best_frozen else None,
         stopped=stopped_reasons(trials),
     )
+    data.lr_range = lr_range_data(attrs.get("lr_range"), completed)
     data.importances = param_importances(study, len(completed), data.notes)
     add_notes(data)
     return data

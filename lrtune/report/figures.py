@@ -10,6 +10,7 @@ from typing import Any, Callable, NamedTuple
 
 from lrtune.formatting import format_duration
 from lrtune.report.compute import STATES, TOP_LR_TRIALS, ReportData, TrialSummary
+from lrtune.report.figures_lr_range import draw_lr_range
 from lrtune.report.figures_params import draw_effective_lr, draw_importance, draw_lr, draw_lr_steps, draw_parallel
 from lrtune.report.plotting import (
     CURVE_DASH,
@@ -303,6 +304,14 @@ FIGURES = [
         "Learning rate vs macro-F1",
         "Final macro-F1 of completed trials against their learning rate; colour is the scheduler, symbol the loss.",
         draw_lr,
+    ),
+    Figure(
+        "lr-range",
+        "LR range test",
+        "The range test's training loss against the LR it swept, with each rule's suggestion marked (the chosen "
+        "one solid), beside the completed trials' final macro-F1 against their LR: did the test predict the good LRs? "
+        "The shaded band is the LR range the search sampled from.",
+        draw_lr_range,
     ),
     Figure(
         "effective-lr",

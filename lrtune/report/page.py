@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from lrtune.errors import ConfigError, LRTuneError
+from lrtune.errors import ConfigError, OutputError, RangeTestError
 from lrtune.formatting import format_duration, format_metric, format_value
 from lrtune.report.compute import TOP_TRIALS, ReportData, compute_report
 from lrtune.report.figures import FIGURES
@@ -75,9 +75,39 @@ def write_report(
         path = study_dir(studies_dir, study.study_name) / REPORT_NAME
         _make_output_folder(path.parent)
     if path.is_dir():
-        raise LRTuneError(f"--out {path} is a folder; give a file name")
+        raise OutputError(f"--out {path} is a folder; give a file name")
     data = compute_report(study, storage_label=storage_label)
     _write_atomically(path, draw_report(data, plotlyjs=plotlyjs))
+    return path
+
+
+def write_lr_range_plot(record: dict[str, Any], *, out: str | Path, plotlyjs: str = "inline") -> Path:
+    """Write the LR range test figure of ``record`` (``RangeTestResult.to_dict()``) alone on a page."""
+    from lrtune.report.figures_lr_range import lr_range_figure
+    from lrtune.report.lr_range import lr_range_data
+
+    _check_plotlyjs(plotlyjs)
+    path = Path(out)
+    _check_output_folder(path.parent)
+    if path.is_dir():
+        raise OutputError(f"--plot {path} is a folder; give a file name")
+    curve = lr_range_data(record)
+    if curve is None:
+        raise RangeTestError("the LR range test recorded no curve to plot")
+    title = "lrtune LR range test"
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            f'<head>\n<meta charset="utf-8">\n<title>{title}</title>\n<style>{STYLE}</style>',
+            _plotlyjs_script(plotlyjs),
+            "</head>\n<body>\n<main>",
+            f"<h1>{title}</h1>",
+            f'<div class="figure" id="fig-lr-range">{_figure_html(lr_range_figure(curve), "lr-range")}</div>',
+            "</main>\n</body>\n</html>\n",
+        ]
+    )
+    _write_atomically(path, page)
     return path
 
 
@@ -88,16 +118,16 @@ def _check_plotlyjs(mode: str) -> None:
 
 def _check_output_folder(folder: Path) -> None:
     if not folder.is_dir():
-        raise LRTuneError(f"output folder {folder} does not exist")
+        raise OutputError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise LRTuneError(f"output folder {folder} is not writable")
+        raise OutputError(f"output folder {folder} is not writable")
 
 
 def _make_output_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LRTuneError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
     _check_output_folder(folder)
 
 
@@ -114,7 +144,7 @@ def _write_atomically(path: Path, text: str) -> None:
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as exc:
-        raise LRTuneError(f"cannot write report {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write report {path}: {exc.strerror or exc}") from None
     finally:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)

@@ -232,6 +232,7 @@ def _search(
     verbosity: int,
     signals: CatchSignals,
 ) -> optuna.Study:
+    from lrtune.tuner import lr_range
     from lrtune.tuner.trial import Objective  # imports torch, timm and albumentations: after the early exit
     from lrtune.tuner.workers import run_workers
     from lrtune.training.loop import Interrupted
@@ -239,6 +240,7 @@ def _search(
     say = progress.message if progress is not None else (lambda text: None)
     objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=progress)
     study = prepare_study(cfg, dataset=objective.data.summary(), storage=storage)
+    lr_range.seed_study(study, cfg, data=objective.data, amp=objective.amp, progress=progress)
     recovered = recovery.recover_orphans(study)
     if recovered:
         say(f"re-queued trial(s) {', '.join(map(str, recovered))} left running by a dead process")

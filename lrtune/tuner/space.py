@@ -9,6 +9,7 @@ import optuna
 from lrtune.config import Config
 from lrtune.errors import ConfigError
 from lrtune.training.losses import LOSSES
+from lrtune.tuner.lr_range import lr_bounds
 from lrtune.training.run import Hyperparams
 from lrtune.training.schedules import SCHEDULERS
 
@@ -33,7 +34,7 @@ def check_space(cfg: Config) -> None:
 
 def suggest(trial: optuna.Trial, cfg: Config) -> Hyperparams:
     """Sample one point: LR, scheduler and loss with their conditional parameters, accumulation."""
-    lr = trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)
+    lr = trial.suggest_float("lr", *lr_bounds(trial, cfg), log=True)
     scheduler = trial.suggest_categorical("scheduler", list(cfg.schedulers))
     loss = trial.suggest_categorical("loss", list(cfg.losses))
     accum = trial.suggest_categorical("accum", list(cfg.accum))
