@@ -6,7 +6,7 @@ process.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,19 +39,30 @@ def load_config(
     return config_mod.resolve(overrides, config_file=config_file, environ=environ)
 
 
-def search(*, config: Config | None = None, progress: ProgressSink | None = None) -> optuna.Study:
+def search(
+    *,
+    config: Config | None = None,
+    progress: ProgressSink | None = None,
+    given: Collection[str] | None = None,
+) -> optuna.Study:
     """Run, or resume, the study ``config`` describes, and return it.
 
     Running the same search again continues it: ``config.trials`` is the
     study's total of finished trials. Ctrl-C (or SIGTERM) stops the running
     trial at its next micro-batch and raises ``SearchInterrupted``; the next
     call continues that trial from its last epoch.
+
+    ``given`` names the fields of ``config`` the caller chose; when the study
+    exists, every other field (except where this machine keeps its data and
+    study files) is taken from the study's stored config, so another machine
+    joins a study with ``Config(storage=..., study=...)`` and
+    ``given={"storage", "study"}``. None: ``config`` is used as it is.
     """
     from lrtune.tuner.driver import run_search
 
     cfg = config if config is not None else Config()
     verbosity = progress.verbosity if isinstance(progress, ConsoleProgress) else 0
-    return run_search(cfg, progress=progress, verbosity=verbosity)
+    return run_search(cfg, progress=progress, verbosity=verbosity, given=given)
 
 
 def lr_find(

@@ -16,7 +16,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from lrtune.errors import ConfigError
 
@@ -75,6 +75,11 @@ class Config:
     workers: int = 1  # local worker processes sharing the study
     keep: str = "best"  # best | all | none: which trials keep their final weights
     force: bool = False  # resume even though the stored config differs
+    # --- many machines -----------------------------------------------------------
+    artifacts: str = ""  # shared folder or s3://bucket/prefix or gs://bucket/prefix for checkpoints any machine can read
+    storage_retry: float = 120.0  # seconds a lost database connection is retried before the worker gives up
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats
+    heartbeat_grace: int = 60  # a trial silent this long (on another machine) is failed and queued again
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -89,8 +94,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Fields that only say how or where this run happens; changing them never
 # changes what a trial computes, so a study may be resumed with other values.
 RUN_ONLY = frozenset(
-    {"trials", "timeout", "study", "storage", "studies_dir", "workers", "keep", "force", "device", "num_workers", "compile"}
+    {"trials", "timeout", "study", "storage", "studies_dir", "workers", "keep", "force", "device", "num_workers",
+     "artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace", "compile"}
 )
+# Fields that belong to one machine: a worker joining a study keeps its own
+# (its data may lie elsewhere), and takes every other field from the study.
+# Data paths may differ as long as the data's classes and counts match.
+MACHINE_LOCAL = frozenset(
+    {"study", "storage", "studies_dir", "workers", "force", "device", "num_workers", "timeout", "data_root",
+     "storage_retry", "heartbeat_interval", "heartbeat_grace"}
+)
+
+DATA_LOCATION = frozenset({"data", "data_root"})
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # Tables of a file written by ``lrtune export --format toml``: where its config came from, not options.
@@ -193,6 +208,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--lr-min {cfg.lr_min:g} is greater than --lr-max {cfg.lr_max:g}")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction:g}")
+    if cfg.heartbeat_interval <= 0 or cfg.heartbeat_grace <= cfg.heartbeat_interval:
+        raise ConfigError(
+            f"--heartbeat-grace ({cfg.heartbeat_grace}) must exceed --heartbeat-interval ({cfg.heartbeat_interval}), "
+            "and both must be positive"
+        )
+    if cfg.storage_retry < 0:
+        raise ConfigError(f"--storage-retry must not be negative, got {cfg.storage_retry:g}")
     if cfg.workers <= 0:
         raise ConfigError(f"--workers must be positive, got {cfg.workers}")
     if cfg.timeout < 0:
@@ -251,7 +273,51 @@ def fingerprint(cfg: Config | Mapping[str, Any]) -> str:
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Human-readable ``name: old -> new`` lines for the identity fields that differ.
 
+    Where the data lies (``data``, ``data_root``) is left out: each machine may
+    keep it elsewhere, and the study checks the data itself (``dataset_changes``).
     A field missing from ``old`` (stored by a version without it) counts as its default.
     """
     a, b = identity({**to_dict(Config()), **old}), identity(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    names = sorted((set(a) | set(b)) - DATA_LOCATION)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in names if a.get(k) != b.get(k)]
+
+
+def explicit_fields(
+    cli: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> frozenset[str]:
+    """The fields ``resolve`` takes from the user (flags, ``LRTUNE_*``, the config file) rather than defaults."""
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get("LRTUNE_CONFIG") or None
+    names = set(env_overrides(environ)) | {k for k, v in (cli or {}).items() if v is not None}
+    if config_file:
+        names |= set(file_overrides(config_file))
+    return frozenset(names)
+
+
+def adopt(stored: Mapping[str, Any], cfg: Config, given: Collection[str]) -> Config:
+    """``cfg`` with the stored value of every field not in ``given`` and not ``MACHINE_LOCAL``.
+
+    This is how a worker joins a study with no options beyond ``--storage``
+    and ``--study``: it computes what the study's trials compute.
+    """
+    values = to_dict(cfg)
+    for name, value in stored.items():
+        if name in FIELDS and name not in given and name not in MACHINE_LOCAL:
+            values[name] = _convert(name, value, "the study's stored config")
+    joined = Config(**values)
+    validate(joined)
+    return joined
+
+
+DATASET_KEYS = ("classes", "n_train", "n_val", "train_counts", "val_counts")
+
+
+def dataset_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """How two datasets' fingerprints (class names, split sizes and per-class counts) differ."""
+    return [
+        f"{key}: {stored.get(key)!r} -> {current.get(key)!r}"
+        for key in DATASET_KEYS
+        if key in stored and stored.get(key) != current.get(key)
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +17,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 
 from lrtune.config import DIGITS_SETS, Config
 from lrtune.errors import StorageError, first_line
@@ -73,13 +75,97 @@ class Heartbeat:
     on_stale: Callable[[optuna.Study, FrozenTrial], None]
 
 
-def open_storage(url: str, *, heartbeat: Heartbeat | None = None) -> RDBStorage:
-    """Open (creating if needed) the study database at ``url``."""
+POOL_SIZE = 2  # connections per process to a server database: the trial's thread and its heartbeat
+POOL_RECYCLE = 600  # seconds before a pooled connection is replaced, ahead of servers and firewalls that drop idle ones
+RETRY_FOR = 120.0  # default seconds a lost connection to the database is retried before giving up
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0  # seconds between tries: doubling from the first up to the max
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the database could not be reached, not that a query was bad."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        if isinstance(seen, sa_exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retrying(call: Callable[[], Any], *, url: str, retry_for: float, sleep: Callable[[float], None] = time.sleep) -> Any:
+    """``call()``, tried again with backoff while the database is unreachable, for up to ``retry_for`` s.
+
+    Then a one-line ``StorageError`` (password masked). Errors that are not a
+    lost connection go through at once.
+    """
+    deadline = time.monotonic() + retry_for
+    delay = BACKOFF_FIRST
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not _connection_lost(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                cause = scrub(first_line(_root(exc)), url)
+                raise StorageError(f"storage {mask_url(url)} unreachable for {retry_for:g} s: {cause}") from None
+            sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+
+def _root(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (if any) replaced by ``***``."""
+    match = re.search(r"://[^:/@]+:([^@]*)@", url)
+    return text.replace(match.group(1), "***") if match and match.group(1) else text
+
+
+class ResilientStorage(RDBStorage):
+    """An ``RDBStorage`` whose every call is retried while the database server is unreachable."""
+
+    retry_for: float = RETRY_FOR
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    method = getattr(RDBStorage, name)
+
+    def call(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
+        return retrying(lambda: method(self, *args, **kwargs), url=self.url, retry_for=self.retry_for)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+for _name in dir(RDBStorage):
+    if not _name.startswith("_") and callable(getattr(RDBStorage, _name)) and _name not in ("url",):
+        setattr(ResilientStorage, _name, _retried(_name))
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite:"):
+        return {"connect_args": {"timeout": 120}}
+    # At most POOL_SIZE connections per process, each checked before use.
+    return {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": 0, "pool_recycle": POOL_RECYCLE}
+
+
+def open_storage(url: str, *, heartbeat: Heartbeat | None = None, retry_for: float = RETRY_FOR) -> RDBStorage:
+    """Open (creating if needed) the study database at ``url``.
+
+    A server database (PostgreSQL, MySQL) is reached through at most
+    ``POOL_SIZE`` connections per process; while it is unreachable every call
+    is retried with backoff for ``retry_for`` seconds, then raises ``StorageError``.
+    """
     if url.startswith("sqlite:"):
         _prepare_sqlite(url)
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
     extra: dict[str, Any] = {}
     if heartbeat is not None:
         extra = {
@@ -87,10 +173,17 @@ def open_storage(url: str, *, heartbeat: Heartbeat | None = None) -> RDBStorage:
             "grace_period": heartbeat.grace,
             "heartbeat_stale_trial_callback": heartbeat.on_stale,
         }
+
+    def create() -> RDBStorage:
+        return ResilientStorage(url, engine_kwargs=_engine_kwargs(url), **extra)
+
     try:
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+        storage = retrying(create, url=url, retry_for=retry_for)
+    except StorageError:
+        raise
     except Exception as exc:  # SQLAlchemy and drivers raise many types for a bad URL
-        raise StorageError(f"cannot open storage {mask_url(url)}: {first_line(exc)}") from None
+        raise StorageError(f"cannot open storage {mask_url(url)}: {scrub(first_line(exc), url)}") from None
+    storage.retry_for = retry_for
     if url.startswith("sqlite:"):
         # WAL with synchronous=NORMAL: a commit survives any crash of the process,
         # and costs half as much as with a sync of the file on every commit.

@@ -96,3 +96,28 @@ def test_fingerprint_ignores_run_only_fields_and_diff_names_changes():
     assert config.fingerprint(a) == config.fingerprint(b)
     assert config.fingerprint(a) != config.fingerprint(c)
     assert config.diff(a, c) == ["model: 'test_resnet' -> 'test_vit'"]
+
+
+def test_a_joining_worker_takes_the_stored_config_except_what_it_was_given_and_its_machines_own():
+    from lrtune import config as config_mod
+
+    stored = config_mod.to_dict(Config(epochs=3, lr_max=0.1, schedulers=["step"], trials=12, artifacts="/shared/ck",
+                                       studies_dir="/a/studies", device="cuda", data="/a/data"))
+    mine = Config(studies_dir="/b/studies", trials=20, data="/b/data")
+    joined = config_mod.adopt(stored, mine, given={"studies_dir", "trials", "data"})
+    assert (joined.epochs, joined.lr_max, joined.schedulers, joined.artifacts) == (3, 0.1, ["step"], "/shared/ck")
+    assert (joined.studies_dir, joined.trials, joined.data, joined.device) == ("/b/studies", 20, "/b/data", "auto")
+    # The data's location is no part of the comparison; its classes and counts are.
+    assert config_mod.diff(stored, config_mod.to_dict(joined)) == []
+    counts = {"classes": ["a", "b"], "n_train": 8, "n_val": 2, "train_counts": [4, 4], "val_counts": [1, 1]}
+    assert config_mod.dataset_changes(counts, {**counts, "skipped": ["x.png"]}) == []
+    assert config_mod.dataset_changes(counts, {**counts, "classes": ["a", "c"]}) == ["classes: ['a', 'b'] -> ['a', 'c']"]
+
+
+def test_explicit_fields_are_those_of_the_flags_the_environment_and_the_file(tmp_path):
+    from lrtune import config as config_mod
+
+    path = tmp_path / "c.toml"
+    path.write_text("epochs = 4\n")
+    given = config_mod.explicit_fields({"trials": 3, "lr_max": None}, config_file=path, environ={"LRTUNE_SEED": "2"})
+    assert given == {"trials", "epochs", "seed"}

@@ -53,3 +53,50 @@ def test_the_latest_study_is_loaded_when_none_is_named(storage_url):
         storage_mod.load_study(storage)
     optuna.create_study(study_name="only", storage=storage)
     assert storage_mod.load_study(storage).study_name == "only"
+
+
+def _lost() -> Exception:
+    import sqlalchemy
+
+    return sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+
+def test_a_lost_connection_is_retried_with_backoff_until_it_comes_back():
+    calls, waits = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 4:
+            raise optuna.exceptions.StorageInternalError("commit failed") from _lost()
+        return "done"
+
+    url = "postgresql+psycopg://me:s3cret@db/x"
+    assert storage_mod.retrying(flaky, url=url, retry_for=60, sleep=waits.append) == "done"
+    assert waits == [0.5, 1.0, 2.0]
+
+
+def test_a_connection_lost_for_longer_than_the_retry_time_is_one_line_without_the_password():
+    url = "postgresql+psycopg://me:s3cret@db/x"
+
+    def down():
+        raise _lost()
+
+    with pytest.raises(LRTuneError) as info:
+        storage_mod.retrying(down, url=url, retry_for=0.0, sleep=lambda s: None)
+    message = str(info.value)
+    assert message.startswith("storage postgresql+psycopg://me:***@db/x unreachable for 0 s: ")
+    assert "s3cret" not in message and "\n" not in message
+
+
+def test_errors_other_than_a_lost_connection_are_not_retried():
+    def bad():
+        raise ValueError("no such column")
+
+    with pytest.raises(ValueError):
+        storage_mod.retrying(bad, url="sqlite://", retry_for=60, sleep=lambda s: pytest.fail("retried"))
+
+
+def test_server_databases_get_a_small_pool_checked_before_use():
+    kwargs = storage_mod._engine_kwargs("postgresql+psycopg://me:pw@db/x")
+    assert kwargs["pool_pre_ping"] is True
+    assert kwargs["pool_size"] == storage_mod.POOL_SIZE == 2 and kwargs["max_overflow"] == 0

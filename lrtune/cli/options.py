@@ -52,9 +52,17 @@ def common_parser() -> argparse.ArgumentParser:
     return common
 
 
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    return {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+
+
 def resolve_config(args: argparse.Namespace) -> Config:
-    given = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
-    return config_mod.resolve(given, config_file=args.config)
+    return config_mod.resolve(_flags(args), config_file=args.config)
+
+
+def given_fields(args: argparse.Namespace) -> frozenset[str]:
+    """The fields the user set by flag, ``LRTUNE_*`` or config file; a joined study supplies the rest."""
+    return config_mod.explicit_fields(_flags(args), config_file=args.config)
 
 
 def verbosity(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import shlex
 from typing import Sequence
 
-from lrtune.cli.options import add_field, resolve_config, verbosity
+from lrtune.cli.options import add_field, given_fields, resolve_config, verbosity
 from lrtune.cli.output import format_summary
 from lrtune.errors import SearchInterrupted
 from lrtune.progress import ConsoleProgress
@@ -19,6 +19,7 @@ GROUPS = {
                            "momentum", "warmup_epochs", "device", "amp", "compile", "diverge_factor"),
     "search space": ("lr_min", "lr_max", "schedulers", "losses", "accum", "lr_range"),
     "study": ("trials", "timeout", "sampler", "pruner", "pruner_warmup", "seed", "workers", "keep", "force"),
+    "many machines": ("artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace"),
 }
 
 
@@ -28,7 +29,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         parents=[common],
         help="run (or resume) a study",
         description="Run an Optuna study over LR, scheduler, loss and accumulation. "
-        "Running the same command again resumes the study up to --trials finished trials.",
+        "Running the same command again resumes the study up to --trials finished trials. "
+        "On an existing study, options not given are taken from the study: "
+        "`lrtune search --storage URL --study NAME` joins it from any machine.",
     )
     for title, names in GROUPS.items():
         group = parser.add_argument_group(title)
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     cfg = resolve_config(args)
     progress = ConsoleProgress(cfg.trials, verbosity=verbosity(args))
     try:
-        study = search(config=cfg, progress=progress)
+        study = search(config=cfg, progress=progress, given=given_fields(args))
     except SearchInterrupted as exc:
         progress.message(
             "interrupted; the running trial continues from its last epoch on resume: "

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -115,15 +115,18 @@ class Writer:
         self._pending: list[Future] = []
         self.last_seconds = 0.0  # how long the last finished save took
 
-    def save(self, path: Path, state: dict[str, Any]) -> None:
+    def save(self, path: Path, state: dict[str, Any], then: Callable[[], None] | None = None) -> None:
+        """Write ``state`` to ``path``, then call ``then`` (e.g. an upload), both on the writer's thread."""
         while len(self._pending) >= self.MAX_PENDING:
             self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(self._timed_save, path, state))
+        self._pending.append(self._pool.submit(self._timed_save, path, state, then))
 
-    def _timed_save(self, path: Path, state: dict[str, Any]) -> None:
+    def _timed_save(self, path: Path, state: dict[str, Any], then: Callable[[], None] | None) -> None:
         started = time.perf_counter()
         save(path, state)
         self.last_seconds = time.perf_counter() - started
+        if then is not None:
+            then()
 
     def wait(self) -> None:
         """Block until every save is on disk; re-raise the first error here, on the training thread."""

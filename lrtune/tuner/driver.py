@@ -12,7 +12,7 @@ import contextlib
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -58,17 +58,35 @@ def config_changes(study: optuna.Study, cfg: Config) -> list[str]:
 
 
 def record_config(study: optuna.Study, cfg: Config) -> None:
-    """Store the resolved config on a new study, and each forced change in ``config_history``."""
+    """Store the resolved config on a new study, and each forced change in ``config_history``.
+
+    The storage URL is stored with its password masked.
+    """
     stored = study.user_attrs.get("config")
     changes = config_changes(study, cfg)
     current = config_mod.to_dict(cfg)
+    current["storage"] = mask_url(current["storage"])
     if changes:
         history = list(study.user_attrs.get("config_history", []))
         history.append({"config": stored, "changes": changes})
         study.set_user_attr("config_history", history)
-    if stored is None or config_mod.fingerprint(stored) != config_mod.fingerprint(current):
+    if stored is None or changes:
         study.set_user_attr("config", current)
         study.set_user_attr("fingerprint", config_mod.fingerprint(current))
+
+
+def record_dataset(study: optuna.Study, dataset: dict[str, Any]) -> None:
+    """Store the dataset's summary on a new study; refuse data whose classes or counts differ from it."""
+    stored = study.user_attrs.get("dataset")
+    if stored is None:
+        study.set_user_attr("dataset", dataset)
+        return
+    changes = config_mod.dataset_changes(stored, dataset)
+    if changes:
+        raise StudyError(
+            f"study {study.study_name!r} was made with other data ({'; '.join(changes)}); "
+            "point --data at the same images"
+        )
 
 
 def prepare_study(cfg: Config, *, dataset: dict[str, Any], storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -78,13 +96,13 @@ def prepare_study(cfg: Config, *, dataset: dict[str, Any], storage: optuna.stora
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise StudyError(f"study {name!r} exists and does not maximize; pick another --study")
     samplers.attach(study, cfg)
+    record_dataset(study, dataset)
     record_config(study, cfg)
-    if "dataset" not in study.user_attrs:
-        study.set_user_attr("dataset", dataset)
     if not study.get_trials(deepcopy=False):
         baseline = baseline_params(cfg)
         study.set_user_attr("baseline", baseline)
-        study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        # Workers starting together on a new study would each queue it: once is enough.
+        study.enqueue_trial(baseline, user_attrs={"baseline": True}, skip_if_exists=True)
     return study
 
 
@@ -161,8 +179,18 @@ def _complete(study: optuna.Study, cfg: Config) -> bool:
     return count_finished(study) >= cfg.trials and not running
 
 
-def run_search(cfg: Config, *, progress: ProgressSink | None = None, verbosity: int = 0) -> optuna.Study:
+def run_search(
+    cfg: Config,
+    *,
+    progress: ProgressSink | None = None,
+    verbosity: int = 0,
+    given: Collection[str] | None = None,
+) -> optuna.Study:
     """Run, or resume, the study ``cfg`` names until it holds ``cfg.trials`` finished trials.
+
+    With ``given`` (the fields the user chose), a study that exists lends its
+    stored config to every other field: a worker joins it with nothing but
+    ``--storage`` and ``--study``.
 
     Ctrl-C and SIGTERM stop the running trial at its next micro-batch and queue
     it to continue; ``SearchInterrupted`` then says which signal it was.
@@ -174,9 +202,11 @@ def run_search(cfg: Config, *, progress: ProgressSink | None = None, verbosity: 
     url = storage_url(cfg)
     with quiet_optuna():
         samplers.check_names(cfg)
-        storage = open_storage(url, heartbeat=recovery.heartbeat())
+        storage = open_storage(url, heartbeat=recovery.heartbeat(cfg), retry_for=cfg.storage_retry)
         if name in study_names(storage):
             existing = optuna.load_study(study_name=name, storage=storage)
+            if given is not None:
+                cfg = config_mod.adopt(existing.user_attrs.get("config") or {}, cfg, given)
             config_changes(existing, cfg)
             if _complete(existing, cfg):  # before torch, the data or a model is loaded
                 say(f"study {name!r} already has {count_finished(existing)} finished trials (--trials {cfg.trials}); nothing to run")

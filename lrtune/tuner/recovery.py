@@ -10,21 +10,18 @@ import psutil
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from lrtune.config import Config
 from lrtune.tuner.trial import retry_attrs
 from lrtune.storage import Heartbeat
-
-HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
-GRACE_PERIOD = 60  # a trial silent this long on another machine is taken as dead
-
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a failed trial again with the same parameters; the retry continues its checkpoint."""
     study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial, trial.user_attrs.get("seed")))
 
 
-def heartbeat() -> Heartbeat:
-    """Heartbeats for a searching storage: a silent trial is failed and queued again."""
-    return Heartbeat(interval=HEARTBEAT_INTERVAL, grace=GRACE_PERIOD, on_stale=retry_trial)
+def heartbeat(cfg: Config) -> Heartbeat:
+    """Heartbeats for a searching storage: a trial silent for ``cfg.heartbeat_grace`` s is failed and queued again."""
+    return Heartbeat(interval=cfg.heartbeat_interval, grace=cfg.heartbeat_grace, on_stale=retry_trial)
 
 
 def _owner_is_dead(trial: FrozenTrial) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import zlib
 from typing import Callable
 
 import optuna
@@ -55,8 +58,16 @@ def check_names(cfg: Config) -> None:
 
 
 def sampler_seed(cfg: Config, study: optuna.Study, worker: int = 0) -> int:
-    """A seed that differs per run and per worker, so a resumed random sampler does not replay old points."""
-    return cfg.seed + len(study.get_trials(deepcopy=False)) + 7919 * worker
+    """A seed that differs per run and per worker, so a resumed random sampler does not replay old points.
+
+    A process that joins a study other processes (on any machine) are running
+    adds its host and process id, so it does not draw their points.
+    """
+    trials = study.get_trials(deepcopy=False)
+    seed = cfg.seed + len(trials) + 7919 * worker
+    if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_003
+    return seed
 
 
 def attach(study: optuna.Study, cfg: Config, worker: int = 0) -> None:

@@ -7,6 +7,7 @@ and the pruner each epoch, the trial's files, and its attributes.
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import os
@@ -20,8 +21,9 @@ import optuna
 import torch
 
 from lrtune.config import Config, effective_image_size
-from lrtune.errors import LRTuneError, StudyError, first_line
+from lrtune.errors import LRTuneError, StorageError, StudyError, first_line
 from lrtune.progress import ProgressSink
+from lrtune.tuner.artifacts import RemoteCheckpoints
 from lrtune.tuner.space import check_space, suggest
 from lrtune.training import checkpoints, memory
 from lrtune.training.loop import Diverged, Interrupted, amp_policy, resolve_device
@@ -82,8 +84,11 @@ class TrialFiles:
     skipped: int = 0  # epochs that ended without a checkpoint
     reported: int = 0
 
-    def keep(self, run: TrainingRun, *, due: bool, keep_best: bool, last: bool) -> None:
-        """Copy the epoch's weights where they are needed (best weights, last.pt); queue last.pt when ``due``.
+    def keep(
+        self, run: TrainingRun, *, due: bool, keep_best: bool, last: bool, then: Callable[[], None] | None = None
+    ) -> None:
+        """Copy the epoch's weights where they are needed (best weights, last.pt); queue last.pt when ``due``,
+        and ``then`` (its upload) after it on the writer's thread.
 
         After the last epoch the trial ends: nothing to continue from, and the
         model itself holds the final weights.
@@ -93,7 +98,7 @@ class TrialFiles:
         if keep_best:
             self.best_weights = checkpoints.unpack(packed) if packed is not None else run.model.state_dict()
         if due:
-            self.writer.save(self.folder / checkpoints.LAST, run.checkpoint(packed))
+            self.writer.save(self.folder / checkpoints.LAST, run.checkpoint(packed), then=then)
             self.checkpoint_cost = time.perf_counter() - started + self.writer.last_seconds
             self.since_checkpoint = 0.0
         elif not last:
@@ -132,6 +137,7 @@ class Objective:
         check_model(cfg.model, num_classes=self.data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
         self.consecutive_failures = 0
         self.peak = 0  # the most device memory a trial of this process has reserved
+        self.remote = RemoteCheckpoints(cfg.artifacts, self.study_dir.name) if cfg.artifacts else None
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.stop():
@@ -159,15 +165,17 @@ class Objective:
             raise
         except optuna.TrialPruned as exc:
             trial.set_user_attr("reason", str(exc))
-            checkpoints.remove(self.study_dir, trial.number)
+            remove_files(self.study_dir, self.remote, trial)
             raise
         except Diverged as exc:
             reason = f"diverged: {exc}"
             trial.set_user_attr("reason", reason)
-            checkpoints.remove(self.study_dir, trial.number)
+            remove_files(self.study_dir, self.remote, trial)
             raise optuna.TrialPruned(reason) from None
+        except StorageError:  # the database is gone: keep the checkpoint for the retry that recovery queues
+            raise
         except LRTuneError:  # a fault of the setup, not of this trial: it would fail every trial
-            checkpoints.remove(self.study_dir, trial.number)
+            remove_files(self.study_dir, self.remote, trial)
             raise
         except torch.cuda.OutOfMemoryError as exc:
             failure = f"out of memory: {first_line(exc)}"
@@ -178,7 +186,9 @@ class Objective:
             # model and optimizer, are no longer held by the traceback.
             self._fail(trial, failure)
         self.consecutive_failures = 0
-        checkpoints.remove(self.study_dir, trial.number, keep_best=self.cfg.keep != "none")
+        if self.remote is not None:
+            self.remote.upload_best(trial, checkpoints.trial_dir(self.study_dir, trial.number) / checkpoints.BEST)
+        remove_files(self.study_dir, self.remote, trial, keep_best=self.cfg.keep != "none")
         return value
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
@@ -186,7 +196,7 @@ class Objective:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         trial.set_user_attr("reason", reason)
-        checkpoints.remove(self.study_dir, trial.number)
+        remove_files(self.study_dir, self.remote, trial)
         self.consecutive_failures += 1
         if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
             raise StudyError(f"{self.consecutive_failures} trials in a row failed; the last: {reason}")
@@ -195,7 +205,7 @@ class Objective:
     def _run(self, trial: optuna.Trial, params: Hyperparams, seed: int, retry_of: int | None) -> float:
         run = TrainingRun(self.cfg, params, data=self.data, amp=self.amp, seed=seed, should_stop=self.stop)
         files = TrialFiles(checkpoints.trial_dir(self.study_dir, trial.number))
-        if retry_of is not None and checkpoints.adopt(self.study_dir, int(retry_of), trial.number):
+        if retry_of is not None and take_checkpoint(self.study_dir, self.remote, trial, int(retry_of), files.folder):
             run.restore(checkpoints.load(files.folder / checkpoints.LAST, self.amp.device))
             _report(trial, run, files)
             trial.set_user_attr("resumed_at_epoch", run.state.epoch + 1)
@@ -238,7 +248,10 @@ class Objective:
         due = not last and files.checkpoint_due()
         if prunes or due:
             _report(trial, run, files)
-        files.keep(run, due=due, keep_best=outcome.improved and self.cfg.keep != "none", last=last)
+        upload = None
+        if due and self.remote is not None:
+            upload = functools.partial(self.remote.upload_last, trial, files.folder / checkpoints.LAST, epoch)
+        files.keep(run, due=due, keep_best=outcome.improved and self.cfg.keep != "none", last=last, then=upload)
         if self.progress is not None:
             self.progress.epoch(trial.number, epoch, self.cfg.epochs, outcome.macro_f1)
         if prunes and trial.should_prune():
@@ -263,6 +276,32 @@ def _report(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
         if epoch > files.reported:
             trial.report(value, int(epoch))
     files.reported = run.state.epoch
+
+
+def remove_files(study_dir: Path, remote: RemoteCheckpoints | None, trial: optuna.Trial, *, keep_best: bool = False) -> None:
+    """The ended trial's ``last.pt`` (here and uploaded), and its ``best.pt`` unless kept."""
+    checkpoints.remove(study_dir, trial.number, keep_best=keep_best)
+    if remote is not None:
+        remote.discard_trial(trial)
+
+
+def take_checkpoint(
+    study_dir: Path, remote: RemoteCheckpoints | None, trial: optuna.Trial, retry_of: int, folder: Path
+) -> bool:
+    """Put trial ``retry_of``'s ``last.pt`` in ``folder`` (the retry's): from this machine, else from the upload.
+
+    False when there is none; when the upload cannot be read, ``resume_failed`` says why.
+    """
+    if checkpoints.adopt(study_dir, retry_of, trial.number):
+        if remote is not None:
+            remote.take_over(trial, retry_of)
+        return True
+    if remote is None:
+        return False
+    why = remote.fetch(trial, retry_of, folder / checkpoints.LAST)
+    if why is not None:
+        trial.set_user_attr("resume_failed", why)
+    return why is None
 
 
 def _prunes(trial: optuna.Trial) -> bool:

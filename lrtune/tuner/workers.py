@@ -42,7 +42,7 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
             # No sink while the data loads: the parent process showed that already.
             objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=None)
             objective.progress = progress
-            storage = open_storage(storage_url(cfg), heartbeat=recovery.heartbeat())
+            storage = open_storage(storage_url(cfg), heartbeat=recovery.heartbeat(cfg), retry_for=cfg.storage_retry)
             study = optuna.load_study(study_name=name, storage=storage)
             samplers.attach(study, cfg, worker=index)
             if count_finished(study) < cfg.trials:

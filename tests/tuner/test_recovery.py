@@ -7,6 +7,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from lrtune.config import Config
 from lrtune.tuner import recovery
 from lrtune.storage import default_storage_url, open_storage
 
@@ -43,10 +44,8 @@ def test_a_trial_whose_process_died_on_this_host_is_failed_and_requeued(storage_
     assert recovery.recover_orphans(study) == []  # once only
 
 
-def test_a_silent_trial_on_another_host_is_requeued_by_the_heartbeat(storage_url, monkeypatch):
-    monkeypatch.setattr(recovery, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(recovery, "GRACE_PERIOD", 1)
-    storage = open_storage(storage_url, heartbeat=recovery.heartbeat())
+def test_a_silent_trial_on_another_host_is_requeued_by_the_heartbeat(storage_url):
+    storage = open_storage(storage_url, heartbeat=recovery.heartbeat(Config(heartbeat_interval=1, heartbeat_grace=1)))
     study, trial = _running_trial(storage, "another-host", 123)
     storage.record_heartbeat(trial._trial_id)
     time.sleep(2.5)

@@ -1,0 +1,142 @@
+"""The storage's share of trial time, and trials per hour, with several workers on one study.
+
+Each worker is its own process running a real search (``lrtune.search``) on a
+shared study, as a worker on another machine would. Every call lrtune makes to
+the storage (asking, reporting, attributes, heartbeats, telling) is a method
+of ``storage.ResilientStorage``; each worker times those calls (the outermost
+of nested ones), on all its threads, and
+compares their sum with the time its trials ran (start to end, from the
+study). The share is therefore an upper bound: the heartbeat thread's calls
+overlap training rather than delay it.
+
+    python benchmarks/storage_overhead.py --postgres postgresql+psycopg://user:pass@127.0.0.1:5432/db
+    python benchmarks/storage_overhead.py --postgres URL --share-workers 1,4,8 --rate-workers 1,2,4
+
+Without ``--postgres`` only SQLite is measured. Trials are tiny (8 px digits,
+``--epochs`` epochs), which makes the storage's share larger than in any real
+search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker(url: str, study: str, trials: int, epochs: int, studies_dir: str) -> None:
+    """One search process; prints its storage seconds and its trials' seconds as JSON."""
+    import torch
+    from optuna.storages import RDBStorage
+
+    from lrtune import storage as storage_mod
+    from lrtune.api import search
+    from lrtune.config import Config
+
+    torch.set_num_threads(1)
+    spent = [0.0]
+    depth = threading.local()
+    lock = threading.Lock()
+
+    def timed(method):
+        def call(self, *args, **kwargs):
+            if getattr(depth, "n", 0):  # a storage call inside another: counted once
+                return method(self, *args, **kwargs)
+            depth.n = 1
+            started = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                depth.n = 0
+                with lock:
+                    spent[0] += time.perf_counter() - started
+
+        return call
+
+    for name in dir(RDBStorage):
+        if not name.startswith("_") and callable(getattr(RDBStorage, name)):
+            setattr(storage_mod.ResilientStorage, name, timed(getattr(storage_mod.ResilientStorage, name)))
+    cfg = Config(storage=url, study=study, trials=trials, epochs=epochs, batch_size=128, image_size=8,
+                 sampler="random", pruner="none", studies_dir=studies_dir, keep="none")
+    result = search(config=cfg)
+    mine = [t for t in result.get_trials(deepcopy=False)
+            if t.user_attrs.get("pid") == os.getpid() and t.datetime_complete and t.datetime_start]
+    trial_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in mine)
+    print(json.dumps({"storage_s": spent[0], "trial_s": trial_s, "trials": len(mine)}))
+
+
+def run(url: str, n_workers: int, trials: int, epochs: int) -> dict:
+    """``n_workers`` processes on a new study of ``trials`` trials: their storage share and the trials per hour."""
+    study = f"bench-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory() as studies_dir:
+        cmd = [sys.executable, __file__, "--worker", url, study, str(trials), str(epochs), studies_dir]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        started = time.perf_counter()
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        _wait_for_study(url, study, first)
+        procs = [first] + [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(n_workers - 1)]
+        outs = [p.communicate()[0] for p in procs]
+        wall = time.perf_counter() - started
+    rows = [json.loads(out.strip().splitlines()[-1]) for out in outs]
+    storage_s = sum(r["storage_s"] for r in rows)
+    trial_s = sum(r["trial_s"] for r in rows)
+    done = sum(r["trials"] for r in rows)
+    return {"share": storage_s / trial_s, "storage_ms_per_trial": 1000 * storage_s / done, "trials": done,
+            "wall_s": wall, "per_hour": 3600 * done / wall}
+
+
+def _wait_for_study(url: str, study: str, proc: subprocess.Popen) -> None:
+    import optuna
+
+    while proc.poll() is None:
+        try:
+            if optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False):
+                return
+        except KeyError:
+            pass
+        time.sleep(0.2)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        url, study, trials, epochs, studies_dir = sys.argv[2:7]
+        worker(url, study, int(trials), int(epochs), studies_dir)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--postgres", default="", help="a PostgreSQL URL (postgresql+psycopg://...)")
+    parser.add_argument("--share-workers", default="1,4,8")
+    parser.add_argument("--rate-workers", default="1,2,4")
+    parser.add_argument("--trials-per-worker", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    print(f"# {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
+    with tempfile.TemporaryDirectory() as tmp:
+        storages = {"sqlite": f"sqlite:///{tmp}/bench.db"}
+        if args.postgres:
+            storages["postgresql"] = args.postgres
+        print("| storage | workers | trials | storage ms per trial | storage share of trial time |")
+        print("|---|---|---|---|---|")
+        for name, url in storages.items():
+            for n in map(int, args.share_workers.split(",")):
+                r = run(url, n, n * args.trials_per_worker, args.epochs)
+                print(f"| {name} | {n} | {r['trials']} | {r['storage_ms_per_trial']:.0f} | {100 * r['share']:.2f}% |", flush=True)
+        rate_url = storages.get("postgresql", storages["sqlite"])
+        print(f"\n| workers ({'postgresql' if args.postgres else 'sqlite'}) | trials | wall s | trials per hour |")
+        print("|---|---|---|---|")
+        for n in map(int, args.rate_workers.split(",")):
+            r = run(rate_url, n, n * args.trials_per_worker, args.epochs)
+            print(f"| {n} | {r['trials']} | {r['wall_s']:.0f} | {r['per_hour']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The PostgreSQL server the many-machines tests run against, and a second "machine".
+
+``LRTUNE_TEST_POSTGRES`` names the server (``.ci/run`` starts one); without it
+these tests are skipped, unless ``LRTUNE_REQUIRE_POSTGRES`` (set by ``.ci/run``)
+or ``CI=true`` makes its absence a failure. ``LRTUNE_TEST_PGDATA`` and
+``LRTUNE_TEST_PGBIN`` let a test restart the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from helpers import ROOT, cli_env, lrtune_cmd
+
+URL_VAR = "LRTUNE_TEST_POSTGRES"
+
+
+def required() -> bool:
+    return bool(os.environ.get("LRTUNE_REQUIRE_POSTGRES")) or os.environ.get("CI", "").lower() == "true"
+
+
+def server_url() -> str:
+    url = os.environ.get(URL_VAR, "")
+    if not url:
+        if required():
+            pytest.fail(f"{URL_VAR} is not set, but CI needs the PostgreSQL tests to run (see .ci/run)")
+        pytest.skip(f"needs a PostgreSQL server: set {URL_VAR}=postgresql+psycopg://user:pass@host:port/db")
+    pytest.importorskip("psycopg", reason="needs psycopg 3: pip install -e '.[postgres]'")
+    return url
+
+
+def password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).password or ""
+
+
+def new_study_name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def load(url: str, name: str) -> optuna.Study:
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": __import__("sqlalchemy").pool.NullPool})
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def can_unshare() -> bool:
+    """Whether this process may give a child its own hostname (root, util-linux's unshare)."""
+    return os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+def machine_cmd(host: str | None, *args: str) -> list[str]:
+    """The real CLI, on a "machine" with its own hostname when ``host`` is given (a UTS namespace)."""
+    cmd = lrtune_cmd(*args)
+    if host is None:
+        return cmd
+    if not can_unshare():
+        pytest.skip("simulating a second machine needs root and unshare (util-linux)")
+    inner = f"hostname {host} && exec \"$@\""
+    return ["unshare", "--uts", "sh", "-c", inner, "sh", *cmd]
+
+
+def wait_for_study(url: str, name: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Until study ``name`` holds a trial (or ``proc`` ends): workers that join later find it set up."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if load(url, name).get_trials(deepcopy=False):
+                return
+        except KeyError:
+            pass
+        time.sleep(0.2)
+
+
+def start(host: str | None, *args: str, log: Path, **env: str) -> subprocess.Popen:
+    """A worker in the background; its stdout and stderr go to ``log``."""
+    out = open(log, "w")
+    return subprocess.Popen(
+        machine_cmd(host, *args), stdout=out, stderr=subprocess.STDOUT, text=True, env=cli_env(**env), cwd=ROOT
+    )
+
+
+def pg_ctl(*args: str) -> subprocess.CompletedProcess:
+    """Run pg_ctl on the test server's cluster, as its (unprivileged) owner when we are root."""
+    data, bindir = os.environ.get("LRTUNE_TEST_PGDATA"), os.environ.get("LRTUNE_TEST_PGBIN", "")
+    if not data:
+        if required():
+            pytest.fail("LRTUNE_TEST_PGDATA is not set, but CI needs the server-restart test")
+        pytest.skip("restarting the server needs LRTUNE_TEST_PGDATA (its data folder)")
+    exe = str(Path(bindir) / "pg_ctl") if bindir else "pg_ctl"
+    # The server's output goes to a log file: a pipe to this process would keep
+    # pg_ctl's caller waiting for as long as the server runs.
+    log = Path(data).parent / "server.log"
+    cmd = [exe, "-D", data, "-l", str(log), *args]
+    if os.geteuid() == 0:
+        owner = Path(data).owner()
+        cmd = ["su", owner, "-s", "/bin/sh", "-c", " ".join(cmd)]
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
