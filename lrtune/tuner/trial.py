@@ -145,12 +145,7 @@ class Objective:
         if self.peak:  # other trials may share this GPU: wait for room for one more like the last
             memory.wait_for_memory(int(self.peak * memory.MEMORY_MARGIN), lambda: memory.free_bytes(self.device))
         params = suggest(trial, self.cfg)
-        seed = int(trial.user_attrs.get("seed", self.cfg.seed * 100_003 + trial.number))
-        retry_of = trial.user_attrs.get("retry_of")
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("effective_batch", self.cfg.batch_size * params.accum)
+        seed, retry_of = _start(trial, self.cfg, params)
         failure = None
         try:
             try:
@@ -221,13 +216,7 @@ class Objective:
             if files.best_weights is not None and not state.best_saved:
                 self._save_best(trial, run, files)
         finally:
-            try:
-                files.writer.close()
-            finally:
-                _report(trial, run, files)
-                if files.skipped:
-                    trial.set_user_attr("epochs_without_checkpoint", files.skipped)
-                publish(trial, run)
+            _finish(trial, run, files)
         return state.best_value
 
     def _epoch(self, trial: optuna.Trial, run: TrainingRun, files: TrialFiles, epoch: int) -> None:
@@ -268,6 +257,27 @@ class Objective:
             return
         files.writer.save(files.folder / checkpoints.BEST, weights_record(trial, run, files))
         run.state.best_saved = True
+
+
+def _start(trial: optuna.Trial, cfg: Config, params: Hyperparams) -> tuple[int, int | None]:
+    """Record who runs the trial and with which seed; returns the seed and the trial it retries, if any."""
+    seed = int(trial.user_attrs.get("seed", cfg.seed * 100_003 + trial.number))
+    trial.set_user_attr("seed", seed)
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("effective_batch", cfg.batch_size * params.accum)
+    return seed, trial.user_attrs.get("retry_of")
+
+
+def _finish(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
+    """However the trial ends: its checkpoints on disk, every value reported, its attributes written."""
+    try:
+        files.writer.close()
+    finally:
+        _report(trial, run, files)
+        if files.skipped:
+            trial.set_user_attr("epochs_without_checkpoint", files.skipped)
+        publish(trial, run)
 
 
 def _report(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
