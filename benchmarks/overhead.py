@@ -166,7 +166,7 @@ def main() -> None:
     bare_times, lrtune_times = [], []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = replace(cfg, studies_dir=tmp, study="overhead")
-        storage = open_storage(default_storage_url(tmp), heartbeat=recovery.heartbeat())
+        storage = open_storage(default_storage_url(tmp), heartbeat=recovery.heartbeat(cfg))
         objective = Objective(cfg, study_dir=study_dir(tmp, cfg.study))
         study = prepare_study(cfg, dataset=objective.data.summary(), storage=storage)
         per_epoch, per_trial = fixed_costs(study, objective, cfg, trials=max(5, args.repeats))
