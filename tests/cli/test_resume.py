@@ -38,6 +38,16 @@ def wait_for(proc, needle, timeout=600):
     raise AssertionError(f"never saw {needle!r}; stderr was:\n{''.join(seen)}")
 
 
+def wait_for_checkpoint(tmp_path, timeout=300):
+    """Until trial 1 has a checkpoint on disk (the writer thread puts it there after its epoch)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if saved_epoch(tmp_path) >= 1:
+            return
+        time.sleep(0.05)
+    raise AssertionError("trial 1 never wrote a checkpoint")
+
+
 def saved_epoch(tmp_path, trial=1):
     """The epoch of the trial's last checkpoint, as it is on disk now (0 when there is none)."""
     path = tmp_path / NAME / "trials" / str(trial) / "last.pt"
@@ -56,10 +66,11 @@ ALL_EPOCHS = list(range(1, EPOCHS + 1))
 def test_sigkill_mid_trial_then_the_same_command_resumes_the_trial_at_its_next_epoch(tmp_path):
     proc = start(tmp_path, *SEARCH)
     wait_for(proc, f"trial 1 epoch 2/{EPOCHS}")
+    wait_for_checkpoint(tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=300)
     on_disk = saved_epoch(tmp_path)  # what the killed process left: the epoch the retry continues after
-    assert 1 <= on_disk < EPOCHS  # a checkpoint may still have been on its way to disk
+    assert 1 <= on_disk < EPOCHS
     killed = load(tmp_path, NAME)
     assert [t.state.name for t in killed.trials][:2] == ["COMPLETE", "RUNNING"]
 
