@@ -135,18 +135,20 @@ class ResilientStorage(RDBStorage):
 
 
 def _retried(name: str) -> Callable[..., Any]:
-    method = getattr(RDBStorage, name)
-
     def call(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
-        return retrying(lambda: method(self, *args, **kwargs), url=self.url, retry_for=self.retry_for)
+        method = getattr(super(ResilientStorage, self), name)
+        return retrying(lambda: method(*args, **kwargs), url=self.url, retry_for=self.retry_for)
 
     call.__name__ = call.__qualname__ = name
-    call.__doc__ = method.__doc__
+    call.__doc__ = getattr(RDBStorage, name).__doc__
     return call
 
 
-for _name in dir(RDBStorage):
-    if not _name.startswith("_") and callable(getattr(RDBStorage, _name)) and _name not in ("url",):
+# Optuna's cache in front of an RDBStorage also calls these private methods of it.
+BACKEND_CALLS = ("_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param")
+
+for _name in [*dir(RDBStorage), *BACKEND_CALLS]:
+    if (not _name.startswith("_") or _name in BACKEND_CALLS) and callable(getattr(RDBStorage, _name, None)):
         setattr(ResilientStorage, _name, _retried(_name))
 
 

@@ -100,3 +100,25 @@ def test_server_databases_get_a_small_pool_checked_before_use():
     kwargs = storage_mod._engine_kwargs("postgresql+psycopg://me:pw@db/x")
     assert kwargs["pool_pre_ping"] is True
     assert kwargs["pool_size"] == storage_mod.POOL_SIZE == 2 and kwargs["max_overflow"] == 0
+
+
+@pytest.mark.parametrize("backend_call", ["_create_new_trial", "_set_trial_param", "_get_trials"])
+def test_calls_through_optunas_cache_are_retried_too(storage_url, monkeypatch, backend_call):
+    """``study.ask`` and ``suggest_*`` reach the database through private methods of the storage."""
+    storage = storage_mod.open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    original, failures = getattr(optuna.storages.RDBStorage, backend_call), []
+
+    def once_unreachable(self, *args, **kwargs):
+        if not failures:
+            failures.append(backend_call)
+            raise _lost()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, backend_call, once_unreachable)
+    monkeypatch.setattr(storage_mod, "BACKOFF_FIRST", 0.0)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    study.tell(trial, 0.5)
+    assert failures == [backend_call]
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE]
