@@ -13,6 +13,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from lrtune.report.lr_range import LRRangeData, lr_range_data
+from lrtune.report.values import finite_float, int_or_none, is_positive_number
 from lrtune.report.notes import add_notes
 from lrtune.storage import mask_url
 
@@ -373,29 +374,6 @@ def _curve(curves: dict[str, Any]) -> tuple[list[int], list[float | None]]:
     if not isinstance(epochs, list) or len(epochs) != len(values):
         epochs = list(range(1, len(values) + 1))
     return [int_or_none(e) or i + 1 for i, e in enumerate(epochs)], [finite_float(v) for v in values]
-
-
-def finite_float(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def is_positive_number(value: Any) -> bool:
-    number = finite_float(value)
-    return number is not None and number > 0
-
-
-def int_or_none(value: Any) -> int | None:
-    """``value`` as an int when it is one (``3.0`` counts, bools do not), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
 
 
 def _sci(x: float) -> str:

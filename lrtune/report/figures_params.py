@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lrtune.report.compute import ReportData, TrialSummary, is_positive_number
+from lrtune.report.compute import ReportData, TrialSummary
+from lrtune.report.values import is_positive_number
 from lrtune.report.plotting import (
     LOSS_SYMBOLS,
     STATE_COLORS,

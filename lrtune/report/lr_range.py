@@ -8,9 +8,10 @@ the chosen one and its rule.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from lrtune.report.values import finite_float, is_positive_number
 
 RULE_LABELS = {"steepest": "steepest descent", "valley": "valley", "min/10": "minimum / 10"}
 
@@ -39,23 +40,23 @@ def lr_range_data(record: Any, trials: list[Any] | None = None) -> LRRangeData |
     lrs, losses, smoothed = (record.get(k) if isinstance(record.get(k), list) else [] for k in
                              ("lrs", "losses", "smoothed"))
     n = min(len(lrs), len(losses), len(smoothed))
-    keep = [i for i in range(n) if _positive(lrs[i])]
+    keep = [i for i in range(n) if is_positive_number(lrs[i])]
     if not keep:
         return None
     raw = record.get("suggestions") if isinstance(record.get("suggestions"), dict) else {}
-    suggestions = {str(k): float(v) for k, v in raw.items() if _positive(v)}
+    suggestions = {str(k): float(v) for k, v in raw.items() if is_positive_number(v)}
     bounds = record.get("bounds")
-    points = [t for t in trials or [] if _positive(t.params.get("lr")) and _finite(t.value) is not None]
+    points = [t for t in trials or [] if is_positive_number(t.params.get("lr")) and finite_float(t.value) is not None]
     return LRRangeData(
         lrs=[float(lrs[i]) for i in keep],
-        losses=[_finite(losses[i]) for i in keep],
-        smoothed=[_finite(smoothed[i]) for i in keep],
+        losses=[finite_float(losses[i]) for i in keep],
+        smoothed=[finite_float(smoothed[i]) for i in keep],
         suggestions=suggestions,
-        suggestion=float(record["suggestion"]) if _positive(record.get("suggestion")) else None,
+        suggestion=float(record["suggestion"]) if is_positive_number(record.get("suggestion")) else None,
         rule=str(record.get("rule", "")),
         setup=_setup_text(record.get("setup")),
         bounds=(float(bounds[0]), float(bounds[1]))
-        if isinstance(bounds, list) and len(bounds) == 2 and all(map(_positive, bounds))
+        if isinstance(bounds, list) and len(bounds) == 2 and all(map(is_positive_number, bounds))
         else None,
         trial_lrs=[float(t.params["lr"]) for t in points],
         trial_values=[float(t.value) for t in points],
@@ -67,14 +68,3 @@ def _setup_text(setup: Any) -> str:
     if not isinstance(setup, dict):
         return ""
     return ", ".join(f"{k} {setup[k]}" for k in ("loss", "accum", "batch_size") if k in setup).replace("_", " ")
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _positive(value: Any) -> bool:
-    number = _finite(value)
-    return number is not None and number > 0

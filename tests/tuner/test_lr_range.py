@@ -2,7 +2,6 @@ import json
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 import lrtune
@@ -12,12 +11,7 @@ from lrtune.tuner.lr_range import WINDOW, lr_bounds, narrowed_bounds
 from lrtune.tuner.space import suggest
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
