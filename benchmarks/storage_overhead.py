@@ -3,7 +3,8 @@
 Each worker is its own process running a real search (``lrtune.search``) on a
 shared study, as a worker on another machine would. Every call lrtune makes to
 the storage (asking, reporting, attributes, heartbeats, telling) is a method
-of ``storage.ResilientStorage``; each worker times those calls (the outermost
+of ``storage.ResilientStorage``, public or one of the private ones Optuna's cache
+calls (``BACKEND_CALLS``); each worker times those calls (the outermost
 of nested ones), on all its threads, and
 compares their sum with the time its trials ran (start to end, from the
 study). The share is therefore an upper bound: the heartbeat thread's calls
@@ -12,9 +13,11 @@ overlap training rather than delay it.
     python benchmarks/storage_overhead.py --postgres postgresql+psycopg://user:pass@127.0.0.1:5432/db
     python benchmarks/storage_overhead.py --postgres URL --share-workers 1,4,8 --rate-workers 1,2,4
 
-Without ``--postgres`` only SQLite is measured. Trials are tiny (8 px digits,
-``--epochs`` epochs), which makes the storage's share larger than in any real
-search.
+Without ``--postgres`` only SQLite is measured. By default trials are tiny (8 px
+digits, ``--epochs`` epochs, random sampler, no pruner), which makes the
+storage's share larger than in any real search; ``--default-trial`` runs the
+default search's trials instead (16 px, 10 epochs, TPE and the median pruner,
+which reads the study every epoch).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker(url: str, study: str, trials: int, epochs: int, studies_dir: str) -> None:
+def worker(url: str, study: str, trials: int, studies_dir: str, overrides: dict) -> None:
     """One search process; prints its storage seconds and its trials' seconds as JSON."""
     import torch
     from optuna.storages import RDBStorage
@@ -64,10 +67,9 @@ def worker(url: str, study: str, trials: int, epochs: int, studies_dir: str) -> 
         return call
 
     for name in dir(RDBStorage):
-        if not name.startswith("_") and callable(getattr(RDBStorage, name)):
+        if (not name.startswith("_") or name in storage_mod.BACKEND_CALLS) and callable(getattr(RDBStorage, name)):
             setattr(storage_mod.ResilientStorage, name, timed(getattr(storage_mod.ResilientStorage, name)))
-    cfg = Config(storage=url, study=study, trials=trials, epochs=epochs, batch_size=128, image_size=8,
-                 sampler="random", pruner="none", studies_dir=studies_dir, keep="none")
+    cfg = Config(storage=url, study=study, trials=trials, studies_dir=studies_dir, keep="none", **overrides)
     result = search(config=cfg)
     mine = [t for t in result.get_trials(deepcopy=False)
             if t.user_attrs.get("pid") == os.getpid() and t.datetime_complete and t.datetime_start]
@@ -75,11 +77,11 @@ def worker(url: str, study: str, trials: int, epochs: int, studies_dir: str) -> 
     print(json.dumps({"storage_s": spent[0], "trial_s": trial_s, "trials": len(mine)}))
 
 
-def run(url: str, n_workers: int, trials: int, epochs: int) -> dict:
+def run(url: str, n_workers: int, trials: int, overrides: dict) -> dict:
     """``n_workers`` processes on a new study of ``trials`` trials: their storage share and the trials per hour."""
     study = f"bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as studies_dir:
-        cmd = [sys.executable, __file__, "--worker", url, study, str(trials), str(epochs), studies_dir]
+        cmd = [sys.executable, __file__, "--worker", url, study, str(trials), studies_dir, json.dumps(overrides)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         started = time.perf_counter()
         first = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -109,8 +111,8 @@ def _wait_for_study(url: str, study: str, proc: subprocess.Popen) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        url, study, trials, epochs, studies_dir = sys.argv[2:7]
-        worker(url, study, int(trials), int(epochs), studies_dir)
+        url, study, trials, studies_dir, overrides = sys.argv[2:7]
+        worker(url, study, int(trials), studies_dir, json.loads(overrides))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--postgres", default="", help="a PostgreSQL URL (postgresql+psycopg://...)")
@@ -118,7 +120,11 @@ def main() -> None:
     parser.add_argument("--rate-workers", default="1,2,4")
     parser.add_argument("--trials-per-worker", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--default-trial", action="store_true",
+                        help="the default search's trials (16 px, 10 epochs, TPE, median pruner) instead of tiny ones")
     args = parser.parse_args()
+    overrides = ({} if args.default_trial else
+                 {"epochs": args.epochs, "batch_size": 128, "image_size": 8, "sampler": "random", "pruner": "none"})
     print(f"# {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
     with tempfile.TemporaryDirectory() as tmp:
         storages = {"sqlite": f"sqlite:///{tmp}/bench.db"}
@@ -128,13 +134,13 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for name, url in storages.items():
             for n in map(int, args.share_workers.split(",")):
-                r = run(url, n, n * args.trials_per_worker, args.epochs)
+                r = run(url, n, n * args.trials_per_worker, overrides)
                 print(f"| {name} | {n} | {r['trials']} | {r['storage_ms_per_trial']:.0f} | {100 * r['share']:.2f}% |", flush=True)
         rate_url = storages.get("postgresql", storages["sqlite"])
         print(f"\n| workers ({'postgresql' if args.postgres else 'sqlite'}) | trials | wall s | trials per hour |")
         print("|---|---|---|---|")
         for n in map(int, args.rate_workers.split(",")):
-            r = run(rate_url, n, n * args.trials_per_worker, args.epochs)
+            r = run(rate_url, n, n * args.trials_per_worker, overrides)
             print(f"| {n} | {r['trials']} | {r['wall_s']:.0f} | {r['per_hour']:.0f} |", flush=True)
 
 
