@@ -1,0 +1,288 @@
+"""Search quality against an oracle: lrtune's searches replayed on a recorded learning-curve table.
+
+Each replayed trial runs lrtune's own space (``tuner.space.suggest``), samplers
+and pruners on an in-memory study, with the baseline queued as trial 0 as a
+search does. Its epochs come from the table (``record_curves.py``): the
+nearest recorded configuration (same scheduler, loss and accumulation; the
+nearest LR on a log scale and the nearest conditional parameters), whose
+validation macro-F1 is reported epoch by epoch, so the pruner sees what it
+would have seen, and whose recorded epoch times are charged as the cost.
+
+After every trial the search's pick is its best complete trial by validation
+macro-F1; its **regret** is the oracle's test macro-F1 (the best of the whole
+table) minus the pick's. Per strategy, over seeds: the final regret, the epochs
+spent until the pick is within 0.01 of the oracle ("never" when the budget ran
+out first), and the area under the regret curve over the epoch budget.
+
+    python benchmarks/search_quality.py benchmarks/tables/digits-lt.json.gz
+    python benchmarks/search_quality.py TABLE --seeds 30 --trials 50 --json
+    python benchmarks/search_quality.py TABLE --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lrtune.config import Config  # noqa: E402
+from lrtune.tuner import samplers  # noqa: E402
+from lrtune.tuner.space import FOCAL_GAMMA, PLATEAU_FACTOR, PLATEAU_PATIENCE, SMOOTHING, STEP_GAMMA, baseline_params, suggest  # noqa: E402
+
+NEAR = 0.01  # "within 0.01 of the oracle"
+CONDITIONAL = {  # conditional parameter: its span in the space, for the distance between points
+    "step_size": (1.0, 5.0), "step_gamma": STEP_GAMMA, "plateau_factor": PLATEAU_FACTOR,
+    "plateau_patience": PLATEAU_PATIENCE, "focal_gamma": FOCAL_GAMMA, "smoothing": SMOOTHING,
+}
+
+
+class Table:
+    """The recorded rows, and the nearest one to any point of the space."""
+
+    def __init__(self, path: Path) -> None:
+        with gzip.open(path, "rt") as fh:
+            data = json.load(fh)
+        self.meta, self.rows = data["meta"], data["rows"]
+        self.groups: dict[tuple, list[dict[str, Any]]] = {}
+        for row in self.rows:
+            p = row["point"]
+            self.groups.setdefault((p["scheduler"], p["loss"], int(p["accum"])), []).append(row)
+        tests = [r["test_f1_best"] for r in self.rows if r["test_f1_best"] is not None]
+        self.oracle = max(tests)
+        self.log_span = math.log(self.meta["lr_max"] / self.meta["lr_min"])
+        # A partly recorded table replays the accumulation values whose grids are whole.
+        per_group = self.meta["lrs"]
+        combos = {(k[0], k[1]) for k in self.groups}
+        self.accums = sorted(a for a in {k[2] for k in self.groups}
+                             if all(len(self.groups.get((s, l, a), [])) >= per_group for s, l in combos))
+        self.schedulers = sorted({k[0] for k in self.groups})
+        self.losses = sorted({k[1] for k in self.groups})
+
+    def nearest(self, params: dict[str, Any]) -> dict[str, Any]:
+        rows = self.groups[(params["scheduler"], params["loss"], int(params["accum"]))]
+
+        def distance(row: dict[str, Any]) -> float:
+            p = row["point"]
+            d = abs(math.log(params["lr"] / p["lr"])) / self.log_span
+            for name, (low, high) in CONDITIONAL.items():
+                if name in params:
+                    recorded = p.get(name, DEFAULTS[name])
+                    d += abs(params[name] - recorded) / (high - low)
+            return d
+
+        return min(rows, key=distance)
+
+
+DEFAULTS = {"step_size": 1, "step_gamma": 0.1, "plateau_factor": 0.1, "plateau_patience": 2,
+            "focal_gamma": 2.0, "smoothing": 0.1}
+
+
+@dataclass
+class Strategy:
+    name: str
+    sampler: str
+    pruner: Callable[[int], optuna.pruners.BasePruner]  # epochs -> pruner
+
+
+def lrtune_pruner(name: str, warmup: int) -> Callable[[int], optuna.pruners.BasePruner]:
+    return lambda epochs: samplers.create_pruner(name, warmup=warmup, epochs=epochs)
+
+
+def strategies(quick: bool) -> list[Strategy]:
+    """The defaults, the baselines' random search, and the settings the defaults are chosen from."""
+    main = [
+        Strategy("tpe + median (default)", "tpe", lrtune_pruner("median", Config().pruner_warmup)),
+        Strategy("random, no pruning", "random", lrtune_pruner("none", 0)),
+        Strategy("tpe, no pruning", "tpe", lrtune_pruner("none", 0)),
+        Strategy("tpe + hyperband (default settings)", "tpe", lrtune_pruner("hyperband", 0)),
+    ]
+    if quick:
+        return main
+    more = [Strategy(f"tpe + median, warm-up {w}", "tpe", lrtune_pruner("median", w)) for w in (0, 1, 4)]
+    more += [
+        Strategy(f"tpe + median, warm-up 2, {n} startup trials", "tpe",
+                 lambda epochs, n=n: optuna.pruners.MedianPruner(n_startup_trials=n, n_warmup_steps=2))
+        for n in (2, 10)
+    ]
+    more += [
+        Strategy(f"tpe + median, warm-up 2, n_min_trials {n}", "tpe",
+                 lambda epochs, n=n: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2, n_min_trials=n))
+        for n in (3, 5)
+    ]
+    more += [
+        Strategy(f"tpe + hyperband, min {m}, factor {f}", "tpe",
+                 lambda epochs, m=m, f=f: optuna.pruners.HyperbandPruner(min_resource=m, max_resource=epochs, reduction_factor=f))
+        for m, f in ((1, 2), (2, 3), (3, 3))
+    ]
+    more += [Strategy("random + median (default)", "random", lrtune_pruner("median", Config().pruner_warmup)),
+             Strategy("qmc + median (default)", "qmc", lrtune_pruner("median", Config().pruner_warmup))]
+    return main + more
+
+
+def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> list[tuple[int, float, float]]:
+    """One search: after each trial, (epochs spent, seconds spent, regret of the pick)."""
+    cfg = Config(accum=table.accums, schedulers=table.schedulers, losses=table.losses, epochs=table.meta["epochs"], seed=seed)
+    # A fixed name: Hyperband puts a trial in a bracket by hashing the study's name.
+    study = optuna.create_study(study_name=f"replay-{seed}", direction="maximize", sampler=samplers.create_sampler(strategy.sampler, seed),
+                                pruner=strategy.pruner(cfg.epochs))
+    study.enqueue_trial(baseline_params(cfg), user_attrs={"baseline": True})
+    spent = {"epochs": 0, "seconds": 0.0}
+    picks: dict[int, float] = {}  # trial number -> test macro-F1 of its best epoch
+    history = []
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, cfg).to_dict()
+        row = table.nearest({k: v for k, v in params.items() if k in trial.params or k in ("lr", "scheduler", "loss", "accum")})
+        picks[trial.number] = row["test_f1_best"] if row["test_f1_best"] is not None else 0.0
+        mean_s = statistics.fmean(row["epoch_s"]) if row["epoch_s"] else 0.3
+        best = -math.inf
+        for epoch, value in enumerate(row["val_f1"], start=1):
+            spent["epochs"] += 1
+            spent["seconds"] += row["epoch_s"][epoch - 1]
+            best = max(best, value)
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        if row["diverged_at"] is not None:  # the diverging epoch was trained, then the trial pruned
+            spent["epochs"] += 1
+            spent["seconds"] += mean_s
+            raise optuna.TrialPruned()
+        return best
+
+    def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        regret = table.oracle
+        if complete:
+            pick = max(complete, key=lambda t: (t.value, -t.number))
+            regret = table.oracle - picks[pick.number]
+        history.append((spent["epochs"], spent["seconds"], regret))
+
+    study.optimize(objective, n_trials=trials, callbacks=[after])
+    return history
+
+
+def fixed_sequence(table: Table, points: list[dict[str, Any]]) -> list[tuple[int, float, float]]:
+    """The baselines that need no sampler: configurations run one after another, to the end."""
+    history, epochs, seconds, best = [], 0, 0.0, None
+    for point in points:
+        row = table.nearest(point)
+        epochs += len(row["epoch_s"]) + (row["diverged_at"] is not None)
+        seconds += sum(row["epoch_s"])
+        if row["diverged_at"] is None and row["val_f1"] and (best is None or max(row["val_f1"]) > max(best["val_f1"])):
+            best = row
+        history.append((epochs, seconds, table.oracle - (best["test_f1_best"] if best else 0.0)))
+    return history
+
+
+def figures(history: list[tuple[int, float, float]], budget: int) -> dict[str, float | None]:
+    """Final regret, epochs until within NEAR of the oracle (None: never), area under regret per epoch."""
+    reached = next((e for e, _, r in history if r <= NEAR), None)
+    area, last_e, last_r = 0.0, 0, None
+    for e, _, r in history:
+        if e > budget:
+            break
+        if last_r is not None:
+            area += last_r * (e - last_e)
+        last_e, last_r = e, r
+    if last_r is not None:
+        area += last_r * (budget - last_e)
+    return {"regret": history[-1][2], "epochs_to_near": reached, "area": area / budget, "epochs": history[-1][0]}
+
+
+def summarize(runs: list[dict[str, float | None]]) -> dict[str, Any]:
+    def q(values: list[float]) -> list[float]:
+        return [float(x) for x in np.percentile(values, [25, 50, 75], method="inverted_cdf")]
+
+    reached = [r["epochs_to_near"] for r in runs]
+    epochs_to = [math.inf if e is None else e for e in reached]
+    return {"seeds": len(runs), "regret": q([r["regret"] for r in runs]), "epochs_to_near": q(epochs_to),
+            "never": sum(e is None for e in reached), "area": q([r["area"] for r in runs]),
+            "epochs": q([r["epochs"] for r in runs])}
+
+
+def _one(args: tuple[str, int, int, int, bool]) -> tuple[int, dict[str, float | None]]:
+    path, index, seed, trials, quick = args
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    table = Table(Path(path))
+    strategy = strategies(quick)[index]
+    budget = trials * table.meta["epochs"]
+    return index, figures(replay(table, strategy, seed, trials), budget)
+
+
+def run(path: Path, *, seeds: int, trials: int, quick: bool, jobs: int) -> dict[str, Any]:
+    table = Table(path)
+    budget = trials * table.meta["epochs"]
+    names = [s.name for s in strategies(quick)]
+    started = time.perf_counter()
+    tasks = [(str(path), i, seed, trials, quick) for i in range(len(names)) for seed in range(seeds)]
+    results: dict[int, list] = {i: [] for i in range(len(names))}
+    with ProcessPoolExecutor(jobs) as pool:
+        for index, fig in pool.map(_one, tasks, chunksize=4):
+            results[index].append(fig)
+    out = {name: summarize(results[i]) for i, name in enumerate(names)}
+    cfg = Config(accum=table.accums, schedulers=table.schedulers, losses=table.losses, epochs=table.meta["epochs"])
+    base = baseline_params(cfg)
+    out["baseline trial alone"] = summarize([figures(fixed_sequence(table, [base]), budget)])
+    lrs = sorted({r["point"]["lr"] for r in table.rows})
+    grid = [{**base, "lr": lr} for lr in lrs]
+    out[f"LR grid ({len(lrs)} LRs, baseline's other choices)"] = summarize([figures(fixed_sequence(table, grid), len(grid) * table.meta["epochs"])])
+    return {"table": str(path), "oracle_test_f1": table.oracle, "rows": len(table.rows), "trials": trials,
+            "budget_epochs": budget, "seconds": round(time.perf_counter() - started, 1), "strategies": out}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"# {result['table']}: {result['rows']} configurations, oracle test macro-F1 {result['oracle_test_f1']:.4f}, "
+          f"{result['trials']} trials a search ({result['budget_epochs']} epochs without pruning), {result['seconds']} s")
+    print("| strategy | seeds | final regret, median (quartiles) | epochs to within 0.01, median (quartiles) | never | area under regret | epochs spent |")
+    print("|---|---|---|---|---|---|---|")
+    for name, s in result["strategies"].items():
+        r, e, a, n = s["regret"], s["epochs_to_near"], s["area"], s["epochs"]
+        fmt = lambda x: "never" if math.isinf(x) else f"{x:.0f}"  # noqa: E731
+        print(f"| {name} | {s['seeds']} | {r[1]:.4f} ({r[0]:.4f} to {r[2]:.4f}) | {fmt(e[1])} ({fmt(e[0])} to {fmt(e[2])}) "
+              f"| {s['never']} | {a[1]:.4f} | {n[1]:.0f} |")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every infinite number (a search that never came near) as None, for JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and math.isinf(value) else value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", type=Path, help="a packed table from record_curves.py (.json.gz)")
+    parser.add_argument("--seeds", type=int, default=30)
+    parser.add_argument("--trials", type=int, default=Config().trials)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="the main strategies, 5 seeds, 20 trials")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    seeds, trials = (5, 20) if args.quick else (args.seeds, args.trials)
+    result = run(args.table, seeds=seeds, trials=trials, quick=args.quick, jobs=args.jobs)
+    if args.json:
+        print(json.dumps(_finite(result), indent=1))
+    else:
+        print_table(result)
+
+
+if __name__ == "__main__":
+    main()
