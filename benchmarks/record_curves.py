@@ -136,6 +136,35 @@ def worker(args: argparse.Namespace, points: list[dict[str, Any]], out: Path, lo
         print(f"{point} test {row['test_f1_best']} {sum(row['epoch_s']):.1f} s", flush=True)
 
 
+def record_range_tests(args: argparse.Namespace, stem: Path) -> Path:
+    """``--range-tests N``: lrtune's LR range test (as ``--lr-range auto`` runs it) with seeds 0..N-1, on the same split."""
+    import torch
+
+    from lrtune.config import Config
+    from lrtune.training.loop import AmpPolicy
+    from lrtune.tuner.lr_range import run_range_test
+
+    torch.set_num_threads(1)
+    records = []
+    table_cfg = Config(data=args.data, epochs=args.epochs, seed=args.seed, studies_dir=args.studies_dir,
+                       val_fraction=args.val_fraction)
+    data, _, _ = split(table_cfg, args.test_fraction)
+    for seed in range(args.range_tests):
+        cfg = dataclasses.replace(table_cfg, seed=seed)  # the split stays the table's; the model and batches follow the seed
+        started = time.perf_counter()
+        result = run_range_test(cfg, data=data, amp=AmpPolicy(torch.device("cpu")))
+        seconds = time.perf_counter() - started
+        # The baseline's accumulation is 1: each step taken is one micro-batch.
+        records.append({"seed": seed, "suggestion": result.suggestion, "rule": result.rule,
+                        "suggestions": result.suggestions, "steps": len(result.lrs),
+                        "epochs": round(len(result.lrs) * cfg.batch_size / len(data.train_idx), 3),
+                        "seconds": round(seconds, 3)})
+        print(records[-1], flush=True)
+    target = stem.with_suffix(".range.json")
+    target.write_text(json.dumps(records, indent=1) + "\n")
+    return target
+
+
 def done_keys(out: Path) -> set[str]:
     if not out.exists():
         return set()
@@ -175,6 +204,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="record at most this many new configurations")
     parser.add_argument("--studies-dir", default="studies")
     parser.add_argument("--pack", action="store_true", help="write OUT.json.gz from what is recorded, and stop")
+    parser.add_argument("--range-tests", type=int, default=0,
+                        help="run the LR range test with this many seeds into OUT.range.json, and stop")
     args = parser.parse_args()
     stem = Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +219,9 @@ def main() -> None:
             "packed": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.pack:
         print(pack(stem, meta))
+        return
+    if args.range_tests:
+        print(record_range_tests(args, stem))
         return
     done = done_keys(out)
     todo = [p for p in points if key(p) not in done]
