@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from lrtune.config import Config  # noqa: E402
 from lrtune.tuner import samplers  # noqa: E402
+from lrtune.tuner.lr_range import ATTR, narrowed_bounds  # noqa: E402
 from lrtune.tuner.space import FOCAL_GAMMA, PLATEAU_FACTOR, PLATEAU_PATIENCE, SMOOTHING, STEP_GAMMA, baseline_params, suggest  # noqa: E402
 
 NEAR = 0.01  # "within 0.01 of the oracle"
@@ -58,6 +59,8 @@ class Table:
         with gzip.open(path, "rt") as fh:
             data = json.load(fh)
         self.meta, self.rows = data["meta"], data["rows"]
+        ranges = Path(str(path).removesuffix(".json.gz") + ".range.json")
+        self.range_tests = json.loads(ranges.read_text()) if ranges.exists() else []
         self.groups: dict[tuple, list[dict[str, Any]]] = {}
         for row in self.rows:
             p = row["point"]
@@ -97,16 +100,21 @@ class Strategy:
     name: str
     sampler: str
     pruner: Callable[[int], optuna.pruners.BasePruner]  # epochs -> pruner
+    lr_range: bool = False  # seeded as --lr-range auto seeds a study: narrowed LR range, suggestion queued
 
 
 def lrtune_pruner(name: str, warmup: int) -> Callable[[int], optuna.pruners.BasePruner]:
     return lambda epochs: samplers.create_pruner(name, warmup=warmup, epochs=epochs)
 
 
+DEFAULT, WITH_RANGE_TEST = "tpe + median (default)", "tpe + median, --lr-range auto"
+
+
 def strategies(quick: bool) -> list[Strategy]:
     """The defaults, the baselines' random search, and the settings the defaults are chosen from."""
     main = [
-        Strategy("tpe + median (default)", "tpe", lrtune_pruner("median", Config().pruner_warmup)),
+        Strategy(DEFAULT, "tpe", lrtune_pruner("median", Config().pruner_warmup)),
+        Strategy(WITH_RANGE_TEST, "tpe", lrtune_pruner("median", Config().pruner_warmup), lr_range=True),
         Strategy("random, no pruning", "random", lrtune_pruner("none", 0)),
         Strategy("tpe, no pruning", "tpe", lrtune_pruner("none", 0)),
         Strategy("tpe + hyperband (default settings)", "tpe", lrtune_pruner("hyperband", 0)),
@@ -136,12 +144,20 @@ def strategies(quick: bool) -> list[Strategy]:
 
 def replay(table: Table, strategy: Strategy, seed: int, trials: int) -> list[tuple[int, float, float]]:
     """One search: after each trial, (epochs spent, seconds spent, regret of the pick)."""
-    cfg = Config(accum=table.accums, schedulers=table.schedulers, losses=table.losses, epochs=table.meta["epochs"], seed=seed)
+    cfg = Config(accum=table.accums, schedulers=table.schedulers, losses=table.losses, epochs=table.meta["epochs"],
+                 seed=seed, lr_range="auto" if strategy.lr_range else "off")
     # A fixed name: Hyperband puts a trial in a bracket by hashing the study's name.
     study = optuna.create_study(study_name=f"replay-{seed}", direction="maximize", sampler=samplers.create_sampler(strategy.sampler, seed),
                                 pruner=strategy.pruner(cfg.epochs))
-    study.enqueue_trial(baseline_params(cfg), user_attrs={"baseline": True})
-    spent = {"epochs": 0, "seconds": 0.0}
+    baseline = baseline_params(cfg)
+    study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    spent = {"epochs": 0.0, "seconds": 0.0}
+    if strategy.lr_range:  # as tuner.lr_range.seed_study does, with the recorded test's result and cost
+        test = table.range_tests[seed % len(table.range_tests)]
+        study.set_user_attr(ATTR, {"bounds": list(narrowed_bounds(cfg, test["suggestion"], baseline["lr"]))})
+        if test["suggestion"] is not None:
+            study.enqueue_trial({**baseline, "lr": test["suggestion"]}, user_attrs={"lr_range": True})
+        spent["epochs"], spent["seconds"] = test["epochs"], test["seconds"]
     picks: dict[int, float] = {}  # trial number -> test macro-F1 of its best epoch
     history = []
 
@@ -230,12 +246,15 @@ def run(path: Path, *, seeds: int, trials: int, quick: bool, jobs: int) -> dict[
     budget = trials * table.meta["epochs"]
     names = [s.name for s in strategies(quick)]
     started = time.perf_counter()
-    tasks = [(str(path), i, seed, trials, quick) for i in range(len(names)) for seed in range(seeds)]
-    results: dict[int, list] = {i: [] for i in range(len(names))}
+    runnable = [i for i, s in enumerate(strategies(quick)) if table.range_tests or not s.lr_range]
+    tasks = [(str(path), i, seed, trials, quick) for i in runnable for seed in range(seeds)]
+    results: dict[int, list] = {i: [] for i in runnable}
     with ProcessPoolExecutor(jobs) as pool:
-        for index, fig in pool.map(_one, tasks, chunksize=4):
+        for index, fig in pool.map(_one, tasks, chunksize=4):  # in order: seed by seed
             results[index].append(fig)
-    out = {name: summarize(results[i]) for i, name in enumerate(names)}
+    out = {names[i]: summarize(results[i]) for i in runnable}
+    by_name = {names[i]: results[i] for i in runnable}
+    effect = range_test_effect(table, by_name[DEFAULT], by_name[WITH_RANGE_TEST]) if WITH_RANGE_TEST in by_name else None
     cfg = Config(accum=table.accums, schedulers=table.schedulers, losses=table.losses, epochs=table.meta["epochs"])
     base = baseline_params(cfg)
     out["baseline trial alone"] = summarize([figures(fixed_sequence(table, [base]), budget)])
@@ -243,7 +262,28 @@ def run(path: Path, *, seeds: int, trials: int, quick: bool, jobs: int) -> dict[
     grid = [{**base, "lr": lr} for lr in lrs]
     out[f"LR grid ({len(lrs)} LRs, baseline's other choices)"] = summarize([figures(fixed_sequence(table, grid), len(grid) * table.meta["epochs"])])
     return {"table": str(path), "oracle_test_f1": table.oracle, "rows": len(table.rows), "trials": trials,
-            "budget_epochs": budget, "seconds": round(time.perf_counter() - started, 1), "strategies": out}
+            "budget_epochs": budget, "seconds": round(time.perf_counter() - started, 1), "strategies": out,
+            "lr_range": effect}
+
+
+def range_test_effect(table: Table, off: list[dict], auto: list[dict]) -> dict[str, Any]:
+    """Per seed: epochs to within NEAR with the range test (its cost counted) / without; the suggestion's place.
+
+    A search that never came within NEAR is charged every epoch it spent, a
+    lower bound on its true count.
+    """
+    def charged(fig: dict) -> float:
+        return fig["epochs_to_near"] if fig["epochs_to_near"] is not None else fig["epochs"]
+
+    ratios = [charged(a) / charged(o) for o, a in zip(off, auto)]
+    ranked = sorted((r for r in table.rows if r["test_f1_best"] is not None), key=lambda r: -r["test_f1_best"])
+    top = ranked[: max(1, len(ranked) // 10)]
+    low, high = min(r["point"]["lr"] for r in top), max(r["point"]["lr"] for r in top)
+    tests = [table.range_tests[seed % len(table.range_tests)] for seed in range(len(off))]
+    inside = sum(t["suggestion"] is not None and low <= t["suggestion"] <= high for t in tests)
+    return {"ratio": [float(x) for x in np.percentile(ratios, [25, 50, 75], method="inverted_cdf")],
+            "ratios": ratios, "top_10pct_lr_span": [low, high], "suggestion_inside": inside, "seeds": len(off),
+            "range_test_epochs": [t["epochs"] for t in tests]}
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -256,6 +296,13 @@ def print_table(result: dict[str, Any]) -> None:
         fmt = lambda x: "never" if math.isinf(x) else f"{x:.0f}"  # noqa: E731
         print(f"| {name} | {s['seeds']} | {r[1]:.4f} ({r[0]:.4f} to {r[2]:.4f}) | {fmt(e[1])} ({fmt(e[0])} to {fmt(e[2])}) "
               f"| {s['never']} | {a[1]:.4f} | {n[1]:.0f} |")
+    effect = result["lr_range"]
+    if effect:
+        q = effect["ratio"]
+        print(f"\n--lr-range auto: epochs to within {NEAR} (range test included) / without, median {q[1]:.2f} "
+              f"(quartiles {q[0]:.2f} to {q[2]:.2f}) over {effect['seeds']} seeds; the suggestion lies in the top 10% "
+              f"configurations' LR span ({effect['top_10pct_lr_span'][0]:.3g} to {effect['top_10pct_lr_span'][1]:.3g}) "
+              f"in {effect['suggestion_inside']} of {effect['seeds']} seeds")
 
 
 def _finite(value: Any) -> Any:
