@@ -30,6 +30,7 @@ class Config:
     data_root: str = ""  # folder the CSV's paths are relative to; "" means the CSV's folder
     image_size: int = 0  # side in pixels; 0: 16 for the built-in digit sets, 224 otherwise
     val_fraction: float = 0.2  # share of images (or of groups) held out for validation
+    test_fraction: float = 0.0  # share of images (or of groups) held out as a test split no trial sees; 0: none
     cache: str = "auto"  # memory | disk | auto: decoded images kept in RAM or memory-mapped under studies/
     skip_bad_images: bool = False  # skip (and count) images that cannot be decoded instead of failing
     balance: str = "none"  # none | sampler (class-balanced sampling) | oversample (rare classes repeated, augmented)
@@ -208,6 +209,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--lr-min {cfg.lr_min:g} is greater than --lr-max {cfg.lr_max:g}")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction:g}")
+    if not 0 <= cfg.test_fraction < 1 or cfg.val_fraction + cfg.test_fraction >= 1:
+        raise ConfigError(
+            f"--test-fraction must be at least 0 and leave training images beside --val-fraction "
+            f"({cfg.val_fraction:g}), got {cfg.test_fraction:g}"
+        )
     if cfg.heartbeat_interval <= 0 or cfg.heartbeat_grace <= cfg.heartbeat_interval:
         raise ConfigError(
             f"--heartbeat-grace ({cfg.heartbeat_grace}) must exceed --heartbeat-interval ({cfg.heartbeat_interval}), "

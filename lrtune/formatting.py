@@ -43,3 +43,25 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
+
+
+def format_test_split(record: Any) -> list[str]:
+    """The stored test-split record (``--test-fraction``) as plain lines for ``show`` and the report; none without one."""
+    if not isinstance(record, dict) or "n_test" not in record:
+        return []
+    lines = []
+    for role in ("best", "baseline"):
+        part = record.get(role)
+        if isinstance(part, dict):
+            low, high = part["ci95"]
+            lines.append(f"{role} trial {part['trial']}: test macro-F1 {part['macro_f1']:.4f} "
+                         f"(95% interval {low:.4f} to {high:.4f})")
+    gain = record.get("gain")
+    if isinstance(gain, dict):
+        low, high = gain["ci95"]
+        verdict = "holds on the test split" if gain["holds"] else "does not hold on the test split (the interval includes 0)"
+        lines.append(f"gain {gain['value']:+.4f} (95% interval {low:+.4f} to {high:+.4f}): {verdict}")
+    lines += [str(m) for m in record.get("missing") or []]
+    if record.get("note"):
+        lines.append(str(record["note"]))
+    return [f"test split ({record['n_test']} images, no trial saw them): " + lines[0], *lines[1:]] if lines else []

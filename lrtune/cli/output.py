@@ -7,7 +7,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lrtune.formatting import format_metric, format_params, format_value, table
+from lrtune.formatting import format_metric, format_params, format_value, table, format_test_split
 from lrtune.storage import top_trials
 
 TRIAL_HEADER = ["trial", "state", "macro-F1", "lr", "scheduler", "loss", "accum", "epochs", "other"]
@@ -49,6 +49,7 @@ def format_summary(study: optuna.Study, top: int = 5) -> str:
             )
     else:
         lines.append("no finished trials yet")
+    lines += format_test_split(study.user_attrs.get("test_split"))
     speeds = sorted(t.user_attrs["images_per_s"] for t in trials if t.user_attrs.get("images_per_s"))
     if speeds:
         lines.append(f"training throughput: {speeds[len(speeds) // 2]:.0f} images/s (median over {len(speeds)} trials)")
@@ -56,7 +57,7 @@ def format_summary(study: optuna.Study, top: int = 5) -> str:
 
 
 def show_json(study: optuna.Study, top: int) -> dict[str, Any]:
-    """``lrtune show --json``: the config, the best trial with its metrics, the top trials."""
+    """``lrtune show --json``: the config, the best trial with its metrics, the top trials, the test split."""
     ranked = top_trials(study, top)
     best = ranked[0] if ranked else None
     return {
@@ -66,6 +67,7 @@ def show_json(study: optuna.Study, top: int) -> dict[str, Any]:
         if best is None
         else {"trial": best.number, "value": best.value, "params": best.params, "metrics": best.user_attrs.get("best")},
         "top": [{"trial": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params} for t in ranked],
+        "test_split": study.user_attrs.get("test_split"),
     }
 
 

@@ -13,7 +13,7 @@ from lrtune.progress import ConsoleProgress
 
 SIGNAL_EXIT = {2: 130, 15: 143}
 GROUPS = {
-    "data": ("data", "data_root", "image_size", "val_fraction", "cache", "skip_bad_images", "balance",
+    "data": ("data", "data_root", "image_size", "val_fraction", "test_fraction", "cache", "skip_bad_images", "balance",
              "hflip", "affine", "color", "rare_affine", "crop", "augment", "num_workers"),
     "model and training": ("model", "pretrained", "weights", "epochs", "batch_size", "optimizer", "weight_decay",
                            "momentum", "warmup_epochs", "device", "amp", "compile", "diverge_factor"),

@@ -12,6 +12,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from lrtune.formatting import format_test_split
 from lrtune.report.lr_range import LRRangeData, lr_range_data
 from lrtune.report.values import finite_float, int_or_none, is_positive_number
 from lrtune.report.notes import add_notes
@@ -128,6 +129,7 @@ class ReportData:
     stopped: list[dict[str, Any]]
     notes: dict[str, list[str]] = field(default_factory=dict)
     lr_range: LRRangeData | None = None  # the study's LR range test, with the completed trials' LR and value
+    test_split: list[str] = field(default_factory=list)  # the best trial and the baseline on the test split
 
     @property
     def completed(self) -> list[TrialSummary]:
@@ -174,6 +176,7 @@ def compute_report(study: optuna.Study, *, storage_label: str) -> ReportData:
         stopped=stopped_reasons(trials),
     )
     data.lr_range = lr_range_data(attrs.get("lr_range"), completed)
+    data.test_split = format_test_split(attrs.get("test_split"))
     data.importances = param_importances(study, len(completed), data.notes)
     add_notes(data)
     return data

@@ -246,6 +246,8 @@ def _draw_summary(data: ReportData) -> str:
     gain = _gain_text(data)
     if gain:
         rows.append(("Gain over baseline", gain))
+    if data.test_split:
+        rows.append(("Test split", "<br>".join(e(line) for line in data.test_split)))
     if data.fingerprint:
         rows.append(("Config fingerprint", f"<code>{e(data.fingerprint)}</code>"))
     summary = "\n".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)

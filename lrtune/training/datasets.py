@@ -424,29 +424,34 @@ def _open_cached(array_file: Path, meta_file: Path) -> ImageSet | None:
 # --- splitting --------------------------------------------------------------------
 
 
-def split_indices(imageset: ImageSet, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train, validation) indices, stratified by class; with groups, no group is on both sides."""
-    labels = imageset.labels
+def split_indices(
+    imageset: ImageSet, *, val_fraction: float, seed: int, among: np.ndarray | None = None, part: str = "validation"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (kept, held-out) indices of ``among`` (all images by default), stratified by class.
+
+    With groups, no group is on both sides. ``part`` names the held-out side in errors.
+    """
+    idx = np.arange(len(imageset.labels)) if among is None else np.asarray(among, np.int64)
+    labels = imageset.labels[idx]
+    groups = None if imageset.groups is None else imageset.groups[idx]
     n_classes = len(imageset.classes)
-    where = f"cannot split {imageset.name} with a validation fraction of {val_fraction:g}"
+    where = f"cannot split {imageset.name} with a {part} fraction of {val_fraction:g}"
     if not 0 < val_fraction < 1:
         raise DataError(f"{where}: it must be between 0 and 1")
     try:
-        if imageset.groups is None:
+        if groups is None:
             n_val = max(n_classes, round(val_fraction * len(labels)))
-            train, val = train_test_split(
-                np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=seed
-            )
+            train, val = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=seed)
         else:
             folds = StratifiedGroupKFold(n_splits=max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
-            train, val = next(folds.split(np.zeros(len(labels)), labels, imageset.groups))
+            train, val = next(folds.split(np.zeros(len(labels)), labels, groups))
     except ValueError as exc:
         raise DataError(f"{where}: {' '.join(str(exc).split())}") from None
     present = class_counts(labels[train], n_classes) > 0
     if not present.all():
         missing = imageset.classes[int(np.flatnonzero(~present)[0])]
-        raise DataError(f"{where}: class {missing!r} has no training images left (every one is in validation)")
-    return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
+        raise DataError(f"{where}: class {missing!r} has no training images left (every one is in {part})")
+    return np.sort(idx[train]).astype(np.int64), np.sort(idx[val]).astype(np.int64)
 
 
 def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:

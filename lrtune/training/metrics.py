@@ -59,3 +59,35 @@ def metrics(targets: np.ndarray, preds: np.ndarray, n_classes: int, loss: float 
         targets=targets,
         preds=preds,
     )
+
+
+def macro_f1_rows(targets: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """Macro-F1 of each row of (R, N) ``targets`` and ``preds``, as ``metrics`` computes it (zero_division=0)."""
+    rows = np.arange(targets.shape[0])[:, None]
+    flat = (rows * n_classes * n_classes + targets * n_classes + preds).ravel()
+    counts = np.bincount(flat, minlength=targets.shape[0] * n_classes * n_classes)
+    matrix = counts.reshape(targets.shape[0], n_classes, n_classes)
+    tp = np.diagonal(matrix, axis1=1, axis2=2).astype(np.float64)
+    denominator = matrix.sum(axis=2) + matrix.sum(axis=1)  # (tp + fn) + (tp + fp)
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return f1.mean(axis=1)
+
+
+def bootstrap_macro_f1(
+    targets: np.ndarray, preds: dict[str, np.ndarray], n_classes: int, *, resamples: int = 2000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Macro-F1 of each named prediction on ``resamples`` bootstrap resamples of the images.
+
+    Every prediction is scored on the same resamples, so differences between
+    them are paired.
+    """
+    targets = np.asarray(targets, np.int64)
+    preds = {name: np.asarray(p, np.int64) for name, p in preds.items()}
+    rng = np.random.default_rng(seed)
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in preds}
+    block = max(1, min(resamples, 2_000_000 // max(len(targets), 1)))  # bounded memory on large test splits
+    for start in range(0, resamples, block):
+        picks = rng.integers(0, len(targets), size=(min(block, resamples - start), len(targets)))
+        for name, p in preds.items():
+            scores[name].append(macro_f1_rows(targets[picks], p[picks], n_classes))
+    return {name: np.concatenate(parts) for name, parts in scores.items()}

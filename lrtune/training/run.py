@@ -61,11 +61,12 @@ class Hyperparams:
 
 @dataclass
 class TrainingData:
-    """A dataset and its split into training and validation indices."""
+    """A dataset and its split into training, validation and (optionally) test indices."""
 
     imageset: ImageSet
     train_idx: np.ndarray
     val_idx: np.ndarray
+    test_idx: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # held out from every trial
 
     @property
     def n_classes(self) -> int:
@@ -88,7 +89,13 @@ class TrainingData:
             "val_counts": class_counts(labels[self.val_idx], n).tolist(),
             "image_size": int(self.imageset.images.shape[1]),
             "skipped": list(self.imageset.skipped),
+            # Only with a test split, so a study made without one compares equal.
+            **({"n_test": int(len(self.test_idx)), "test_counts": class_counts(labels[self.test_idx], n).tolist()}
+               if len(self.test_idx) else {}),
         }
+
+
+TEST_SEED = 7919  # the test split is drawn apart from validation's
 
 
 def load_training_data(cfg: Config, *, progress: ProgressSink | None = None) -> TrainingData:
@@ -101,8 +108,14 @@ def load_training_data(cfg: Config, *, progress: ProgressSink | None = None) -> 
         skip_bad_images=cfg.skip_bad_images,
         progress=progress,
     )
-    train_idx, val_idx = split_indices(imageset, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    return TrainingData(imageset, train_idx, val_idx)
+    if not cfg.test_fraction:
+        train_idx, val_idx = split_indices(imageset, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        return TrainingData(imageset, train_idx, val_idx)
+    rest, test_idx = split_indices(imageset, val_fraction=cfg.test_fraction, seed=cfg.seed + TEST_SEED, part="test")
+    # Validation keeps its share of all images.
+    share = cfg.val_fraction / (1 - cfg.test_fraction)
+    train_idx, val_idx = split_indices(imageset, val_fraction=share, seed=cfg.seed, among=rest)
+    return TrainingData(imageset, train_idx, val_idx, test_idx)
 
 
 def augment_path(cfg: Config, data: TrainingData, device: torch.device) -> str:

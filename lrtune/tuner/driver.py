@@ -21,7 +21,7 @@ from lrtune import config as config_mod
 from lrtune.config import Config
 from lrtune.errors import SearchInterrupted, StudyError
 from lrtune.progress import ProgressSink
-from lrtune.tuner import recovery, samplers
+from lrtune.tuner import holdout, recovery, samplers
 from lrtune.tuner.interrupt import CatchSignals
 from lrtune.tuner.space import baseline_params
 from lrtune.storage import (
@@ -107,7 +107,10 @@ def prepare_study(cfg: Config, *, dataset: dict[str, Any], storage: optuna.stora
 
 
 def keep_weights(cfg: Config, folder: Path) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """Study callback: with ``keep=best`` only the study's best trial keeps its weights."""
+    """Study callback: with ``keep=best`` only the study's best trial keeps its weights.
+
+    With a test split the baseline keeps its weights too: the test split scores both.
+    """
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         if cfg.keep != "best":
@@ -119,7 +122,8 @@ def keep_weights(cfg: Config, folder: Path) -> Callable[[optuna.Study, FrozenTri
         # have a higher value than every complete one, but no weights to keep.
         finished = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if t.number in files]
         for t in best_first(finished)[1:]:
-            checkpoints.remove(folder, t.number)
+            if not (cfg.test_fraction and t.user_attrs.get("baseline")):
+                checkpoints.remove(folder, t.number)
 
     return callback
 
@@ -208,7 +212,7 @@ def run_search(
             if given is not None:
                 cfg = config_mod.adopt(existing.user_attrs.get("config") or {}, cfg, given)
             config_changes(existing, cfg)
-            if _complete(existing, cfg):  # before torch, the data or a model is loaded
+            if _complete(existing, cfg) and holdout.is_current(existing, cfg):  # before torch, the data or a model
                 say(f"study {name!r} already has {count_finished(existing)} finished trials (--trials {cfg.trials}); nothing to run")
                 return existing
         with CatchSignals() as signals:
@@ -247,6 +251,7 @@ def _search(
     done = count_finished(study)
     if done >= cfg.trials:
         say(f"study {name!r} already has {done} finished trials (--trials {cfg.trials}); nothing to run")
+        _score(study, cfg, objective, say)
         return study
     verb = "resuming" if done else "starting"
     say(
@@ -265,4 +270,14 @@ def _search(
             optimize(study, objective, cfg, stop=signals.flag, progress=progress)
     except Interrupted:
         pass
+    if signals.flag.signum is None:
+        _score(study, cfg, objective, say)
     return study
+
+
+def _score(study: optuna.Study, cfg: Config, objective: Any, say: Callable[[str], None]) -> None:
+    """With a test split, score the best trial and the baseline on it (once per best trial)."""
+    if holdout.is_current(study, cfg):
+        return
+    say("scoring the best trial and the baseline on the test split")
+    holdout.score_test_split(study, cfg, data=objective.data, amp=objective.amp, folder=objective.study_dir)

@@ -252,7 +252,8 @@ class Objective:
         Such weights would be deleted as soon as this trial ends, and a later
         epoch that does better is kept by then.
         """
-        if self.cfg.keep == "best" and not _may_beat_study(trial, run.state.best_value):
+        scored = self.cfg.test_fraction and trial.user_attrs.get("baseline")  # the test split scores the baseline too
+        if self.cfg.keep == "best" and not scored and not _may_beat_study(trial, run.state.best_value):
             files.best_weights = None
             return
         files.writer.save(files.folder / checkpoints.BEST, weights_record(trial, run, files))

@@ -154,3 +154,20 @@ def test_bad_input_through_a_real_subprocess_has_no_traceback_unless_debug(tmp_p
 def test_show_and_report_on_a_missing_database_say_so(tmp_path, capsys):
     assert main(["show", "--studies-dir", str(tmp_path)]) == 1
     assert "no study database" in capsys.readouterr().err
+
+
+def test_a_test_split_is_scored_after_the_search_and_shown_by_show_and_the_report(tmp_path):
+    studies = str(tmp_path / "s")
+    tiny = ["--trials", "2", "--epochs", "1", "--batch-size", "128", "--image-size", "8", "--pruner", "none"]
+    result = run_cli("search", "--studies-dir", studies, "--test-fraction", "0.25", *tiny)
+    assert result.returncode == 0, result.stderr
+    shown = run_cli("show", "--studies-dir", studies, "--json")
+    record = json.loads(shown.stdout)["test_split"]
+    assert record["n_test"] > 0 and set(record["trials"]) == {"best", "baseline"}
+    assert {"best", "baseline", "gain"} <= set(record)
+    text = run_cli("show", "--studies-dir", studies).stdout
+    assert f"test split ({record['n_test']} images, no trial saw them): best trial {record['trials']['best']}" in text
+    report = run_cli("report", "--studies-dir", studies, "--out", str(tmp_path / "r.html"))
+    assert report.returncode == 0, report.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert "<dt>Test split</dt>" in html and f"{record['best']['macro_f1']:.4f}" in html

@@ -328,3 +328,18 @@ def test_decoding_makes_odd_images_upright_rgb_squares_and_training_sees_the_sam
             upright_top_red(tmp_path / "set" / label / f"{i}.jpg")
     imageset = load_imageset(str(tmp_path / "set"), image_size=8, cache="memory")
     assert np.array_equal(imageset.images[0], decode_image(tmp_path / "set" / "down" / "0.jpg", 8))
+
+
+def test_a_split_among_some_images_keeps_to_them_and_names_its_part() -> None:
+    labels, groups = [], []
+    for g in range(60):
+        labels += [g % 3] * 2
+        groups += [f"person{g}"] * 2
+    imageset = synthetic(labels, groups)
+    rest, test = split_indices(imageset, val_fraction=0.2, seed=5, part="test")
+    train, val = split_indices(imageset, val_fraction=0.25, seed=0, among=rest)
+    assert sorted(np.r_[train, val, test].tolist()) == list(range(len(labels)))
+    for a, b in ((train, val), (train, test), (val, test)):
+        assert set(imageset.groups[a]).isdisjoint(imageset.groups[b])
+    with pytest.raises(LRTuneError, match="with a test fraction of 0.9"):
+        split_indices(synthetic([0, 0, 0, 1, 1, 1]), val_fraction=0.9, seed=0, part="test")
