@@ -17,6 +17,7 @@ out first), and the area under the regret curve over the epoch budget.
     python benchmarks/search_quality.py benchmarks/tables/digits-lt.json.gz
     python benchmarks/search_quality.py TABLE --seeds 30 --trials 50 --json
     python benchmarks/search_quality.py TABLE --quick
+    python benchmarks/search_quality.py TABLE --plot regret.html
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from lrtune.tuner.lr_range import ATTR, narrowed_bounds  # noqa: E402
 from lrtune.tuner.space import FOCAL_GAMMA, PLATEAU_FACTOR, PLATEAU_PATIENCE, SMOOTHING, STEP_GAMMA, baseline_params, suggest  # noqa: E402
 
 NEAR = 0.01  # "within 0.01 of the oracle"
+CURVE_STEP = 10  # epochs between the points of the regret curves
 CONDITIONAL = {  # conditional parameter: its span in the space, for the distance between points
     "step_size": (1.0, 5.0), "step_gamma": STEP_GAMMA, "plateau_factor": PLATEAU_FACTOR,
     "plateau_patience": PLATEAU_PATIENCE, "focal_gamma": FOCAL_GAMMA, "smoothing": SMOOTHING,
@@ -217,7 +219,18 @@ def figures(history: list[tuple[int, float, float]], budget: int) -> dict[str, f
         last_e, last_r = e, r
     if last_r is not None:
         area += last_r * (budget - last_e)
-    return {"regret": history[-1][2], "epochs_to_near": reached, "area": area / budget, "epochs": history[-1][0]}
+    return {"regret": history[-1][2], "epochs_to_near": reached, "area": area / budget, "epochs": history[-1][0],
+            "curve": [regret_at(history, e) for e in range(0, budget + 1, CURVE_STEP)]}
+
+
+def regret_at(history: list[tuple[int, float, float]], epochs: float) -> float:
+    """The regret of the pick once ``epochs`` epochs are spent; NaN before the first trial has ended."""
+    regret = math.nan
+    for e, _, r in history:
+        if e > epochs:
+            break
+        regret = r
+    return regret
 
 
 def summarize(runs: list[dict[str, float | None]]) -> dict[str, Any]:
@@ -228,7 +241,9 @@ def summarize(runs: list[dict[str, float | None]]) -> dict[str, Any]:
     epochs_to = [math.inf if e is None else e for e in reached]
     return {"seeds": len(runs), "regret": q([r["regret"] for r in runs]), "epochs_to_near": q(epochs_to),
             "never": sum(e is None for e in reached), "area": q([r["area"] for r in runs]),
-            "epochs": q([r["epochs"] for r in runs])}
+            "epochs": q([r["epochs"] for r in runs]),
+            "median_curve": [float(np.nanmedian(c)) if not np.all(np.isnan(c)) else None
+                             for c in np.array([r["curve"] for r in runs], dtype=float).T]}
 
 
 def _one(args: tuple[str, int, int, int, bool]) -> tuple[int, dict[str, float | None]]:
@@ -293,7 +308,7 @@ def print_table(result: dict[str, Any]) -> None:
     print("|---|---|---|---|---|---|---|")
     for name, s in result["strategies"].items():
         r, e, a, n = s["regret"], s["epochs_to_near"], s["area"], s["epochs"]
-        fmt = lambda x: "never" if math.isinf(x) else f"{x:.0f}"  # noqa: E731
+        fmt = lambda x: "never" if x is None or math.isinf(x) else f"{x:.0f}"  # noqa: E731
         print(f"| {name} | {s['seeds']} | {r[1]:.4f} ({r[0]:.4f} to {r[2]:.4f}) | {fmt(e[1])} ({fmt(e[0])} to {fmt(e[2])}) "
               f"| {s['never']} | {a[1]:.4f} | {n[1]:.0f} |")
     effect = result["lr_range"]
@@ -314,17 +329,42 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and math.isinf(value) else value
 
 
+def plot(result: dict[str, Any], path: Path, names: list[str]) -> None:
+    """Median regret against epochs spent, one line per strategy in ``names``, as a standalone HTML page."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name in names:
+        curve = result["strategies"][name]["median_curve"]
+        fig.add_trace(go.Scatter(x=[i * CURVE_STEP for i in range(len(curve))], y=curve, mode="lines", name=name,
+                                 line={"shape": "hv"}))
+    fig.add_hline(y=NEAR, line_dash="dot", annotation_text=f"within {NEAR} of the oracle")
+    fig.update_layout(title=f"Regret against epochs spent, median over {result['strategies'][names[0]]['seeds']} seeds "
+                            f"({Path(result['table']).name}, oracle test macro-F1 {result['oracle_test_f1']:.4f})",
+                      xaxis_title="epochs spent (pruned trials' epochs and the range test's cost included)",
+                      yaxis_title="regret: oracle test macro-F1 - the pick's", yaxis_type="log", template="plotly_white")
+    fig.write_html(path, include_plotlyjs="cdn")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", type=Path, help="a packed table from record_curves.py (.json.gz)")
+    parser.add_argument("table", type=Path, help="a packed table from record_curves.py (.json.gz), "
+                        "or the JSON this script printed, to print it as tables again")
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--trials", type=int, default=Config().trials)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="the main strategies, 5 seeds, 20 trials")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--plot", type=Path, help="also write the median regret curves of the main strategies here (HTML)")
     args = parser.parse_args()
     seeds, trials = (5, 20) if args.quick else (args.seeds, args.trials)
-    result = run(args.table, seeds=seeds, trials=trials, quick=args.quick, jobs=args.jobs)
+    if args.table.suffix == ".json":
+        result = json.loads(args.table.read_text())
+    else:
+        result = run(args.table, seeds=seeds, trials=trials, quick=args.quick, jobs=args.jobs)
+    if args.plot:
+        main_names = [s.name for s in strategies(quick=True) if s.name in result["strategies"]]
+        plot(result, args.plot, main_names)
     if args.json:
         print(json.dumps(_finite(result), indent=1))
     else:
