@@ -1,0 +1,46 @@
+"""The recorded learning-curve table and the search-quality harness that replays searches on it."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = ROOT / "benchmarks" / "tables" / "digits-lt.json.gz"
+STORED = ROOT / "benchmarks" / "tables" / "digits-lt.quick.json"
+EXACT = ("random, no pruning", "baseline trial alone")  # no model of the space in them: the same on any machine
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("search_quality", ROOT / "benchmarks" / "search_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recorded_table_loads_whole():
+    table = _harness().Table(TABLE)
+    assert len(table.rows) == table.meta["grid_size"]
+    assert table.accums == [1, 2, 4, 8] and len(table.schedulers) == 3 and len(table.losses) == 4
+    assert 0.5 < table.oracle <= 1
+    assert len(table.range_tests) >= 30
+    for row in table.rows:
+        finished = row["diverged_at"] is None
+        assert len(row["val_f1"]) == len(row["epoch_s"]) == (table.meta["epochs"] if finished else row["diverged_at"] - 1)
+
+
+def test_the_quick_harness_reproduces_its_stored_figures():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "search_quality.py"), str(TABLE), "--quick", "--json", "--jobs", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    figures, stored = json.loads(result.stdout), json.loads(STORED.read_text())
+    assert set(figures["strategies"]) == set(stored["strategies"])
+    assert figures["oracle_test_f1"] == stored["oracle_test_f1"]
+    for name in (*EXACT, *(n for n in stored["strategies"] if n.startswith("LR grid"))):
+        assert figures["strategies"][name] == stored["strategies"][name], name
+    for name, summary in figures["strategies"].items():
+        assert summary["seeds"] == stored["strategies"][name]["seeds"]
+        assert all(0 <= r <= figures["oracle_test_f1"] for r in summary["regret"])
