@@ -15,6 +15,7 @@ EXACT = ("random, no pruning", "baseline trial alone")  # no model of the space 
 def _harness():
     spec = importlib.util.spec_from_file_location("search_quality", ROOT / "benchmarks" / "search_quality.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
