@@ -20,15 +20,16 @@ from typing import Any, Collection, Mapping
 
 from lrtune.errors import ConfigError
 
-DIGITS_SETS = ("digits-lt", "digits")
+BUILTIN_SIZES = {"digits-lt": 16, "digits": 16, "digits-writers": 24}  # built-in sets and their native side in pixels
+DIGITS_SETS = tuple(BUILTIN_SIZES)
 
 
 @dataclass
 class Config:
     # --- data -------------------------------------------------------------
-    data: str = "digits-lt"  # digits-lt | digits | an ImageFolder dir | a CSV manifest
+    data: str = "digits-lt"  # digits-lt | digits | digits-writers | an ImageFolder dir | a CSV manifest
     data_root: str = ""  # folder the CSV's paths are relative to; "" means the CSV's folder
-    image_size: int = 0  # side in pixels; 0: 16 for the built-in digit sets, 224 otherwise
+    image_size: int = 0  # side in pixels; 0: the built-in set's own (16, or 24 for digits-writers), 224 otherwise
     val_fraction: float = 0.2  # share of images (or of groups) held out for validation
     test_fraction: float = 0.0  # share of images (or of groups) held out as a test split no trial sees; 0: none
     cache: str = "auto"  # memory | disk | auto: decoded images kept in RAM or memory-mapped under studies/
@@ -214,6 +215,9 @@ def validate(cfg: Config) -> None:
             f"--test-fraction must be at least 0 and leave training images beside --val-fraction "
             f"({cfg.val_fraction:g}), got {cfg.test_fraction:g}"
         )
+    if cfg.test_fraction and cfg.keep == "none":
+        raise ConfigError("--test-fraction scores the best trial's and the baseline's weights, which --keep none"
+                          " throws away; use --keep best or --keep all")
     if cfg.heartbeat_interval <= 0 or cfg.heartbeat_grace <= cfg.heartbeat_interval:
         raise ConfigError(
             f"--heartbeat-grace ({cfg.heartbeat_grace}) must exceed --heartbeat-interval ({cfg.heartbeat_interval}), "
@@ -247,7 +251,7 @@ def validate(cfg: Config) -> None:
 def effective_image_size(cfg: Config) -> int:
     if cfg.image_size:
         return cfg.image_size
-    return 16 if cfg.data in DIGITS_SETS else 224
+    return BUILTIN_SIZES.get(cfg.data, 224)
 
 
 def effective_hflip(cfg: Config) -> float:

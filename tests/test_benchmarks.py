@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
-TABLE = ROOT / "benchmarks" / "tables" / "digits-lt.json.gz"
-STORED = ROOT / "benchmarks" / "tables" / "digits-lt.quick.json"
+TABLES = ROOT / "benchmarks" / "tables"
+NAMES = sorted(p.name.removesuffix(".quick.json") for p in TABLES.glob("*.quick.json"))  # a table, and its stored figures
 EXACT = ("random, no pruning", "baseline trial alone")  # no model of the space in them: the same on any machine
 
 
@@ -20,8 +22,10 @@ def _harness():
     return module
 
 
-def test_the_recorded_table_loads_whole():
-    table = _harness().Table(TABLE)
+@pytest.mark.parametrize("name", NAMES)
+def test_the_recorded_table_loads_whole(name):
+    table = _harness().Table(TABLES / f"{name}.json.gz")
+    assert table.meta["data"] == name
     assert len(table.rows) == table.meta["grid_size"]
     assert table.accums == [1, 2, 4, 8] and len(table.schedulers) == 3 and len(table.losses) == 4
     assert 0.5 < table.oracle <= 1
@@ -31,13 +35,15 @@ def test_the_recorded_table_loads_whole():
         assert len(row["val_f1"]) == len(row["epoch_s"]) == (table.meta["epochs"] if finished else row["diverged_at"] - 1)
 
 
-def test_the_quick_harness_reproduces_its_stored_figures():
+@pytest.mark.parametrize("name", NAMES)
+def test_the_quick_harness_reproduces_its_stored_figures(name):
+    table = TABLES / f"{name}.json.gz"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "search_quality.py"), str(TABLE), "--quick", "--json", "--jobs", "1"],
+        [sys.executable, str(ROOT / "benchmarks" / "search_quality.py"), str(table), "--quick", "--json", "--jobs", "1"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    figures, stored = json.loads(result.stdout), json.loads(STORED.read_text())
+    figures, stored = json.loads(result.stdout), json.loads((TABLES / f"{name}.quick.json").read_text())
     assert set(figures["strategies"]) == set(stored["strategies"])
     assert figures["oracle_test_f1"] == stored["oracle_test_f1"]
     for name in (*EXACT, *(n for n in stored["strategies"] if n.startswith("LR grid"))):

@@ -53,6 +53,7 @@ def test_booleans_and_lists_from_strings():
         ({"val_fraction": "1.5"}, "--val-fraction"),
         ({"test_fraction": "0.8"}, "--test-fraction must be at least 0 and leave training images beside --val-fraction"),
         ({"test_fraction": "-0.1"}, "--test-fraction"),
+        ({"test_fraction": "0.2", "keep": "none"}, "--test-fraction scores .* which --keep none throws away"),
         ({"num_workers": "-1"}, "--num-workers must not be negative, got -1"),
         ({"warmup_epochs": "-0.5"}, "--warmup-epochs must not be negative"),
         ({"momentum": "1.2"}, "--momentum must be in"),

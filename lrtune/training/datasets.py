@@ -1,4 +1,4 @@
-"""Datasets: built-in digit sets, ImageFolder and CSV manifests, decoded once; train/validation splits.
+"""Datasets: the built-in sets, ImageFolder and CSV manifests, decoded once; train/validation splits.
 
 Every image is decoded once into one ``(N, S, S, 3)`` uint8 array, in RAM or
 memory-mapped from ``cache_dir``.
@@ -26,11 +26,11 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from lrtune.config import DIGITS_SETS
 from lrtune.errors import ConfigError, DataError
 from lrtune.progress import ProgressSink
+from lrtune.training.builtin_sets import load_digit_set
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CACHE_MODES = ("auto", "memory", "disk")
 CACHE_FORMAT = 2  # bump when the layout of the disk cache, or how an image is decoded, changes
-DIGITS_IMBALANCE = 0.1  # digits-lt keeps this share of the last class, and a geometric ramp in between
 
 _DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # more than 8 bits per pixel
@@ -45,10 +45,10 @@ class ImageSet:
     images: np.ndarray  # (N, S, S, 3) uint8, in RAM or a np.memmap
     labels: np.ndarray  # (N,) int64 in [0, len(classes))
     classes: list[str]  # class names, index = label
-    groups: np.ndarray | None  # (N,) str group ids (CSV 'group' column) or None
+    groups: np.ndarray | None  # (N,) str group ids (CSV 'group' column, digits-writers' writers) or None
     paths: list[str] | None  # path of each image relative to its root (None for built-ins)
     skipped: list[str]  # files skipped because they could not be decoded
-    name: str  # short name: "digits-lt", "digits", folder name, or CSV stem
+    name: str  # short name: a built-in set's, the folder name, or the CSV stem
 
 
 @dataclass
@@ -106,25 +106,8 @@ def load_imageset(
 
 
 def _load_digits(name: str, image_size: int) -> ImageSet:
-    """scikit-learn's bundled 8x8 digits, optionally cut down to a fixed long-tailed subset."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    keep = np.arange(len(digits.target))
-    if name == "digits-lt":
-        rng = np.random.default_rng(0)
-        chosen = []
-        for k in range(10):
-            members = np.flatnonzero(digits.target == k)
-            chosen.append(rng.choice(members, size=round(len(members) * DIGITS_IMBALANCE ** (k / 9)), replace=False))
-        keep = np.sort(np.concatenate(chosen))
-    small = np.round(digits.images[keep] * 255 / 16).astype(np.uint8)
-    images = np.empty((len(keep), image_size, image_size, 3), np.uint8)
-    for i, image in enumerate(small):
-        resized = Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BILINEAR)
-        images[i] = np.asarray(resized)[..., None]
-    labels = digits.target[keep].astype(np.int64)
-    return ImageSet(images, labels, [str(k) for k in range(10)], None, None, [], name)
+    images, labels, writers = load_digit_set(name, image_size)
+    return ImageSet(images, labels, [str(k) for k in range(10)], writers, None, [], name)
 
 
 def _load_files(
@@ -155,14 +138,14 @@ def _list_source(data: str, data_root: str) -> _Listing:
     path = Path(data)
     if not path.exists():
         raise DataError(
-            f"data {data!r} not found; expected digits-lt, digits, a folder of class folders, or a .csv manifest"
+            f"data {data!r} not found; expected {', '.join(DIGITS_SETS)}, a folder of class folders, or a .csv manifest"
         )
     if path.is_dir():
         return _list_folder(path.resolve())
     if path.suffix.lower() == ".csv":
         return _list_csv(path.resolve(), data_root)
     raise DataError(
-        f"data {data!r} is not a folder or a .csv file; expected digits-lt, digits, a folder of class folders,"
+        f"data {data!r} is not a folder or a .csv file; expected {', '.join(DIGITS_SETS)}, a folder of class folders,"
         " or a .csv manifest"
     )
 
