@@ -46,8 +46,8 @@ def test_the_quick_harness_reproduces_its_stored_figures(name):
     figures, stored = json.loads(result.stdout), json.loads((TABLES / f"{name}.quick.json").read_text())
     assert set(figures["strategies"]) == set(stored["strategies"])
     assert figures["oracle_test_f1"] == stored["oracle_test_f1"]
-    for name in (*EXACT, *(n for n in stored["strategies"] if n.startswith("LR grid"))):
-        assert figures["strategies"][name] == stored["strategies"][name], name
-    for name, summary in figures["strategies"].items():
-        assert summary["seeds"] == stored["strategies"][name]["seeds"]
+    for strategy in (*EXACT, *(n for n in stored["strategies"] if n.startswith("LR grid"))):
+        assert figures["strategies"][strategy] == stored["strategies"][strategy], strategy
+    for strategy, summary in figures["strategies"].items():
+        assert summary["seeds"] == stored["strategies"][strategy]["seeds"]
         assert all(0 <= r <= figures["oracle_test_f1"] for r in summary["regret"])
