@@ -63,7 +63,7 @@ class Config:
     schedulers: list[str] = field(default_factory=lambda: ["step", "cosine", "plateau"])  # schedulers to search
     losses: list[str] = field(default_factory=lambda: ["ce", "focal", "label_smoothing", "f1"])  # losses to search
     accum: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # gradient accumulation steps
-    lr_range: str = "off"  # off | auto: an LR range test, once per study, narrows the LR range and queues its suggestion
+    lr_range: str = "auto"  # auto | off: an LR range test, once per study, narrows the LR range and queues its suggestion
     # --- study ----------------------------------------------------------------
     trials: int = 50  # total finished (complete or pruned) trials the study should hold
     timeout: float = 0.0  # seconds for this run; 0: no limit
@@ -72,7 +72,7 @@ class Config:
     studies_dir: str = "studies"  # home of study databases, caches and artifacts
     sampler: str = "tpe"  # tpe | random | gp | qmc
     pruner: str = "median"  # median | hyperband | none
-    pruner_warmup: int = 2  # epochs reported before the median pruner may prune
+    pruner_warmup: int = 1  # epochs reported before the median pruner may prune
     seed: int = 0  # seeds the split, the sampler and every trial
     workers: int = 1  # local worker processes sharing the study
     keep: str = "best"  # best | all | none: which trials keep their final weights
@@ -90,7 +90,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "balance": ("none", "sampler", "oversample"),
     "optimizer": ("adamw", "sgd"),
     "keep": ("best", "all", "none"),
-    "lr_range": ("off", "auto"),
+    "lr_range": ("auto", "off"),
 }
 
 # Fields that only say how or where this run happens; changing them never
@@ -275,6 +275,11 @@ def identity(cfg: Config | Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sorted(values.items()) if k not in RUN_ONLY}
 
 
+# Fields whose default has changed, with the value a study stored without the
+# field (by a version that did not have it) was run with.
+FORMER_DEFAULTS: dict[str, Any] = {"lr_range": "off"}
+
+
 def fingerprint(cfg: Config | Mapping[str, Any]) -> str:
     blob = json.dumps(identity(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -285,9 +290,10 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
     Where the data lies (``data``, ``data_root``) is left out: each machine may
     keep it elsewhere, and the study checks the data itself (``dataset_changes``).
-    A field missing from ``old`` (stored by a version without it) counts as its default.
+    A field missing from ``old`` (stored by a version without it) counts as
+    the default of that version (``FORMER_DEFAULTS``, else today's).
     """
-    a, b = identity({**to_dict(Config()), **old}), identity(new)
+    a, b = identity({**to_dict(Config()), **FORMER_DEFAULTS, **old}), identity(new)
     names = sorted((set(a) | set(b)) - DATA_LOCATION)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in names if a.get(k) != b.get(k)]
 
@@ -313,7 +319,7 @@ def adopt(stored: Mapping[str, Any], cfg: Config, given: Collection[str]) -> Con
     and ``--study``: it computes what the study's trials compute.
     """
     values = to_dict(cfg)
-    for name, value in stored.items():
+    for name, value in ({**FORMER_DEFAULTS, **stored} if stored else {}).items():
         if name in FIELDS and name not in given and name not in MACHINE_LOCAL:
             values[name] = _convert(name, value, "the study's stored config")
     joined = Config(**values)

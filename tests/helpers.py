@@ -14,11 +14,17 @@ INJECT = Path(__file__).resolve().parent / "inject.py"
 FAST = ["--epochs", "2", "--batch-size", "64"]
 
 
-def cli_env(**extra: str) -> dict[str, str]:
+# The suite's searches run without the LR range test (a few seconds each) unless
+# a test asks for it: LRTUNE_LR_RANGE=None gives the real default, "auto" or a flag runs it.
+QUICK_ENV = {"LRTUNE_LR_RANGE": "off"}
+
+
+def cli_env(**extra: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRTUNE_")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(QUICK_ENV)
     env.update(extra)
-    return env
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def lrtune_cmd(*args: str, inject: str | None = None) -> list[str]:
@@ -27,7 +33,7 @@ def lrtune_cmd(*args: str, inject: str | None = None) -> list[str]:
     return [sys.executable, "-m", "lrtune", *args]
 
 
-def run_cli(*args: str, inject: str | None = None, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, inject: str | None = None, timeout: float = 600, **env: str | None) -> subprocess.CompletedProcess:
     return subprocess.run(
         lrtune_cmd(*args, inject=inject), capture_output=True, text=True, timeout=timeout, env=cli_env(**env), cwd=ROOT
     )

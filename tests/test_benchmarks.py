@@ -51,3 +51,6 @@ def test_the_quick_harness_reproduces_its_stored_figures(name):
     for strategy, summary in figures["strategies"].items():
         assert summary["seeds"] == stored["strategies"][strategy]["seeds"]
         assert all(0 <= r <= figures["oracle_test_f1"] for r in summary["regret"])
+        assert all(0 <= r <= figures["oracle_val_f1"] for r in summary["val_regret"])
+    assert figures["best_val_test_f1"] == stored["best_val_test_f1"]
+    assert figures["lr_transfer"] == stored["lr_transfer"]

@@ -122,7 +122,8 @@ def seed_study(
     if record["suggestion"] is not None:
         params = {**baseline, "lr": record["suggestion"]} if baseline else None
         if params:
-            study.enqueue_trial(params, user_attrs={"lr_range": True})
+            # Workers starting together on a new study may each run the test: one queued trial is enough.
+            study.enqueue_trial(params, user_attrs={"lr_range": True}, skip_if_exists=True)
         low, high = record["bounds"]
         say(f"LR range test suggests {record['suggestion']:.3g} ({record['rule']}); LR range {low:.3g} to {high:.3g}")
     else:

@@ -13,15 +13,17 @@ from lrtune.config import Config
 from lrtune.errors import ConfigError
 
 MEDIAN_STARTUP_TRIALS = 5
+HYPERBAND_MIN_EPOCHS = 2  # the shortest rung: a trial trains at least this many epochs
 STARTUP_TRIALS = 10  # random trials before TPE or GP model the space
 
 
-def _tpe(seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=STARTUP_TRIALS)
+def tpe(seed: int, startup: int = STARTUP_TRIALS) -> optuna.samplers.BaseSampler:
+    """Multivariate TPE over the space's conditional groups, after ``startup`` random trials."""
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup)
 
 
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": _tpe,
+    "tpe": tpe,
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
     "gp": lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP_TRIALS),
     "qmc": lambda seed: optuna.samplers.QMCSampler(seed=seed, scramble=True),
@@ -39,7 +41,7 @@ PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
         n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=warmup
     ),
     "hyperband": lambda warmup, epochs: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=epochs, reduction_factor=3
+        min_resource=min(HYPERBAND_MIN_EPOCHS, epochs), max_resource=epochs, reduction_factor=3
     ),
     "none": lambda warmup, epochs: optuna.pruners.NopPruner(),
 }

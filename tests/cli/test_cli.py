@@ -9,8 +9,9 @@ from lrtune.cli import main
 
 def test_search_resumes_up_to_the_total_and_then_does_nothing(tmp_path):
     args = ["search", "--studies-dir", str(tmp_path), *FAST]
-    first = run_cli(*args, "--trials", "3")
+    first = run_cli(*args, "--trials", "3", LRTUNE_LR_RANGE=None)  # the defaults, LR range test included
     assert first.returncode == 0, first.stderr
+    assert "running the LR range test once for this study" in first.stderr
     assert "starting study 'digits-lt-test_resnet': 0 of 3 trials finished, 3 to go" in first.stderr
     assert "best:" in first.stdout and "baseline (trial 0)" in first.stdout
     study = load(tmp_path, "digits-lt-test_resnet")
@@ -18,14 +19,20 @@ def test_search_resumes_up_to_the_total_and_then_does_nothing(tmp_path):
     assert study.trials[0].user_attrs.get("baseline") is True
     assert study.trials[0].params == {"lr": 0.001, "scheduler": "cosine", "loss": "ce", "accum": 1}
     assert study.user_attrs["config"]["epochs"] == 2
+    assert study.user_attrs["config"]["lr_range"] == "auto"
+    suggestion = study.user_attrs["lr_range"]["suggestion"]
+    if suggestion is not None:  # queued as trial 1: the baseline's settings at the suggested LR
+        assert study.trials[1].user_attrs.get("lr_range") is True
+        assert study.trials[1].params == {**study.trials[0].params, "lr": suggestion}
 
-    second = run_cli(*args, "--trials", "5")
+    second = run_cli(*args, "--trials", "5", LRTUNE_LR_RANGE=None)
     assert second.returncode == 0, second.stderr
     assert "resuming study 'digits-lt-test_resnet': 3 of 5 trials finished, 2 to go" in second.stderr
+    assert "running the LR range test" not in second.stderr  # once per study
     finished = [t for t in load(tmp_path, "digits-lt-test_resnet").trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 5
 
-    third = run_cli(*args, "--trials", "5")
+    third = run_cli(*args, "--trials", "5", LRTUNE_LR_RANGE=None)
     assert third.returncode == 0, third.stderr
     assert "already has 5 finished trials (--trials 5); nothing to run" in third.stderr
     assert len(load(tmp_path, "digits-lt-test_resnet").trials) == 5

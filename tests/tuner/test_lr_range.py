@@ -81,8 +81,9 @@ def test_off_runs_no_range_test(tmp_path, monkeypatch):
         raise AssertionError("the range test ran")
 
     monkeypatch.setattr(lr_range, "range_test", fail)
-    study = lrtune.search(config=small(tmp_path, trials=1))
+    study = lrtune.search(config=small(tmp_path, trials=1, lr_range="off"))
     assert "lr_range" not in study.user_attrs
+    assert Config().lr_range == "auto"  # the default runs it
 
 
 def test_a_search_after_lr_find_has_exactly_the_trials_of_one_without(tmp_path):
@@ -110,7 +111,7 @@ def test_lr_find_refuses_bad_input_with_one_line(tmp_path, kwargs, message):
     assert "\n" not in str(info.value)
 
 
-def test_a_study_stored_before_the_lr_range_option_resumes_without_force():
+def test_a_study_stored_before_the_lr_range_option_ran_without_the_test_and_joins_as_such():
     from lrtune import config as config_mod
     from lrtune.tuner import driver
 
@@ -118,6 +119,9 @@ def test_a_study_stored_before_the_lr_range_option_resumes_without_force():
     stored = config_mod.to_dict(Config())
     del stored["lr_range"]
     study.set_user_attr("config", stored)
-    assert driver.config_changes(study, Config()) == []
+    assert driver.config_changes(study, Config(lr_range="off")) == []
     with pytest.raises(lrtune.StudyError, match="lr_range: 'off' -> 'auto'"):
-        driver.config_changes(study, Config(lr_range="auto"))
+        driver.config_changes(study, Config())
+    # Run again with no options (a worker joining, or the same command resuming), it keeps running without the test.
+    joined = config_mod.adopt(stored, Config(), given={"storage", "study"})
+    assert joined.lr_range == "off" and driver.config_changes(study, joined) == []
