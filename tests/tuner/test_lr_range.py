@@ -125,3 +125,28 @@ def test_a_study_stored_before_the_lr_range_option_ran_without_the_test_and_join
     # Run again with no options (a worker joining, or the same command resuming), it keeps running without the test.
     joined = config_mod.adopt(stored, Config(), given={"storage", "study"})
     assert joined.lr_range == "off" and driver.config_changes(study, joined) == []
+
+
+def test_workers_starting_a_new_study_together_queue_the_suggestion_once(monkeypatch):
+    class Result:
+        def to_dict(self):
+            return {"suggestion": 0.01, "rule": "steepest"}
+
+    storage = optuna.storages.InMemoryStorage()
+    first = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    first.set_user_attr("baseline", {"lr": 1e-3, "scheduler": "cosine", "loss": "ce", "accum": 1})
+    second = optuna.load_study(study_name="s", storage=storage)
+    cfg = Config()
+    runs = []
+
+    def range_test(*args, **kwargs):
+        runs.append(1)
+        if len(runs) == 1:  # the other worker finishes its test before this one stores
+            lr_range.seed_study(second, cfg, data=None, amp=None)
+        return Result()
+
+    monkeypatch.setattr(lr_range, "run_range_test", range_test)
+    lr_range.seed_study(first, cfg, data=None, amp=None)
+    assert len(runs) == 2
+    queued = [t for t in first.get_trials() if t.user_attrs.get("lr_range")]
+    assert len(queued) == 1 and queued[0].system_attrs["fixed_params"]["lr"] == 0.01
