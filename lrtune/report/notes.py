@@ -54,8 +54,8 @@ def _trial_notes(data: ReportData) -> None:
     if not data.lr_steps:
         _note(data, "lr-steps", NO_COMPLETE if n_complete == 0 else "The top trials stored no per-step learning rates.")
     if data.lr_range is None:
-        _note(data, "lr-range", "This study ran no LR range test (`--lr-range off`): a search runs one before "
-              "its first trial by default, and `lrtune lr-find` runs one alone.")
+        _note(data, "lr-range", "This study ran no LR range test (`--lr-range off`): `lrtune search --lr-range auto` "
+              "(the default) runs one before a new study's first trial, `lrtune lr-find` runs one alone.")
     elif data.lr_range.suggestion is None:
         _note(data, "lr-range", f"The range test suggested no LR: {data.lr_range.rule}.")
     if not any(t.start for t in data.trials):
