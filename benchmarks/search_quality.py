@@ -256,8 +256,6 @@ def fixed_sequence(table: Table, points: list[dict[str, Any]]) -> list[Step]:
 def figures(history: list[Step], budget: int) -> dict[str, float | None]:
     """Final regret, epochs until within NEAR of the oracle (None: never), area under regret per epoch;
     the same on the validation side (the best validation macro-F1 of the table as the oracle)."""
-    reached = next((e for e, _, r, _ in history if r <= NEAR), None)
-    reached_val = next((e for e, _, _, v in history if v <= NEAR), None)
     area, last_e, last_r = 0.0, 0, None
     for e, _, r, _ in history:
         if e > budget:
@@ -267,12 +265,18 @@ def figures(history: list[Step], budget: int) -> dict[str, float | None]:
         last_e, last_r = e, r
     if last_r is not None:
         area += last_r * (budget - last_e)
-    return {"regret": history[-1][2], "epochs_to_near": reached, "area": area / budget, "epochs": history[-1][0],
-            "val_regret": history[-1][3], "epochs_to_near_val": reached_val,
-            "epochs_to": {f"{x:g}": next((e for e, _, r, _ in history if r <= x), None) for x in LEVELS},
-            "epochs_to_val": {f"{x:g}": next((e for e, _, _, v in history if v <= x), None) for x in LEVELS},
+    return {"regret": history[-1][2], "epochs_to_near": first_within(history, NEAR), "area": area / budget, "epochs": history[-1][0],
+            "val_regret": history[-1][3], "epochs_to_near_val": first_within(history, NEAR, validation=True),
+            "epochs_to": {f"{x:g}": first_within(history, x) for x in LEVELS},
+            "epochs_to_val": {f"{x:g}": first_within(history, x, validation=True) for x in LEVELS},
             "curve": [regret_at(history, e) for e in range(0, budget + 1, CURVE_STEP)],
             "val_curve": [regret_at(history, e, validation=True) for e in range(0, budget + 1, CURVE_STEP)]}
+
+
+def first_within(history: list[Step], level: float, *, validation: bool = False) -> float | None:
+    """The epochs spent when the pick's (validation) regret first fell to ``level``; None: never."""
+    index = 3 if validation else 2
+    return next((step[0] for step in history if step[index] <= level), None)
 
 
 def regret_at(history: list[Step], epochs: float, *, validation: bool = False) -> float:
@@ -285,10 +289,12 @@ def regret_at(history: list[Step], epochs: float, *, validation: bool = False) -
     return regret
 
 
-def summarize(runs: list[dict[str, float | None]]) -> dict[str, Any]:
-    def q(values: list[float]) -> list[float]:
-        return [float(x) for x in np.percentile(values, [25, 50, 75], method="inverted_cdf")]
+def quartiles(values: list[float]) -> list[float]:
+    return [float(x) for x in np.percentile(values, [25, 50, 75], method="inverted_cdf")]
 
+
+def summarize(runs: list[dict[str, float | None]]) -> dict[str, Any]:
+    q = quartiles
     reached = [r["epochs_to_near"] for r in runs]
     reached_val = [r["epochs_to_near_val"] for r in runs]
     return {"seeds": len(runs), "regret": q([r["regret"] for r in runs]),
@@ -357,19 +363,14 @@ def range_test_effect(table: Table, off: list[dict], auto: list[dict]) -> dict[s
     A search that never came within NEAR is charged every epoch it spent, a
     lower bound on its true count.
     """
-    def charged(fig: dict, key: str) -> float:
-        return fig[key] if fig[key] is not None else fig["epochs"]
+    def ratio(get: Callable[[dict], float | None]) -> list[float]:
+        """Per seed, auto's epochs / off's, each charged all its epochs when it never got there."""
+        def charged(fig: dict) -> float:
+            return get(fig) if get(fig) is not None else fig["epochs"]
+        return [charged(a) / charged(o) for o, a in zip(off, auto)]
 
-    def quartiles(values: list[float]) -> list[float]:
-        return [float(x) for x in np.percentile(values, [25, 50, 75], method="inverted_cdf")]
-
-    ratios = [charged(a, "epochs_to_near") / charged(o, "epochs_to_near") for o, a in zip(off, auto)]
-    ratios_val = [charged(a, "epochs_to_near_val") / charged(o, "epochs_to_near_val") for o, a in zip(off, auto)]
-
-    def at(fig: dict, side: str, level: str) -> float:
-        return fig[side][level] if fig[side][level] is not None else fig["epochs"]
-
-    levels = {side: {k: quartiles([at(a, side, k) / at(o, side, k) for o, a in zip(off, auto)]) for k in off[0][side]}
+    ratios, ratios_val = ratio(lambda f: f["epochs_to_near"]), ratio(lambda f: f["epochs_to_near_val"])
+    levels = {side: {k: quartiles(ratio(lambda f, side=side, k=k: f[side][k])) for k in off[0][side]}
               for side in ("epochs_to", "epochs_to_val")}
     ranked = sorted((r for r in table.rows if r["test_f1_best"] is not None), key=lambda r: -r["test_f1_best"])
     top = ranked[: max(1, len(ranked) // 10)]
