@@ -41,14 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def worker(url: str, study: str, trials: int, studies_dir: str, overrides: dict) -> None:
     """One search process; prints its storage seconds and its trials' seconds as JSON."""
     import torch
-    from optuna.storages import RDBStorage
 
     from lrtune import storage as storage_mod
     from lrtune.api import search
     from lrtune.config import Config
 
     torch.set_num_threads(1)
-    spent = [0.0]
+    spent: dict[str, float] = {}  # seconds in each storage call, by name
+    calls: dict[str, int] = {}
     depth = threading.local()
     lock = threading.Lock()
 
@@ -63,19 +63,21 @@ def worker(url: str, study: str, trials: int, studies_dir: str, overrides: dict)
             finally:
                 depth.n = 0
                 with lock:
-                    spent[0] += time.perf_counter() - started
+                    spent[method.__name__] = spent.get(method.__name__, 0.0) + time.perf_counter() - started
+                    calls[method.__name__] = calls.get(method.__name__, 0) + 1
 
         return call
 
-    for name in dir(RDBStorage):
-        if (not name.startswith("_") or name in storage_mod.BACKEND_CALLS) and callable(getattr(RDBStorage, name)):
-            setattr(storage_mod.ResilientStorage, name, timed(getattr(storage_mod.ResilientStorage, name)))
+    storage_cls = storage_mod.ResilientStorage  # Optuna's methods and lrtune's own
+    for name in dir(storage_cls):
+        if (not name.startswith("_") or name in storage_mod.BACKEND_CALLS) and callable(getattr(storage_cls, name)):
+            setattr(storage_cls, name, timed(getattr(storage_cls, name)))
     cfg = Config(storage=url, study=study, trials=trials, studies_dir=studies_dir, keep="none", **overrides)
     result = search(config=cfg)
     mine = [t for t in result.get_trials(deepcopy=False)
             if t.user_attrs.get("pid") == os.getpid() and t.datetime_complete and t.datetime_start]
     trial_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in mine)
-    print(json.dumps({"storage_s": spent[0], "trial_s": trial_s, "trials": len(mine)}))
+    print(json.dumps({"storage_s": sum(spent.values()), "trial_s": trial_s, "trials": len(mine), "by_call": spent, "calls": calls}))
 
 
 def run(url: str, n_workers: int, trials: int, overrides: dict) -> dict:
@@ -94,8 +96,16 @@ def run(url: str, n_workers: int, trials: int, overrides: dict) -> dict:
     storage_s = sum(r["storage_s"] for r in rows)
     trial_s = sum(r["trial_s"] for r in rows)
     done = sum(r["trials"] for r in rows)
+    by_call: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for r in rows:
+        for name, seconds in r["by_call"].items():
+            by_call[name] = by_call.get(name, 0.0) + seconds
+            calls[name] = calls.get(name, 0) + r["calls"][name]
     return {"share": storage_s / trial_s, "storage_ms_per_trial": 1000 * storage_s / done, "trials": done,
-            "wall_s": wall, "per_hour": 3600 * done / wall}
+            "wall_s": wall, "per_hour": 3600 * done / wall,
+            "by_call": {k: {"ms_per_trial": round(1000 * v / done, 1), "calls_per_trial": round(calls[k] / done, 1)}
+                        for k, v in sorted(by_call.items(), key=lambda kv: -kv[1])}}
 
 
 def _wait_for_study(url: str, study: str, proc: subprocess.Popen) -> None:

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -129,9 +131,49 @@ def scrub(text: str, url: str) -> str:
 
 
 class ResilientStorage(RDBStorage):
-    """An ``RDBStorage`` whose every call is retried while the database server is unreachable."""
+    """An ``RDBStorage`` whose every call is retried while the database server is unreachable.
+
+    Calls of its own spare round trips that Optuna's API would make: several
+    user attributes in one transaction; the ids of a study's trials in some
+    states, and the intermediate values of given trials, each in one query.
+    """
 
     retry_for: float = RETRY_FOR
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Set several user attributes of a trial in one transaction."""
+
+        def write() -> None:
+            with _create_scoped_session(self.scoped_session, True) as session:
+                for key, value in attrs.items():
+                    self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+
+        retrying(write, url=self.url, retry_for=self.retry_for)
+
+    def trial_ids(self, study_id: int, states: tuple[TrialState, ...]) -> list[int]:
+        """The ids of the study's trials in any of ``states``, in one query."""
+
+        def read() -> list[int]:
+            with _create_scoped_session(self.scoped_session) as session:
+                query = session.query(models.TrialModel.trial_id)
+                rows = query.filter(models.TrialModel.study_id == study_id, models.TrialModel.state.in_(states)).all()
+                return sorted(row[0] for row in rows)
+
+        return retrying(read, url=self.url, retry_for=self.retry_for)
+
+    def intermediate_values(self, trial_ids: list[int]) -> dict[int, dict[int, float]]:
+        """Trial id -> step -> intermediate value, for the given trials, in one query."""
+
+        def read() -> dict[int, dict[int, float]]:
+            values: dict[int, dict[int, float]] = {trial_id: {} for trial_id in trial_ids}
+            model = models.TrialIntermediateValueModel
+            with _create_scoped_session(self.scoped_session) as session:
+                for row in session.query(model).filter(model.trial_id.in_(trial_ids)).all():
+                    value = model.stored_repr_to_intermediate_value(row.intermediate_value, row.intermediate_value_type)
+                    values[row.trial_id][row.step] = value
+            return values
+
+        return retrying(read, url=self.url, retry_for=self.retry_for) if trial_ids else {}
 
 
 def _retried(name: str) -> Callable[..., Any]:

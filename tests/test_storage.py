@@ -1,3 +1,5 @@
+import math
+
 import optuna
 import pytest
 
@@ -122,3 +124,59 @@ def test_calls_through_optunas_cache_are_retried_too(storage_url, monkeypatch, b
     study.tell(trial, 0.5)
     assert failures == [backend_call]
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE]
+
+
+def test_several_user_attributes_are_set_in_one_transaction(storage_url):
+    from sqlalchemy import event
+
+    storage = storage_mod.open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    commits = []
+    event.listen(storage.engine, "commit", lambda conn: commits.append(1))
+    storage.set_trial_user_attrs(trial._trial_id, {"seed": 3, "host": "a", "curves": {"epoch": [1, 2]}})
+    assert len(commits) == 1
+    assert storage.get_trial(trial._trial_id).user_attrs == {"seed": 3, "host": "a", "curves": {"epoch": [1, 2]}}
+
+
+def test_trial_ids_by_state_and_their_intermediate_values(storage_url):
+    storage = storage_mod.open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    other = optuna.create_study(study_name="other", storage=storage)
+    first = study.ask()
+    first.report(0.5, 1)
+    first.report(float("nan"), 2)
+    study.tell(first, 0.5)
+    study.tell(study.ask(), 0.2)
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+    running = study.ask()
+    other.tell(other.ask(), 0.3)
+    complete = storage.trial_ids(study._study_id, (optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 2 and first._trial_id in complete
+    assert storage.trial_ids(study._study_id, (optuna.trial.TrialState.RUNNING,)) == [running._trial_id]
+    assert len(storage.trial_ids(other._study_id, (optuna.trial.TrialState.COMPLETE,))) == 1
+    assert len(storage.trial_ids(study._study_id, storage_mod.FINISHED)) == 3
+    values = storage.intermediate_values(complete)
+    assert values[first._trial_id][1] == 0.5 and math.isnan(values[first._trial_id][2])
+    assert [v for k, v in values.items() if k != first._trial_id] == [{}]
+    assert storage.intermediate_values([]) == {}
+
+
+def test_lrtunes_own_calls_are_retried_too(storage_url, monkeypatch):
+    storage = storage_mod.open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    monkeypatch.setattr(storage_mod, "BACKOFF_FIRST", 0.0)
+    original, failures = storage_mod._create_scoped_session, []
+
+    def unreachable_every_other_time(*args, **kwargs):
+        failures.append(1)
+        if len(failures) % 2:
+            raise _lost()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(storage_mod, "_create_scoped_session", unreachable_every_other_time)
+    storage.set_trial_user_attrs(trial._trial_id, {"seed": 1})
+    assert storage.trial_ids(study._study_id, (optuna.trial.TrialState.RUNNING,)) == [trial._trial_id]
+    assert len(failures) == 4
+    assert storage.get_trial(trial._trial_id).user_attrs == {"seed": 1}

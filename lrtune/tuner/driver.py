@@ -139,6 +139,21 @@ def report_trial(progress: ProgressSink | None) -> Callable[[optuna.Study, Froze
     return callback
 
 
+def stop_at(trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Study callback: stop once the study holds ``trials`` finished trials (counted by id on lrtune's storage)."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        backend = getattr(study._storage, "_backend", None)
+        if hasattr(backend, "trial_ids"):
+            finished = len(backend.trial_ids(study._study_id, FINISHED))
+        else:
+            finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if finished >= trials:
+            study.stop()
+
+    return callback
+
+
 def optimize(
     study: optuna.Study, objective: Any, cfg: Config, *, stop: Callable[[], bool], progress: ProgressSink | None
 ) -> None:
@@ -156,7 +171,7 @@ def optimize(
         callbacks=[
             report_trial(progress),
             keep_weights(cfg, study_dir(cfg.studies_dir, study.study_name)),
-            optuna.study.MaxTrialsCallback(cfg.trials, states=FINISHED),
+            stop_at(cfg.trials),
             stop_when_asked,
         ],
     )

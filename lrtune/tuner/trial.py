@@ -263,11 +263,21 @@ class Objective:
 def _start(trial: optuna.Trial, cfg: Config, params: Hyperparams) -> tuple[int, int | None]:
     """Record who runs the trial and with which seed; returns the seed and the trial it retries, if any."""
     seed = int(trial.user_attrs.get("seed", cfg.seed * 100_003 + trial.number))
-    trial.set_user_attr("seed", seed)
-    trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", os.getpid())
-    trial.set_user_attr("effective_batch", cfg.batch_size * params.accum)
-    return seed, trial.user_attrs.get("retry_of")
+    retry_of = trial.user_attrs.get("retry_of")
+    set_user_attrs(trial, {"seed": seed, "host": socket.gethostname(), "pid": os.getpid(),
+                           "effective_batch": cfg.batch_size * params.accum})
+    return seed, retry_of
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
+    """Several user attributes at once: one transaction on lrtune's storage, else one call each."""
+    backend = getattr(getattr(trial, "storage", None), "_backend", None)
+    if not hasattr(backend, "set_trial_user_attrs"):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    backend.set_trial_user_attrs(trial._trial_id, attrs)
+    trial._cached_frozen_trial.user_attrs.update(attrs)  # what trial.user_attrs returns
 
 
 def _finish(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
@@ -276,9 +286,7 @@ def _finish(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
         files.writer.close()
     finally:
         _report(trial, run, files)
-        if files.skipped:
-            trial.set_user_attr("epochs_without_checkpoint", files.skipped)
-        publish(trial, run)
+        publish(trial, run, {"epochs_without_checkpoint": files.skipped} if files.skipped else {})
 
 
 def _report(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
@@ -332,20 +340,18 @@ def _may_beat_study(trial: optuna.Trial, value: float) -> bool:
         return True
 
 
-def publish(trial: optuna.Trial, run: TrainingRun) -> None:
-    """The trial's curves and summary attributes, written once when it ends.
+def publish(trial: optuna.Trial, run: TrainingRun, extra: dict | None = None) -> None:
+    """The trial's curves and summary attributes (and ``extra`` ones), written once when it ends.
 
     While it runs, its intermediate values give the validation macro-F1 of
     every epoch, and ``last.pt`` holds the curves a retry continues.
     """
     state, data = run.state, run.data
-    trial.set_user_attr("curves", state.curves)
-    trial.set_user_attr("lr_steps", thin(state.lr_steps))
     best = dict(state.best)
     if state.best_preds:
         best["confusion"] = confusion(data.val_targets, state.best_preds, data.n_classes)
-    trial.set_user_attr("best", best)
-    trial.set_user_attr("images_per_s", state.images_per_s)
+    attrs = {"curves": state.curves, "lr_steps": thin(state.lr_steps), "best": best, "images_per_s": state.images_per_s}
+    set_user_attrs(trial, {**attrs, **(extra or {})})
 
 
 def weights_record(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> dict:

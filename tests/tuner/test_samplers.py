@@ -11,3 +11,49 @@ def test_unknown_sampler_and_pruner_list_the_valid_ones():
         samplers.create_pruner("x", warmup=1, epochs=3)
     for name in samplers.SAMPLERS:
         samplers.create_sampler(name, 0)
+
+
+def _curve_trial(study, values):
+    trial = study.ask()
+    for step, value in enumerate(values, start=1):
+        trial.report(value, step)
+    return trial
+
+
+def test_the_median_pruner_decides_as_optunas_and_reads_each_complete_trials_curve_once(tmp_path, monkeypatch):
+    import optuna
+
+    from lrtune import storage as storage_mod
+
+    url = storage_mod.default_storage_url(tmp_path)
+    ours = samplers.create_pruner("median", warmup=1, epochs=4)
+    theirs = optuna.pruners.MedianPruner(n_startup_trials=samplers.MEDIAN_STARTUP_TRIALS, n_warmup_steps=1)
+    study = optuna.create_study(study_name="s", storage=storage_mod.open_storage(url), direction="maximize", pruner=ours)
+    other_worker = optuna.load_study(study_name="s", storage=storage_mod.open_storage(url))
+    for k in range(samplers.MEDIAN_STARTUP_TRIALS):
+        study.tell(_curve_trial(study, [0.1 * k + 0.1 * s for s in range(4)]), 0.1 * k + 0.3)
+    study.tell(_curve_trial(study, [0.9, 0.9]), state=optuna.trial.TrialState.PRUNED)  # not a complete trial
+    loads, curves = [], []
+    backend = storage_mod.ResilientStorage
+    original_load, original_curves = backend._get_trials, backend.intermediate_values
+    monkeypatch.setattr(backend, "_get_trials", lambda *a, **k: loads.append(1) or original_load(*a, **k))
+    monkeypatch.setattr(backend, "intermediate_values", lambda self, ids: curves.append(len(ids)) or original_curves(self, ids))
+    trial, decisions, our_reads = study.ask(), [], []
+
+    def decide(frozen):
+        loads.clear(), curves.clear()
+        mine = bool(ours.prune(study, frozen))
+        our_reads.append((len(loads), sum(curves)))
+        return mine, bool(theirs.prune(study, frozen))
+
+    for step, value in enumerate([0.25, 0.35, 0.3], start=1):
+        trial.report(value, step)
+        decisions.append(decide(study._storage.get_trial(trial._trial_id)))
+    assert [a for a, _ in decisions] == [b for _, b in decisions] == [False, False, True]
+    # No trial loaded; each complete trial's curve read once.
+    assert our_reads == [(0, 5), (0, 0), (0, 0)]
+    # Another worker's trials complete: the next decision sees them, as Optuna's does, and no longer prunes.
+    for _ in range(3):
+        other_worker.tell(_curve_trial(other_worker, [0.0, 0.0, 0.0, 0.0]), 0.0)
+    assert decide(study._storage.get_trial(trial._trial_id)) == (False, False)
+    assert our_reads[-1] == (0, 3)

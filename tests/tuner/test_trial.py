@@ -157,3 +157,23 @@ def test_a_trial_on_the_device_augmentation_path_trains_and_repeats_exactly(tmp_
         values.append((objective(trial), trial.user_attrs["curves"]))
     assert 0.0 <= values[0][0] <= 1.0 and len(values[0][1]["epoch"]) == 2
     assert values[0] == values[1]
+
+
+def test_a_trials_attributes_are_written_together_and_read_back_by_the_trial(tmp_path):
+    from sqlalchemy import event
+
+    from lrtune import storage as storage_mod
+
+    storage = storage_mod.open_storage(storage_mod.default_storage_url(tmp_path))
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    commits = []
+    event.listen(storage.engine, "commit", lambda conn: commits.append(1))
+    trial_mod.set_user_attrs(trial, {"seed": 7, "host": "a", "pid": 1})
+    assert len(commits) == 1
+    assert trial.user_attrs == {"seed": 7, "host": "a", "pid": 1}
+    assert study.get_trials()[0].user_attrs == {"seed": 7, "host": "a", "pid": 1}
+    # Any other trial (a fixed one, or on another storage) gets them one by one.
+    fixed = optuna.trial.FixedTrial({})
+    trial_mod.set_user_attrs(fixed, {"seed": 7})
+    assert fixed.user_attrs == {"seed": 7}
