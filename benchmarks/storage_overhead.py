@@ -3,12 +3,16 @@
 Each worker is its own process running a real search (``lrtune.search``) on a
 shared study, as a worker on another machine would. Every call lrtune makes to
 the storage (asking, reporting, attributes, heartbeats, telling) is a method
-of ``storage.ResilientStorage``, public or one of the private ones Optuna's cache
-calls (``BACKEND_CALLS``); each worker times those calls (the outermost
-of nested ones), on all its threads, and
-compares their sum with the time its trials ran (start to end, from the
-study). The share is therefore an upper bound: the heartbeat thread's calls
-overlap training rather than delay it.
+of ``storage.ResilientStorage``: Optuna's public ones, the private ones
+Optuna's cache calls (``BACKEND_CALLS``) and lrtune's own. Each worker times
+those calls (the outermost of nested ones) on all its threads. The calls from
+its first trial's start on are compared with the time its trials ran (start
+to end, from the study); the calls before (opening the study, checking and
+recording the config and the dataset, the LR range test's record) are the
+worker's setup, reported apart and also added in a second share. The share is
+an upper bound: the heartbeat thread's calls overlap training rather than
+delay it. ``--by-call`` prints, per row, the milliseconds and calls per trial of
+each method.
 
     python benchmarks/storage_overhead.py --postgres postgresql+psycopg://user:pass@127.0.0.1:5432/db
     python benchmarks/storage_overhead.py --postgres URL --share-workers 1,4,8 --rate-workers 1,2,4
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -47,8 +52,7 @@ def worker(url: str, study: str, trials: int, studies_dir: str, overrides: dict)
     from lrtune.config import Config
 
     torch.set_num_threads(1)
-    spent: dict[str, float] = {}  # seconds in each storage call, by name
-    calls: dict[str, int] = {}
+    log: list[tuple[float, float, str]] = []  # each storage call: when it started (epoch s), seconds, name
     depth = threading.local()
     lock = threading.Lock()
 
@@ -57,14 +61,13 @@ def worker(url: str, study: str, trials: int, studies_dir: str, overrides: dict)
             if getattr(depth, "n", 0):  # a storage call inside another: counted once
                 return method(self, *args, **kwargs)
             depth.n = 1
-            started = time.perf_counter()
+            at, started = time.time(), time.perf_counter()
             try:
                 return method(self, *args, **kwargs)
             finally:
                 depth.n = 0
                 with lock:
-                    spent[method.__name__] = spent.get(method.__name__, 0.0) + time.perf_counter() - started
-                    calls[method.__name__] = calls.get(method.__name__, 0) + 1
+                    log.append((at, time.perf_counter() - started, method.__name__))
 
         return call
 
@@ -77,7 +80,17 @@ def worker(url: str, study: str, trials: int, studies_dir: str, overrides: dict)
     mine = [t for t in result.get_trials(deepcopy=False)
             if t.user_attrs.get("pid") == os.getpid() and t.datetime_complete and t.datetime_start]
     trial_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in mine)
-    print(json.dumps({"storage_s": sum(spent.values()), "trial_s": trial_s, "trials": len(mine), "by_call": spent, "calls": calls}))
+    # Setup: the calls before this worker's first trial started (opening the study, its checks, the range test).
+    first = min((t.datetime_start.timestamp() for t in mine), default=math.inf)
+    spent: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for at, seconds, name in log:
+        if at >= first:
+            spent[name] = spent.get(name, 0.0) + seconds
+            calls[name] = calls.get(name, 0) + 1
+    setup_s = sum(seconds for at, seconds, _ in log if at < first)
+    print(json.dumps({"storage_s": sum(spent.values()), "setup_s": setup_s, "trial_s": trial_s, "trials": len(mine),
+                      "by_call": spent, "calls": calls}))
 
 
 def run(url: str, n_workers: int, trials: int, overrides: dict) -> dict:
@@ -102,7 +115,9 @@ def run(url: str, n_workers: int, trials: int, overrides: dict) -> dict:
         for name, seconds in r["by_call"].items():
             by_call[name] = by_call.get(name, 0.0) + seconds
             calls[name] = calls.get(name, 0) + r["calls"][name]
-    return {"share": storage_s / trial_s, "storage_ms_per_trial": 1000 * storage_s / done, "trials": done,
+    setup_s = sum(r["setup_s"] for r in rows)
+    return {"share": storage_s / trial_s, "share_with_setup": (storage_s + setup_s) / trial_s,
+            "setup_ms_per_worker": 1000 * setup_s / n_workers, "storage_ms_per_trial": 1000 * storage_s / done, "trials": done,
             "wall_s": wall, "per_hour": 3600 * done / wall,
             "by_call": {k: {"ms_per_trial": round(1000 * v / done, 1), "calls_per_trial": round(calls[k] / done, 1)}
                         for k, v in sorted(by_call.items(), key=lambda kv: -kv[1])}}
@@ -131,6 +146,7 @@ def main() -> None:
     parser.add_argument("--rate-workers", default="1,2,4")
     parser.add_argument("--trials-per-worker", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--by-call", action="store_true", help="each row's storage time per trial, by method")
     parser.add_argument("--default-trial", action="store_true",
                         help="the default search's trials (16 px, 10 epochs, TPE, median pruner) instead of tiny ones")
     parser.add_argument("--data", default="", help="a built-in data set for the trials (with --default-trial: "
@@ -145,12 +161,17 @@ def main() -> None:
         storages = {"sqlite": f"sqlite:///{tmp}/bench.db"}
         if args.postgres:
             storages["postgresql"] = args.postgres
-        print("| storage | workers | trials | storage ms per trial | storage share of trial time |")
-        print("|---|---|---|---|---|")
+        print("| storage | workers | trials | storage ms per trial | share of trial time | setup ms per worker "
+              "| share with the setup |")
+        print("|---|---|---|---|---|---|---|")
         for name, url in storages.items():
             for n in map(int, args.share_workers.split(",")):
                 r = run(url, n, n * args.trials_per_worker, overrides)
-                print(f"| {name} | {n} | {r['trials']} | {r['storage_ms_per_trial']:.0f} | {100 * r['share']:.2f}% |", flush=True)
+                print(f"| {name} | {n} | {r['trials']} | {r['storage_ms_per_trial']:.0f} | {100 * r['share']:.2f}% "
+                      f"| {r['setup_ms_per_worker']:.0f} | {100 * r['share_with_setup']:.2f}% |", flush=True)
+                if args.by_call:
+                    for call, row in r["by_call"].items():
+                        print(f"    {call}: {row['ms_per_trial']} ms, {row['calls_per_trial']} calls per trial", flush=True)
         rate_url = storages.get("postgresql", storages["sqlite"])
         print(f"\n| workers ({'postgresql' if args.postgres else 'sqlite'}) | trials | wall s | trials per hour |")
         print("|---|---|---|---|")

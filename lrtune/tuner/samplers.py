@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -63,28 +64,36 @@ class _CompleteTrials:
 class MedianPruner(optuna.pruners.MedianPruner):
     """Optuna's median pruner, reading only what it needs: the complete trials' intermediate values.
 
-    On lrtune's storage each decision costs one query for the ids of the
-    complete trials, and one more for the curves of those it has not seen; a
-    complete trial never changes. Optuna's pruner loads every unfinished trial
-    of the study, with all its attributes, every epoch. The decisions are the same.
+    On lrtune's storage it reads the ids of the study's complete trials at a
+    trial's first decision and then at most every ``REREAD_S`` seconds, and
+    the curve of each complete trial once: a complete trial never changes.
+    Optuna's pruner loads every unfinished trial of the study, with all its
+    attributes, at every decision. With one worker the decisions are Optuna's;
+    with several, a trial another worker completes counts from the next read.
     """
+
+    REREAD_S = 10.0
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._lock = threading.Lock()
         self._curves: dict[tuple[int, int], _Curve] = {}  # (study id, trial id) -> its curve
+        self._complete: dict[int, list[int]] = {}  # study id -> ids of its complete trials, when last read
+        self._read: tuple[int, int, float] | None = None  # (study id, trial number, time) of the last read
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         backend = getattr(study._storage, "_backend", None)
         if not hasattr(backend, "intermediate_values"):
             return super().prune(study, trial)
-        study_id = study._study_id
+        study_id, now = study._study_id, time.monotonic()
         with self._lock:
-            ids = backend.trial_ids(study_id, (optuna.trial.TrialState.COMPLETE,))
-            new = [i for i in ids if (study_id, i) not in self._curves]
-            for trial_id, values in backend.intermediate_values(new).items():
-                self._curves[study_id, trial_id] = _Curve(values)
-            complete = [self._curves[study_id, i] for i in ids]
+            if self._read is None or self._read[:2] != (study_id, trial.number) or now - self._read[2] >= self.REREAD_S:
+                ids = backend.trial_ids(study_id, (optuna.trial.TrialState.COMPLETE,))
+                new = [i for i in ids if (study_id, i) not in self._curves]
+                for trial_id, values in backend.intermediate_values(new).items():
+                    self._curves[study_id, trial_id] = _Curve(values)
+                self._complete[study_id], self._read = ids, (study_id, trial.number, now)
+            complete = [self._curves[study_id, i] for i in self._complete[study_id]]
         return super().prune(_CompleteTrials(study, complete), trial)
 
 

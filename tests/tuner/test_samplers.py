@@ -50,10 +50,20 @@ def test_the_median_pruner_decides_as_optunas_and_reads_each_complete_trials_cur
         trial.report(value, step)
         decisions.append(decide(study._storage.get_trial(trial._trial_id)))
     assert [a for a, _ in decisions] == [b for _, b in decisions] == [False, False, True]
-    # No trial loaded; each complete trial's curve read once.
+    # No trial loaded; each complete trial's curve read once, at the trial's first decision.
     assert our_reads == [(0, 5), (0, 0), (0, 0)]
-    # Another worker's trials complete: the next decision sees them, as Optuna's does, and no longer prunes.
+    # Another worker's trials complete: the first decision after the next read sees them, as Optuna's
+    # does at once, and no longer prunes.
     for _ in range(3):
         other_worker.tell(_curve_trial(other_worker, [0.0, 0.0, 0.0, 0.0]), 0.0)
-    assert decide(study._storage.get_trial(trial._trial_id)) == (False, False)
-    assert our_reads[-1] == (0, 3)
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert decide(frozen) == (True, False) and our_reads[-1] == (0, 0)
+    monkeypatch.setattr(samplers.MedianPruner, "REREAD_S", 0.0)
+    assert decide(frozen) == (False, False) and our_reads[-1] == (0, 3)
+    # A new trial's first decision reads the study again.
+    monkeypatch.setattr(samplers.MedianPruner, "REREAD_S", 1e9)
+    for _ in range(2):
+        other_worker.tell(_curve_trial(other_worker, [0.0, 0.0, 0.0, 0.0]), 0.0)
+    fresh = study.ask()
+    fresh.report(0.3, 1)
+    assert decide(study._storage.get_trial(fresh._trial_id)) == (False, False) and our_reads[-1] == (0, 2)
