@@ -20,9 +20,9 @@ each method.
 Without ``--postgres`` only SQLite is measured. By default trials are tiny (8 px
 digits, ``--epochs`` epochs, random sampler, no pruner), which makes the
 storage's share larger than in any real search; ``--default-trial`` runs the
-default search's trials instead (16 px, 10 epochs, TPE and the median pruner,
-which reads the study every epoch); ``--data digits-writers`` runs them on the
-harder built-in task, whose epochs are about 4 times longer.
+default search's trials instead (16 px, 10 epochs, TPE and the median pruner);
+``--data digits-writers`` runs them on the harder built-in task, whose epochs
+are about 4 times longer.
 """
 
 from __future__ import annotations
