@@ -176,6 +176,12 @@ class ResilientStorage(RDBStorage):
         return retrying(read, url=self.url, retry_for=self.retry_for) if trial_ids else {}
 
 
+def resilient(storage: Any) -> ResilientStorage | None:
+    """lrtune's storage, behind Optuna's cache or not; None for any other storage."""
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, ResilientStorage) else None
+
+
 def _retried(name: str) -> Callable[..., Any]:
     def call(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
         method = getattr(super(ResilientStorage, self), name)
@@ -300,6 +306,10 @@ def study_dir(studies_dir: str | Path, study_name: str) -> Path:
 
 
 def count_finished(study: optuna.Study) -> int:
+    """Complete and pruned trials: one query on lrtune's storage, which need not load them."""
+    backend = resilient(study._storage)
+    if backend is not None:
+        return len(backend.trial_ids(study._study_id, FINISHED))
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 

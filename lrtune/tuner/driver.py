@@ -140,15 +140,10 @@ def report_trial(progress: ProgressSink | None) -> Callable[[optuna.Study, Froze
 
 
 def stop_at(trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """Study callback: stop once the study holds ``trials`` finished trials (counted by id on lrtune's storage)."""
+    """Study callback: stop once the study holds ``trials`` finished trials."""
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        backend = getattr(study._storage, "_backend", None)
-        if hasattr(backend, "trial_ids"):
-            finished = len(backend.trial_ids(study._study_id, FINISHED))
-        else:
-            finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if finished >= trials:
+        if count_finished(study) >= trials:
             study.stop()
 
     return callback

@@ -14,6 +14,7 @@ import optuna
 
 from lrtune.config import Config
 from lrtune.errors import ConfigError
+from lrtune.storage import resilient
 
 MEDIAN_STARTUP_TRIALS = 5
 HYPERBAND_MIN_EPOCHS = 2  # the shortest rung: a trial trains at least this many epochs
@@ -82,8 +83,8 @@ class MedianPruner(optuna.pruners.MedianPruner):
         self._read: tuple[int, int, float] | None = None  # (study id, trial number, time) of the last read
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        backend = getattr(study._storage, "_backend", None)
-        if not hasattr(backend, "intermediate_values"):
+        backend = resilient(study._storage)
+        if backend is None:
             return super().prune(study, trial)
         study_id, now = study._study_id, time.monotonic()
         with self._lock:

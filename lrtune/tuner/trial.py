@@ -23,6 +23,7 @@ import torch
 from lrtune.config import Config, effective_image_size
 from lrtune.errors import LRTuneError, StorageError, StudyError, first_line
 from lrtune.progress import ProgressSink
+from lrtune.storage import resilient
 from lrtune.tuner.artifacts import RemoteCheckpoints
 from lrtune.tuner.space import check_space, suggest
 from lrtune.training import checkpoints, memory
@@ -271,8 +272,8 @@ def _start(trial: optuna.Trial, cfg: Config, params: Hyperparams) -> tuple[int, 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
     """Several user attributes at once: one transaction on lrtune's storage, else one call each."""
-    backend = getattr(getattr(trial, "storage", None), "_backend", None)
-    if not hasattr(backend, "set_trial_user_attrs"):
+    backend = resilient(getattr(trial, "storage", None))
+    if backend is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
