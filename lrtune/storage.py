@@ -6,6 +6,7 @@ imports neither torch nor the training code.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -18,14 +19,16 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import event
+from sqlalchemy import event, exists, func, literal, select, union_all
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
 
 from lrtune.config import DIGITS_SETS, Config
 from lrtune.errors import StorageError, first_line
 
 DB_NAME = "lrtune.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)  # the states in which Optuna lets a trial be written
 
 
 def default_storage_url(studies_dir: str | Path) -> str:
@@ -134,14 +137,20 @@ class ResilientStorage(RDBStorage):
     """An ``RDBStorage`` whose every call is retried while the database server is unreachable.
 
     Calls of its own spare round trips that Optuna's API would make: several
-    user attributes in one transaction; the ids of a study's trials in some
-    states, and the intermediate values of given trials, each in one query.
+    user attributes at once; the ids of a study's trials in some states, and
+    the intermediate values of given trials, each in one query. On PostgreSQL
+    and SQLite, what a running trial writes (an intermediate value, a
+    parameter, attributes, a heartbeat) is one statement outside a
+    transaction, where Optuna reads the trial, then the row, then writes it.
     """
 
     retry_for: float = RETRY_FOR
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Set several user attributes of a trial in one transaction."""
+        """Set several user attributes of an unfinished trial at once."""
+        rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+        if rows and self._upsert_unfinished(models.TrialUserAttributeModel, rows, ("trial_id", "key")):
+            return
 
         def write() -> None:
             with _create_scoped_session(self.scoped_session, True) as session:
@@ -149,6 +158,66 @@ class ResilientStorage(RDBStorage):
                     self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
 
         retrying(write, url=self.url, retry_for=self.retry_for)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(intermediate_value)
+        row = {"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind}
+        if not self._upsert_unfinished(models.TrialIntermediateValueModel, [row], ("trial_id", "step")):
+            self._optuna("set_trial_intermediate_value", trial_id, step, intermediate_value)
+
+    def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                         distribution: Any, previous_distribution: Any) -> None:
+        if previous_distribution is not None:  # Optuna's cache knows the study's distribution: checked here
+            optuna.distributions.check_distribution_compatibility(previous_distribution, distribution)
+            row = {"trial_id": trial_id, "param_name": param_name, "param_value": param_value_internal,
+                   "distribution_json": optuna.distributions.distribution_to_json(distribution)}
+            if self._upsert_unfinished(models.TrialParamModel, [row], ("trial_id", "param_name")):
+                return
+        self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution, previous_distribution)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        insert = _INSERTS.get(self.engine.dialect.name)
+        if insert is None:
+            return self._optuna("record_heartbeat", trial_id)
+        table = models.TrialHeartbeatModel.__table__
+        statement = insert(table).values(trial_id=trial_id, heartbeat=func.current_timestamp())
+        statement = statement.on_conflict_do_update(index_elements=["trial_id"],
+                                                    set_={"heartbeat": statement.excluded.heartbeat})
+        self._execute(statement)
+
+    def _upsert_unfinished(self, model: Any, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> bool:
+        """Insert ``rows`` of ``model`` or update them on ``keys``, if their trial is unfinished, in one statement.
+
+        False when the trial is finished or missing (nothing written; Optuna's
+        call then says why) and on databases other than PostgreSQL and SQLite.
+        """
+        insert = _INSERTS.get(self.engine.dialect.name)
+        if insert is None:
+            return False
+        table = model.__table__
+        trials = models.TrialModel
+        unfinished = exists().where(trials.trial_id == rows[0]["trial_id"], trials.state.in_(UNFINISHED))
+        selects = [select(*(literal(v, table.c[k].type).label(k) for k, v in row.items())).where(unfinished)
+                   for row in rows]
+        statement = insert(table).from_select(list(rows[0]), selects[0] if len(selects) == 1 else union_all(*selects))
+        updates = {k: statement.excluded[k] for k in rows[0] if k not in keys}
+        statement = statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
+        return self._execute(statement) > 0
+
+    def _execute(self, statement: Any) -> int:
+        """One statement on its own (autocommitted): its row count. Retried as every call is; it is idempotent."""
+
+        def run() -> int:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT", preserve_rowcount=True)
+                return conn.execute(statement).rowcount
+
+        return retrying(run, url=self.url, retry_for=self.retry_for)
+
+    def _optuna(self, name: str, *args: Any) -> Any:
+        """Optuna's own ``name``, retried."""
+        method = getattr(super(), name)
+        return retrying(lambda: method(*args), url=self.url, retry_for=self.retry_for)
 
     def trial_ids(self, study_id: int, states: tuple[TrialState, ...]) -> list[int]:
         """The ids of the study's trials in any of ``states``, in one query."""
@@ -195,7 +264,11 @@ def _retried(name: str) -> Callable[..., Any]:
 # Optuna's cache in front of an RDBStorage also calls these private methods of it.
 BACKEND_CALLS = ("_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param")
 
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # the dialects with INSERT ... ON CONFLICT
+
 for _name in [*dir(RDBStorage), *BACKEND_CALLS]:
+    if _name in ResilientStorage.__dict__:  # lrtune's own, retried already
+        continue
     if (not _name.startswith("_") or _name in BACKEND_CALLS) and callable(getattr(RDBStorage, _name, None)):
         setattr(ResilientStorage, _name, _retried(_name))
 

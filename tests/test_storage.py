@@ -126,17 +126,70 @@ def test_calls_through_optunas_cache_are_retried_too(storage_url, monkeypatch, b
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE]
 
 
-def test_several_user_attributes_are_set_in_one_transaction(storage_url):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request, tmp_path):
+    """SQLite, and the test PostgreSQL server (skipped without one, except in CI)."""
+    if request.param == "sqlite":
+        return storage_mod.default_storage_url(tmp_path)
+    import postgres
+
+    return postgres.server_url()
+
+
+def _statements(storage) -> list[str]:
+    """The SQL statements run on ``storage``'s engine from now on (a pool's pre-ping is not one)."""
     from sqlalchemy import event
 
-    storage = storage_mod.open_storage(storage_url)
-    study = optuna.create_study(study_name="s", storage=storage)
-    trial = study.ask()
-    commits = []
-    event.listen(storage.engine, "commit", lambda conn: commits.append(1))
+    seen: list[str] = []
+    event.listen(storage.engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: seen.append(sql))
+    return seen
+
+
+def test_a_running_trials_writes_are_one_statement_each(any_url):
+    storage = storage_mod.open_storage(any_url)
+    study = optuna.create_study(study_name=postgres_safe_name(), storage=storage, direction="maximize")
+    first, trial = study.ask(), study.ask()
+    first.suggest_float("lr", 1e-4, 1.0, log=True)  # the study's distribution of "lr" is known from here on
+    seen = _statements(storage)
+    lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    for step, value in enumerate([0.25, math.nan, math.inf, -math.inf]):
+        trial.report(value, step)
     storage.set_trial_user_attrs(trial._trial_id, {"seed": 3, "host": "a", "curves": {"epoch": [1, 2]}})
-    assert len(commits) == 1
-    assert storage.get_trial(trial._trial_id).user_attrs == {"seed": 3, "host": "a", "curves": {"epoch": [1, 2]}}
+    storage.set_trial_user_attrs(trial._trial_id, {"seed": 4})
+    storage.record_heartbeat(trial._trial_id)
+    storage.record_heartbeat(trial._trial_id)
+    assert len(seen) == 1 + 4 + 2 + 2, seen
+    stored = storage.get_trial(trial._trial_id)
+    assert stored.params == {"lr": lr}
+    assert stored.intermediate_values[0] == 0.25 and math.isnan(stored.intermediate_values[1])
+    assert stored.intermediate_values[2] == math.inf and stored.intermediate_values[3] == -math.inf
+    assert stored.user_attrs == {"seed": 4, "host": "a", "curves": {"epoch": [1, 2]}}
+    study.tell(trial, 0.5)
+    assert storage.get_trial(trial._trial_id).value == 0.5
+
+
+def test_writes_to_a_finished_trial_or_an_incompatible_distribution_are_refused_as_optuna_refuses_them(any_url):
+    storage = storage_mod.open_storage(any_url)
+    study = optuna.create_study(study_name=postgres_safe_name(), storage=storage)
+    done, running = study.ask(), study.ask()
+    done.suggest_float("lr", 1e-4, 1.0, log=True)
+    done.report(0.5, 1)
+    study.tell(done, 0.5)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_intermediate_value(done._trial_id, 2, 0.75)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_user_attrs(done._trial_id, {"seed": 1})
+    with pytest.raises(ValueError, match="log"):
+        running.suggest_float("lr", 1e-4, 1.0)
+    stored = storage.get_trial(done._trial_id)
+    assert stored.intermediate_values == {1: 0.5} and stored.user_attrs == {}
+    assert storage.get_trial(running._trial_id).params == {}
+
+
+def postgres_safe_name() -> str:
+    import uuid
+
+    return f"s-{uuid.uuid4().hex[:12]}"  # a fresh study on a server database the tests share
 
 
 def test_trial_ids_by_state_and_their_intermediate_values(storage_url):
@@ -167,15 +220,15 @@ def test_lrtunes_own_calls_are_retried_too(storage_url, monkeypatch):
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask()
     monkeypatch.setattr(storage_mod, "BACKOFF_FIRST", 0.0)
-    original, failures = storage_mod._create_scoped_session, []
+    original, failures = storage.engine.connect, []
 
-    def unreachable_every_other_time(*args, **kwargs):
+    def unreachable_every_other_time():
         failures.append(1)
         if len(failures) % 2:
             raise _lost()
-        return original(*args, **kwargs)
+        return original()
 
-    monkeypatch.setattr(storage_mod, "_create_scoped_session", unreachable_every_other_time)
+    monkeypatch.setattr(storage.engine, "connect", unreachable_every_other_time)
     storage.set_trial_user_attrs(trial._trial_id, {"seed": 1})
     assert storage.trial_ids(study._study_id, (optuna.trial.TrialState.RUNNING,)) == [trial._trial_id]
     assert len(failures) == 4

@@ -167,10 +167,10 @@ def test_a_trials_attributes_are_written_together_and_read_back_by_the_trial(tmp
     storage = storage_mod.open_storage(storage_mod.default_storage_url(tmp_path))
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask()
-    commits = []
-    event.listen(storage.engine, "commit", lambda conn: commits.append(1))
+    statements = []
+    event.listen(storage.engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: statements.append(sql))
     trial_mod.set_user_attrs(trial, {"seed": 7, "host": "a", "pid": 1})
-    assert len(commits) == 1
+    assert len(statements) == 1
     assert trial.user_attrs == {"seed": 7, "host": "a", "pid": 1}
     assert study.get_trials()[0].user_attrs == {"seed": 7, "host": "a", "pid": 1}
     # Any other trial (a fixed one, or on another storage) gets them one by one.
