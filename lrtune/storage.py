@@ -6,6 +6,7 @@ imports neither torch nor the training code.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -19,7 +20,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import event, exists, func, literal, select, union_all
+from sqlalchemy import bindparam, event, exists, func, select, union_all
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -179,11 +180,7 @@ class ResilientStorage(RDBStorage):
         insert = _INSERTS.get(self.engine.dialect.name)
         if insert is None:
             return self._optuna("record_heartbeat", trial_id)
-        table = models.TrialHeartbeatModel.__table__
-        statement = insert(table).values(trial_id=trial_id, heartbeat=func.current_timestamp())
-        statement = statement.on_conflict_do_update(index_elements=["trial_id"],
-                                                    set_={"heartbeat": statement.excluded.heartbeat})
-        self._execute(statement)
+        self._execute(_heartbeat_statement(insert), {"trial": trial_id})
 
     def _upsert_unfinished(self, model: Any, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> bool:
         """Insert ``rows`` of ``model`` or update them on ``keys``, if their trial is unfinished, in one statement.
@@ -194,23 +191,18 @@ class ResilientStorage(RDBStorage):
         insert = _INSERTS.get(self.engine.dialect.name)
         if insert is None:
             return False
-        table = model.__table__
-        trials = models.TrialModel
-        unfinished = exists().where(trials.trial_id == rows[0]["trial_id"], trials.state.in_(UNFINISHED))
-        selects = [select(*(literal(v, table.c[k].type).label(k) for k, v in row.items())).where(unfinished)
-                   for row in rows]
-        statement = insert(table).from_select(list(rows[0]), selects[0] if len(selects) == 1 else union_all(*selects))
-        updates = {k: statement.excluded[k] for k in rows[0] if k not in keys}
-        statement = statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
-        return self._execute(statement) > 0
+        columns = tuple(rows[0])
+        statement = _upsert_statement(insert, model.__table__, columns, keys, len(rows))
+        params = {f"{column}_{i}": row[column] for i, row in enumerate(rows) for column in columns}
+        return self._execute(statement, {"trial": rows[0]["trial_id"], **params}) > 0
 
-    def _execute(self, statement: Any) -> int:
+    def _execute(self, statement: Any, params: dict[str, Any]) -> int:
         """One statement on its own (autocommitted): its row count. Retried as every call is; it is idempotent."""
 
         def run() -> int:
             with self.engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT", preserve_rowcount=True)
-                return conn.execute(statement).rowcount
+                return conn.execute(statement, params).rowcount
 
         return retrying(run, url=self.url, retry_for=self.retry_for)
 
@@ -251,6 +243,24 @@ def resilient(storage: Any) -> ResilientStorage | None:
     return backend if isinstance(backend, ResilientStorage) else None
 
 
+def pop_waiting_by_id(study: optuna.Study) -> None:
+    """Let ``study.ask`` look for a queued trial by id first, on lrtune's storage.
+
+    Optuna's ``ask`` loads every unfinished trial of the study (all the
+    workers' running ones, with their values) to find a queued one. Here one
+    query of ids comes first, and Optuna's way runs only when a trial is queued.
+    """
+    backend = resilient(study._storage)
+    if backend is None:
+        return
+    optunas = study._pop_waiting_trial_id
+
+    def pop() -> int | None:
+        return optunas() if backend.trial_ids(study._study_id, (TrialState.WAITING,)) else None
+
+    study._pop_waiting_trial_id = pop  # type: ignore[method-assign]
+
+
 def _retried(name: str) -> Callable[..., Any]:
     def call(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
         method = getattr(super(ResilientStorage, self), name)
@@ -265,6 +275,30 @@ def _retried(name: str) -> Callable[..., Any]:
 BACKEND_CALLS = ("_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param")
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # the dialects with INSERT ... ON CONFLICT
+
+
+@functools.lru_cache(maxsize=32)
+def _upsert_statement(insert: Callable[..., Any], table: Any, columns: tuple[str, ...], keys: tuple[str, ...],
+                      n_rows: int) -> Any:
+    """``INSERT INTO table SELECT <row> WHERE <trial :trial unfinished> [UNION ALL ...] ON CONFLICT (keys) DO UPDATE``.
+
+    Row ``i``'s values are the parameters ``<column>_<i>``. Built once per shape.
+    """
+    trials = models.TrialModel
+    unfinished = exists().where(trials.trial_id == bindparam("trial"), trials.state.in_(UNFINISHED))
+    selects = [select(*(bindparam(f"{c}_{i}", type_=table.c[c].type).label(c) for c in columns)).where(unfinished)
+               for i in range(n_rows)]
+    statement = insert(table).from_select(list(columns), selects[0] if n_rows == 1 else union_all(*selects))
+    updates = {c: statement.excluded[c] for c in columns if c not in keys}
+    return statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
+
+
+@functools.lru_cache(maxsize=2)
+def _heartbeat_statement(insert: Callable[..., Any]) -> Any:
+    """The heartbeat of trial ``:trial`` set to the database's time, inserted or updated."""
+    table = models.TrialHeartbeatModel.__table__
+    statement = insert(table).values(trial_id=bindparam("trial"), heartbeat=func.current_timestamp())
+    return statement.on_conflict_do_update(index_elements=["trial_id"], set_={"heartbeat": statement.excluded.heartbeat})
 
 for _name in [*dir(RDBStorage), *BACKEND_CALLS]:
     if _name in ResilientStorage.__dict__:  # lrtune's own, retried already

@@ -233,3 +233,21 @@ def test_lrtunes_own_calls_are_retried_too(storage_url, monkeypatch):
     assert storage.trial_ids(study._study_id, (optuna.trial.TrialState.RUNNING,)) == [trial._trial_id]
     assert len(failures) == 4
     assert storage.get_trial(trial._trial_id).user_attrs == {"seed": 1}
+
+
+def test_ask_looks_for_a_queued_trial_by_id_and_loads_trials_only_when_one_is_queued(storage_url, monkeypatch):
+    storage = storage_mod.open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    others = [study.ask() for _ in range(2)]  # running trials of other workers
+    storage_mod.pop_waiting_by_id(study)
+    loads = []
+    original = storage_mod.ResilientStorage._get_trials
+    monkeypatch.setattr(storage_mod.ResilientStorage, "_get_trials",
+                        lambda self, *args, **kwargs: loads.append(1) or original(self, *args, **kwargs))
+    assert study._pop_waiting_trial_id() is None
+    assert loads == []
+    study.enqueue_trial({"x": 0.25})
+    trial = study.ask()
+    assert loads and trial.suggest_float("x", 0, 1) == 0.25
+    assert trial._trial_id not in [t._trial_id for t in others]
+    assert study._pop_waiting_trial_id() is None

@@ -31,6 +31,7 @@ from lrtune.storage import (
     default_study_name,
     mask_url,
     open_storage,
+    pop_waiting_by_id,
     storage_url,
     study_dir,
     study_names,
@@ -159,6 +160,7 @@ def optimize(
         if stop():
             study.stop()
 
+    pop_waiting_by_id(study)
     study.optimize(
         objective,
         timeout=cfg.timeout or None,
