@@ -23,7 +23,38 @@ STARTUP_TRIALS = 10  # random trials before TPE or GP model the space
 
 def tpe(seed: int, startup: int = STARTUP_TRIALS) -> optuna.samplers.BaseSampler:
     """Multivariate TPE over the space's conditional groups, after ``startup`` random trials."""
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup)
+    return TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup)
+
+
+class TPESampler(optuna.samplers.TPESampler):
+    """Optuna's TPE, reading the study's trials once per trial.
+
+    With ``constant_liar`` (on by default), Optuna's TPE reads every trial of
+    the study again for each group of the space and for each parameter it
+    samples on its own, so that other workers' running trials count. Here all
+    of them use the list the trial's ``ask`` read, running trials included,
+    which is at most the trial's own suggestions old. With one worker the
+    samples are the same as Optuna's.
+    """
+
+    def sample_relative(self, study: optuna.Study, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
+        return super().sample_relative(_ReadOnce(study), trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(self, study: optuna.Study, trial: Any, param_name: str, param_distribution: Any) -> Any:
+        return super().sample_independent(_ReadOnce(study), trial, param_name, param_distribution)  # type: ignore[arg-type]
+
+
+class _ReadOnce:
+    """A study whose trials, however asked for, come from the list this thread's ``ask`` read."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def _get_trials(self, deepcopy: bool = False, states: Any = None, use_cache: bool = False) -> list[Any]:
+        return self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
 
 
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
