@@ -12,6 +12,7 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import bindparam, event, exists, func, select, union_all
+from sqlalchemy import bindparam, event, exists, func, select, union_all, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -176,6 +177,19 @@ class ResilientStorage(RDBStorage):
                 return
         self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution, previous_distribution)
 
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        """As Optuna's; taking a queued trial (WAITING to RUNNING) is one conditional ``UPDATE``.
+
+        Optuna reads the state, then writes it. On SQLite the read is outside
+        the write's transaction, so two workers could both take one queued
+        trial; the conditional update lets exactly one of them have it.
+        """
+        if state != TrialState.RUNNING or values is not None:
+            return self._optuna("set_trial_state_values", trial_id, state, values)
+        if self._execute(_CLAIM, {"trial": trial_id, "start": datetime.now()}):
+            return True
+        return self._optuna("set_trial_state_values", trial_id, state, values)  # False, or Optuna's error
+
     def record_heartbeat(self, trial_id: int) -> None:
         insert = _INSERTS.get(self.engine.dialect.name)
         if insert is None:
@@ -291,6 +305,14 @@ def _upsert_statement(insert: Callable[..., Any], table: Any, columns: tuple[str
     statement = insert(table).from_select(list(columns), selects[0] if n_rows == 1 else union_all(*selects))
     updates = {c: statement.excluded[c] for c in columns if c not in keys}
     return statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
+
+
+_TRIALS = models.TrialModel.__table__
+_CLAIM = (  # a queued trial, taken by whoever changes its state first
+    update(_TRIALS)
+    .where(_TRIALS.c.trial_id == bindparam("trial"), _TRIALS.c.state == TrialState.WAITING)
+    .values(state=TrialState.RUNNING, datetime_start=bindparam("start"))
+)
 
 
 @functools.lru_cache(maxsize=2)

@@ -251,3 +251,46 @@ def test_ask_looks_for_a_queued_trial_by_id_and_loads_trials_only_when_one_is_qu
     assert loads and trial.suggest_float("x", 0, 1) == 0.25
     assert trial._trial_id not in [t._trial_id for t in others]
     assert study._pop_waiting_trial_id() is None
+
+
+def test_a_queued_trial_is_taken_by_one_worker_only_in_one_statement(any_url):
+    first = storage_mod.open_storage(any_url)
+    second = storage_mod.open_storage(any_url)
+    name = postgres_safe_name()
+    study = optuna.create_study(study_name=name, storage=first)
+    study.enqueue_trial({"x": 0.5})
+    queued = study.get_trials(deepcopy=False)[0]._trial_id
+    seen = _statements(first)
+    assert first.set_trial_state_values(queued, optuna.trial.TrialState.RUNNING) is True
+    assert len(seen) == 1, seen
+    assert second.set_trial_state_values(queued, optuna.trial.TrialState.RUNNING) is False
+    trial = second.get_trial(queued)
+    assert trial.state == optuna.trial.TrialState.RUNNING and trial.datetime_start is not None
+    assert first.set_trial_state_values(queued, optuna.trial.TrialState.COMPLETE, values=[0.5]) is True
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        second.set_trial_state_values(queued, optuna.trial.TrialState.RUNNING)
+
+
+def _claim_all(url: str, ids: list[int], together, won) -> None:
+    storage = storage_mod.open_storage(url)
+    together.wait(timeout=300)  # every worker has its storage open
+    won.put([i for i in ids if storage.set_trial_state_values(i, optuna.trial.TrialState.RUNNING)])
+
+
+def test_workers_racing_for_queued_trials_on_sqlite_take_each_once(storage_url):
+    """Optuna's read-then-write lets two SQLite workers both take a queued trial; the conditional update does not."""
+    import multiprocessing
+
+    study = optuna.create_study(study_name="s", storage=storage_mod.open_storage(storage_url))
+    for i in range(60):
+        study.enqueue_trial({"x": i}, skip_if_exists=False)
+    ids = [t._trial_id for t in study.get_trials(deepcopy=False)]
+    ctx = multiprocessing.get_context("spawn")
+    together, won = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(storage_url, ids, together, won)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    taken = [won.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    assert sorted(i for batch in taken for i in batch) == sorted(ids)
