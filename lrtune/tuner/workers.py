@@ -71,6 +71,24 @@ def worker_devices(device: str, workers: int, n_gpus: int) -> list[str]:
     return [device] * workers
 
 
+# What every worker imports: a fork server imports it once, and each worker starts as a fork of it.
+PRELOAD = ["torch", "lrtune.tuner.trial", "lrtune.tuner.driver", "lrtune.progress"]
+
+
+def _context() -> Any:
+    """Workers are forked from a server process that imported torch and the training code once.
+
+    It imports nothing else and touches no GPU, so its forks are as clean as
+    spawned processes, without each importing torch, timm and albumentations
+    again (seconds of CPU each). Where there is no fork server, workers are spawned.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 def run_workers(cfg: Config, name: str, verbosity: int, signals: CatchSignals) -> None:
     """Run ``cfg.workers`` processes on the study; signals caught here are passed on to each.
 
@@ -79,7 +97,7 @@ def run_workers(cfg: Config, name: str, verbosity: int, signals: CatchSignals) -
     import torch
 
     n_gpus = torch.cuda.device_count() if cfg.device in ("auto", "cuda") else 0
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _context()
     errors = ctx.Queue()
     procs = []
     values = config_mod.to_dict(cfg)
