@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     print(f"# {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"| round | start method | wall s | CPU s (all processes) |\n|---|---|---|---|")
+    print("| round | start method | wall s | CPU s (all processes) |\n|---|---|---|---|")
     for r in range(args.rounds):
         for method in ("forkserver", "spawn"):
             row = run(method, args.workers, args.trials)
