@@ -220,10 +220,10 @@ class ResilientStorage(RDBStorage):
 
         return retrying(run, url=self.url, retry_for=self.retry_for)
 
-    def _optuna(self, name: str, *args: Any) -> Any:
+    def _optuna(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Optuna's own ``name``, retried."""
         method = getattr(super(), name)
-        return retrying(lambda: method(*args), url=self.url, retry_for=self.retry_for)
+        return retrying(lambda: method(*args, **kwargs), url=self.url, retry_for=self.retry_for)
 
     def trial_ids(self, study_id: int, states: tuple[TrialState, ...]) -> list[int]:
         """The ids of the study's trials in any of ``states``, in one query."""
@@ -277,8 +277,7 @@ def pop_waiting_by_id(study: optuna.Study) -> None:
 
 def _retried(name: str) -> Callable[..., Any]:
     def call(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
-        method = getattr(super(ResilientStorage, self), name)
-        return retrying(lambda: method(*args, **kwargs), url=self.url, retry_for=self.retry_for)
+        return self._optuna(name, *args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
     call.__doc__ = getattr(RDBStorage, name).__doc__

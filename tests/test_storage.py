@@ -3,6 +3,7 @@ import math
 import optuna
 import pytest
 
+import postgres
 from lrtune import storage as storage_mod
 from lrtune.config import Config
 from lrtune.errors import LRTuneError
@@ -131,8 +132,6 @@ def any_url(request, tmp_path):
     """SQLite, and the test PostgreSQL server (skipped without one, except in CI)."""
     if request.param == "sqlite":
         return storage_mod.default_storage_url(tmp_path)
-    import postgres
-
     return postgres.server_url()
 
 
@@ -147,7 +146,7 @@ def _statements(storage) -> list[str]:
 
 def test_a_running_trials_writes_are_one_statement_each(any_url):
     storage = storage_mod.open_storage(any_url)
-    study = optuna.create_study(study_name=postgres_safe_name(), storage=storage, direction="maximize")
+    study = optuna.create_study(study_name=postgres.new_study_name(), storage=storage, direction="maximize")
     first, trial = study.ask(), study.ask()
     first.suggest_float("lr", 1e-4, 1.0, log=True)  # the study's distribution of "lr" is known from here on
     seen = _statements(storage)
@@ -170,7 +169,7 @@ def test_a_running_trials_writes_are_one_statement_each(any_url):
 
 def test_writes_to_a_finished_trial_or_an_incompatible_distribution_are_refused_as_optuna_refuses_them(any_url):
     storage = storage_mod.open_storage(any_url)
-    study = optuna.create_study(study_name=postgres_safe_name(), storage=storage)
+    study = optuna.create_study(study_name=postgres.new_study_name(), storage=storage)
     done, running = study.ask(), study.ask()
     done.suggest_float("lr", 1e-4, 1.0, log=True)
     done.report(0.5, 1)
@@ -184,12 +183,6 @@ def test_writes_to_a_finished_trial_or_an_incompatible_distribution_are_refused_
     stored = storage.get_trial(done._trial_id)
     assert stored.intermediate_values == {1: 0.5} and stored.user_attrs == {}
     assert storage.get_trial(running._trial_id).params == {}
-
-
-def postgres_safe_name() -> str:
-    import uuid
-
-    return f"s-{uuid.uuid4().hex[:12]}"  # a fresh study on a server database the tests share
 
 
 def test_trial_ids_by_state_and_their_intermediate_values(storage_url):
@@ -256,7 +249,7 @@ def test_ask_looks_for_a_queued_trial_by_id_and_loads_trials_only_when_one_is_qu
 def test_a_queued_trial_is_taken_by_one_worker_only_in_one_statement(any_url):
     first = storage_mod.open_storage(any_url)
     second = storage_mod.open_storage(any_url)
-    name = postgres_safe_name()
+    name = postgres.new_study_name()
     study = optuna.create_study(study_name=name, storage=first)
     study.enqueue_trial({"x": 0.5})
     queued = study.get_trials(deepcopy=False)[0]._trial_id

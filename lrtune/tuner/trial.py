@@ -271,7 +271,7 @@ def _start(trial: optuna.Trial, cfg: Config, params: Hyperparams) -> tuple[int, 
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
-    """Several user attributes at once: one transaction on lrtune's storage, else one call each."""
+    """Several user attributes at once: one write on lrtune's storage, else one call each."""
     backend = resilient(getattr(trial, "storage", None))
     if backend is None:
         for key, value in attrs.items():
