@@ -3,7 +3,7 @@
 Each worker is its own process running a real search (``lrtune.search``) on a
 shared study, as a worker on another machine would. Every call lrtune makes to
 the storage (asking, reporting, attributes, heartbeats, telling) is a method
-of ``storage.ResilientStorage``: Optuna's public ones, the private ones
+of ``storage.backend.ResilientStorage``: Optuna's public ones, the private ones
 Optuna's cache calls (``BACKEND_CALLS``) and lrtune's own. Each worker times
 those calls (the outermost of nested ones) on all its threads. The calls from
 its first trial's start on are compared with the time its trials ran (start
@@ -47,7 +47,7 @@ def worker(url: str, study: str, trials: int, studies_dir: str, overrides: dict)
     """One search process; prints its storage seconds and its trials' seconds as JSON."""
     import torch
 
-    from lrtune import storage as storage_mod
+    from lrtune.storage import backend
     from lrtune.api import search
     from lrtune.config import Config
 
@@ -71,9 +71,9 @@ def worker(url: str, study: str, trials: int, studies_dir: str, overrides: dict)
 
         return call
 
-    storage_cls = storage_mod.ResilientStorage  # Optuna's methods and lrtune's own
+    storage_cls = backend.ResilientStorage  # Optuna's methods and lrtune's own
     for name in dir(storage_cls):
-        if (not name.startswith("_") or name in storage_mod.BACKEND_CALLS) and callable(getattr(storage_cls, name)):
+        if (not name.startswith("_") or name in backend.BACKEND_CALLS) and callable(getattr(storage_cls, name)):
             setattr(storage_cls, name, timed(getattr(storage_cls, name)))
     cfg = Config(storage=url, study=study, trials=trials, studies_dir=studies_dir, keep="none", **overrides)
     result = search(config=cfg)

@@ -1,3 +1,4 @@
+import datetime
 import math
 
 import optuna
@@ -5,20 +6,8 @@ import pytest
 
 import postgres
 from lrtune import storage as storage_mod
-from lrtune.config import Config
 from lrtune.errors import LRTuneError
-
-
-@pytest.fixture
-def storage_url(tmp_path):
-    return storage_mod.default_storage_url(tmp_path)
-
-
-def test_default_names_and_folders(tmp_path):
-    assert storage_mod.default_study_name(Config()) == "digits-lt-test_resnet"
-    assert storage_mod.default_study_name(Config(data="/data/faces/train.csv", model="efficientnet_b0")) == "train-efficientnet_b0"
-    assert storage_mod.study_dir(tmp_path, "../../etc") == tmp_path / "_.._etc"
-    assert storage_mod.study_dir(tmp_path, "..") == tmp_path / "_"
+from lrtune.storage import backend as backend_mod
 
 
 def test_mask_url_hides_passwords():
@@ -32,30 +21,6 @@ def test_sqlite_storage_is_in_wal_mode(storage_url, tmp_path):
 
     with sqlite3.connect(tmp_path / "lrtune.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def test_latest_study_is_the_one_with_the_newest_trial(storage_url):
-    storage = storage_mod.open_storage(storage_url)
-    for name in ("a", "b", "c"):
-        optuna.create_study(study_name=name, storage=storage)
-    optuna.load_study(study_name="b", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
-    assert storage_mod.latest_study_name(storage) == "b"
-    with pytest.raises(LRTuneError, match=r"unknown study 'z' \(existing studies: a, b, c\)"):
-        storage_mod.load_study(storage, "z")
-
-
-def test_reading_a_missing_database_is_an_error_and_creates_nothing(tmp_path):
-    with pytest.raises(LRTuneError, match="no study database at"):
-        storage_mod.open_existing_storage(storage_mod.default_storage_url(tmp_path / "none"))
-    assert not (tmp_path / "none").exists()
-
-
-def test_the_latest_study_is_loaded_when_none_is_named(storage_url):
-    storage = storage_mod.open_storage(storage_url)
-    with pytest.raises(LRTuneError, match="no studies in"):
-        storage_mod.load_study(storage)
-    optuna.create_study(study_name="only", storage=storage)
-    assert storage_mod.load_study(storage).study_name == "only"
 
 
 def _lost() -> Exception:
@@ -100,12 +65,12 @@ def test_errors_other_than_a_lost_connection_are_not_retried():
 
 
 def test_server_databases_get_a_small_pool_checked_before_use():
-    kwargs = storage_mod._engine_kwargs("postgresql+psycopg://me:pw@db/x")
+    kwargs = backend_mod._engine_kwargs("postgresql+psycopg://me:pw@db/x")
     assert kwargs["pool_pre_ping"] is True
-    assert kwargs["pool_size"] == storage_mod.POOL_SIZE == 2 and kwargs["max_overflow"] == 0
+    assert kwargs["pool_size"] == backend_mod.POOL_SIZE == 2 and kwargs["max_overflow"] == 0
 
 
-@pytest.mark.parametrize("backend_call", ["_create_new_trial", "_set_trial_param", "_get_trials"])
+@pytest.mark.parametrize("backend_call", ["_create_new_trial", "_set_trial_param"])
 def test_calls_through_optunas_cache_are_retried_too(storage_url, monkeypatch, backend_call):
     """``study.ask`` and ``suggest_*`` reach the database through private methods of the storage."""
     storage = storage_mod.open_storage(storage_url)
@@ -119,7 +84,7 @@ def test_calls_through_optunas_cache_are_retried_too(storage_url, monkeypatch, b
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(optuna.storages.RDBStorage, backend_call, once_unreachable)
-    monkeypatch.setattr(storage_mod, "BACKOFF_FIRST", 0.0)
+    monkeypatch.setattr(backend_mod, "BACKOFF_FIRST", 0.0)
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
     study.tell(trial, 0.5)
@@ -127,29 +92,12 @@ def test_calls_through_optunas_cache_are_retried_too(storage_url, monkeypatch, b
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.COMPLETE]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_url(request, tmp_path):
-    """SQLite, and the test PostgreSQL server (skipped without one, except in CI)."""
-    if request.param == "sqlite":
-        return storage_mod.default_storage_url(tmp_path)
-    return postgres.server_url()
-
-
-def _statements(storage) -> list[str]:
-    """The SQL statements run on ``storage``'s engine from now on (a pool's pre-ping is not one)."""
-    from sqlalchemy import event
-
-    seen: list[str] = []
-    event.listen(storage.engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: seen.append(sql))
-    return seen
-
-
-def test_a_running_trials_writes_are_one_statement_each(any_url):
+def test_a_running_trials_writes_are_one_statement_each(any_url, statements_of):
     storage = storage_mod.open_storage(any_url)
     study = optuna.create_study(study_name=postgres.new_study_name(), storage=storage, direction="maximize")
     first, trial = study.ask(), study.ask()
     first.suggest_float("lr", 1e-4, 1.0, log=True)  # the study's distribution of "lr" is known from here on
-    seen = _statements(storage)
+    seen = statements_of(storage)
     lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
     for step, value in enumerate([0.25, math.nan, math.inf, -math.inf]):
         trial.report(value, step)
@@ -212,7 +160,7 @@ def test_lrtunes_own_calls_are_retried_too(storage_url, monkeypatch):
     storage = storage_mod.open_storage(storage_url)
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask()
-    monkeypatch.setattr(storage_mod, "BACKOFF_FIRST", 0.0)
+    monkeypatch.setattr(backend_mod, "BACKOFF_FIRST", 0.0)
     original, failures = storage.engine.connect, []
 
     def unreachable_every_other_time():
@@ -224,8 +172,9 @@ def test_lrtunes_own_calls_are_retried_too(storage_url, monkeypatch):
     monkeypatch.setattr(storage.engine, "connect", unreachable_every_other_time)
     storage.set_trial_user_attrs(trial._trial_id, {"seed": 1})
     assert storage.trial_ids(study._study_id, (optuna.trial.TrialState.RUNNING,)) == [trial._trial_id]
-    assert len(failures) == 4
     assert storage.get_trial(trial._trial_id).user_attrs == {"seed": 1}
+    assert [t.user_attrs for t in storage.get_all_trials(study._study_id)] == [{"seed": 1}]
+    assert len(failures) == 8
 
 
 def test_ask_looks_for_a_queued_trial_by_id_and_loads_trials_only_when_one_is_queued(storage_url, monkeypatch):
@@ -246,14 +195,14 @@ def test_ask_looks_for_a_queued_trial_by_id_and_loads_trials_only_when_one_is_qu
     assert study._pop_waiting_trial_id() is None
 
 
-def test_a_queued_trial_is_taken_by_one_worker_only_in_one_statement(any_url):
+def test_a_queued_trial_is_taken_by_one_worker_only_in_one_statement(any_url, statements_of):
     first = storage_mod.open_storage(any_url)
     second = storage_mod.open_storage(any_url)
     name = postgres.new_study_name()
     study = optuna.create_study(study_name=name, storage=first)
     study.enqueue_trial({"x": 0.5})
     queued = study.get_trials(deepcopy=False)[0]._trial_id
-    seen = _statements(first)
+    seen = statements_of(first)
     assert first.set_trial_state_values(queued, optuna.trial.TrialState.RUNNING) is True
     assert len(seen) == 1, seen
     assert second.set_trial_state_values(queued, optuna.trial.TrialState.RUNNING) is False
@@ -287,3 +236,15 @@ def test_workers_racing_for_queued_trials_on_sqlite_take_each_once(storage_url):
     for proc in procs:
         proc.join(timeout=60)
     assert sorted(i for batch in taken for i in batch) == sorted(ids)
+
+
+
+def test_a_taken_trial_starts_now_in_any_time_zone(storage_url, far_time_zone):
+    """Optuna stores trial times as naive UTC and gives them back in local time."""
+    storage = storage_mod.open_storage(storage_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({"x": 0.5})
+    queued = study.get_trials(deepcopy=False)[0]._trial_id
+    assert storage.set_trial_state_values(queued, optuna.trial.TrialState.RUNNING)
+    started = optuna.storages.RDBStorage.get_trial(storage, queued).datetime_start
+    assert abs((datetime.datetime.now() - started).total_seconds()) < 600

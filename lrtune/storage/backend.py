@@ -1,53 +1,37 @@
-"""The read side: opening storages, naming and listing studies, loading trials.
+"""Opening a study database, and the storage lrtune reads and writes it through.
 
-The report and ``lrtune show`` depend on this module and nothing heavier; it
-imports neither torch nor the training code.
+``ResilientStorage`` is Optuna's ``RDBStorage`` with every call retried while
+a database server is unreachable, and with one statement (``statements``)
+where Optuna's calls make several round trips.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 import optuna
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import bindparam, event, exists, func, select, union_all, update
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 
-from lrtune.config import DIGITS_SETS, Config
 from lrtune.errors import StorageError, first_line
-
-DB_NAME = "lrtune.db"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)  # the states in which Optuna lets a trial be written
-
-
-def default_storage_url(studies_dir: str | Path) -> str:
-    return f"sqlite:///{Path(studies_dir) / DB_NAME}"
-
-
-def storage_url(cfg: Config) -> str:
-    """``cfg.storage``, or the default SQLite file under ``cfg.studies_dir``."""
-    return cfg.storage or default_storage_url(cfg.studies_dir)
-
+from lrtune.storage import statements
 
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***``, fit for logs and reports."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def _sqlite_path(url: str) -> str | None:
+def sqlite_path(url: str) -> str | None:
     """The file behind a ``sqlite:///`` URL; None for memory databases and other storages."""
     if not url.startswith("sqlite:///"):
         return None
@@ -61,7 +45,7 @@ def _prepare_sqlite(url: str) -> None:
     WAL lets readers (``lrtune report``) work while a search writes, and lets
     several local workers share one file without "database is locked".
     """
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is None:
         return
     try:
@@ -140,9 +124,10 @@ class ResilientStorage(RDBStorage):
 
     Calls of its own spare round trips that Optuna's API would make: several
     user attributes at once; the ids of a study's trials in some states, and
-    the intermediate values of given trials, each in one query. On PostgreSQL
-    and SQLite, what a running trial writes (an intermediate value, a
-    parameter, attributes, a heartbeat) is one statement outside a
+    the intermediate values of given trials, each in one query. A trial, or a
+    study's trials, load in one query where Optuna makes one per table. On
+    PostgreSQL and SQLite, what a running trial writes (an intermediate value,
+    a parameter, attributes, a heartbeat) is one statement outside a
     transaction, where Optuna reads the trial, then the row, then writes it.
     """
 
@@ -186,15 +171,15 @@ class ResilientStorage(RDBStorage):
         """
         if state != TrialState.RUNNING or values is not None:
             return self._optuna("set_trial_state_values", trial_id, state, values)
-        if self._execute(_CLAIM, {"trial": trial_id, "start": datetime.now()}):
+        if self._execute(statements.CLAIM, {"trial": trial_id, "start": statements.utc_now()}):
             return True
         return self._optuna("set_trial_state_values", trial_id, state, values)  # False, or Optuna's error
 
     def record_heartbeat(self, trial_id: int) -> None:
-        insert = _INSERTS.get(self.engine.dialect.name)
+        insert = statements.INSERTS.get(self.engine.dialect.name)
         if insert is None:
             return self._optuna("record_heartbeat", trial_id)
-        self._execute(_heartbeat_statement(insert), {"trial": trial_id})
+        self._execute(statements.heartbeat(insert), {"trial": trial_id})
 
     def _upsert_unfinished(self, model: Any, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> bool:
         """Insert ``rows`` of ``model`` or update them on ``keys``, if their trial is unfinished, in one statement.
@@ -202,53 +187,61 @@ class ResilientStorage(RDBStorage):
         False when the trial is finished or missing (nothing written; Optuna's
         call then says why) and on databases other than PostgreSQL and SQLite.
         """
-        insert = _INSERTS.get(self.engine.dialect.name)
+        insert = statements.INSERTS.get(self.engine.dialect.name)
         if insert is None:
             return False
         columns = tuple(rows[0])
-        statement = _upsert_statement(insert, model.__table__, columns, keys, len(rows))
+        statement = statements.upsert(insert, model.__table__, columns, keys, len(rows))
         params = {f"{column}_{i}": row[column] for i, row in enumerate(rows) for column in columns}
         return self._execute(statement, {"trial": rows[0]["trial_id"], **params}) > 0
 
     def _execute(self, statement: Any, params: dict[str, Any]) -> int:
         """One statement on its own (autocommitted): its row count. Retried as every call is; it is idempotent."""
+        return self._autocommitted(lambda conn: conn.execute(statement, params).rowcount)
 
-        def run() -> int:
+    def _read(self, statement: Any, params: dict[str, Any]) -> list[Any]:
+        """The rows of one query on its own (autocommitted), retried as every call is."""
+        return self._autocommitted(lambda conn: conn.execute(statement, params).all())
+
+    def _autocommitted(self, run: Callable[[Any], Any]) -> Any:
+        def connected() -> Any:
             with self.engine.connect() as conn:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT", preserve_rowcount=True)
-                return conn.execute(statement, params).rowcount
+                return run(conn.execution_options(isolation_level="AUTOCOMMIT", preserve_rowcount=True))
 
-        return retrying(run, url=self.url, retry_for=self.retry_for)
+        return retrying(connected, url=self.url, retry_for=self.retry_for)
 
     def _optuna(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Optuna's own ``name``, retried."""
         method = getattr(super(), name)
         return retrying(lambda: method(*args, **kwargs), url=self.url, retry_for=self.retry_for)
 
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        """As Optuna's, in one query."""
+        _, found = statements.frozen_trials(self._read(statements.trials(None), {"trial": trial_id}))
+        return found[0] if found else self._optuna("get_trial", trial_id)  # Optuna's KeyError
+
+    def _get_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
+                    trial_id_greater_than: int) -> list[FrozenTrial]:
+        """As Optuna's (what ``get_all_trials`` and Optuna's cache call), in one query."""
+        included = sorted(i for i in included_trial_ids if i <= trial_id_greater_than)
+        shape = (states is not None, trial_id_greater_than > -1, bool(included))
+        params = {"study": study_id, "states": list(states or ()), "after": trial_id_greater_than, "included": included}
+        exists, found = statements.frozen_trials(self._read(statements.trials(shape), params))
+        if not exists:  # Optuna's KeyError
+            return self._optuna("_get_trials", study_id, states, included_trial_ids, trial_id_greater_than)
+        return found
+
     def trial_ids(self, study_id: int, states: tuple[TrialState, ...]) -> list[int]:
         """The ids of the study's trials in any of ``states``, in one query."""
-
-        def read() -> list[int]:
-            with _create_scoped_session(self.scoped_session) as session:
-                query = session.query(models.TrialModel.trial_id)
-                rows = query.filter(models.TrialModel.study_id == study_id, models.TrialModel.state.in_(states)).all()
-                return sorted(row[0] for row in rows)
-
-        return retrying(read, url=self.url, retry_for=self.retry_for)
+        return [row[0] for row in self._read(statements.TRIAL_IDS, {"study": study_id, "states": list(states)})]
 
     def intermediate_values(self, trial_ids: list[int]) -> dict[int, dict[int, float]]:
         """Trial id -> step -> intermediate value, for the given trials, in one query."""
-
-        def read() -> dict[int, dict[int, float]]:
-            values: dict[int, dict[int, float]] = {trial_id: {} for trial_id in trial_ids}
-            model = models.TrialIntermediateValueModel
-            with _create_scoped_session(self.scoped_session) as session:
-                for row in session.query(model).filter(model.trial_id.in_(trial_ids)).all():
-                    value = model.stored_repr_to_intermediate_value(row.intermediate_value, row.intermediate_value_type)
-                    values[row.trial_id][row.step] = value
-            return values
-
-        return retrying(read, url=self.url, retry_for=self.retry_for) if trial_ids else {}
+        values: dict[int, dict[int, float]] = {trial_id: {} for trial_id in trial_ids}
+        if trial_ids:
+            for trial_id, step, stored, kind in self._read(statements.INTERMEDIATE_VALUES, {"trials": trial_ids}):
+                values[trial_id][step] = statements.intermediate_value(stored, kind)
+        return values
 
 
 def resilient(storage: Any) -> ResilientStorage | None:
@@ -286,40 +279,6 @@ def _retried(name: str) -> Callable[..., Any]:
 
 # Optuna's cache in front of an RDBStorage also calls these private methods of it.
 BACKEND_CALLS = ("_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param")
-
-_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # the dialects with INSERT ... ON CONFLICT
-
-
-@functools.lru_cache(maxsize=32)
-def _upsert_statement(insert: Callable[..., Any], table: Any, columns: tuple[str, ...], keys: tuple[str, ...],
-                      n_rows: int) -> Any:
-    """``INSERT INTO table SELECT <row> WHERE <trial :trial unfinished> [UNION ALL ...] ON CONFLICT (keys) DO UPDATE``.
-
-    Row ``i``'s values are the parameters ``<column>_<i>``. Built once per shape.
-    """
-    trials = models.TrialModel
-    unfinished = exists().where(trials.trial_id == bindparam("trial"), trials.state.in_(UNFINISHED))
-    selects = [select(*(bindparam(f"{c}_{i}", type_=table.c[c].type).label(c) for c in columns)).where(unfinished)
-               for i in range(n_rows)]
-    statement = insert(table).from_select(list(columns), selects[0] if n_rows == 1 else union_all(*selects))
-    updates = {c: statement.excluded[c] for c in columns if c not in keys}
-    return statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
-
-
-_TRIALS = models.TrialModel.__table__
-_CLAIM = (  # a queued trial, taken by whoever changes its state first
-    update(_TRIALS)
-    .where(_TRIALS.c.trial_id == bindparam("trial"), _TRIALS.c.state == TrialState.WAITING)
-    .values(state=TrialState.RUNNING, datetime_start=bindparam("start"))
-)
-
-
-@functools.lru_cache(maxsize=2)
-def _heartbeat_statement(insert: Callable[..., Any]) -> Any:
-    """The heartbeat of trial ``:trial`` set to the database's time, inserted or updated."""
-    table = models.TrialHeartbeatModel.__table__
-    statement = insert(table).values(trial_id=bindparam("trial"), heartbeat=func.current_timestamp())
-    return statement.on_conflict_do_update(index_elements=["trial_id"], set_={"heartbeat": statement.excluded.heartbeat})
 
 for _name in [*dir(RDBStorage), *BACKEND_CALLS]:
     if _name in ResilientStorage.__dict__:  # lrtune's own, retried already
@@ -374,98 +333,3 @@ def _sqlite_normal_sync(connection: Any, record: Any) -> None:
     connection.execute("PRAGMA synchronous=NORMAL")
 
 
-def open_existing_storage(url: str) -> RDBStorage:
-    """Open a storage to read it; a missing SQLite file is an error, never created."""
-    path = _sqlite_path(url)
-    if path is not None and not Path(path).is_file():
-        raise StorageError(f"no study database at {path}; run `lrtune search` first")
-    return open_storage(url)
-
-
-def storage_label(study: optuna.Study) -> str:
-    """The study's storage URL with any password masked, or its type when it has no URL."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
-    url = getattr(backend, "url", None)
-    return mask_url(str(url)) if url else type(backend).__name__
-
-
-def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    return [s.study_name for s in storage.get_all_studies()]
-
-
-def latest_study_name(storage: optuna.storages.BaseStorage) -> str | None:
-    """The study whose last trial started or finished most recently; studies without trials come last."""
-    best: tuple[float, int, str] | None = None
-    for order, summary in enumerate(storage.get_all_studies()):
-        stamps = [
-            (t.datetime_complete or t.datetime_start).timestamp()
-            for t in storage.get_all_trials(summary._study_id, deepcopy=False)
-            if (t.datetime_complete or t.datetime_start) is not None
-        ]
-        key = (max(stamps) if stamps else float("-inf"), order, summary.study_name)
-        if best is None or key > best:
-            best = key
-    return best[2] if best else None
-
-
-def load_study(storage: optuna.storages.BaseStorage, name: str | None = None) -> optuna.Study:
-    """Study ``name``, or the most recently active one when ``name`` is None."""
-    names = study_names(storage)
-    if name is None:
-        name = latest_study_name(storage)
-        if name is None:
-            raise StorageError(f"no studies in {mask_url(str(storage.url))}")
-    if name not in names:
-        listed = ", ".join(names) if names else "none"
-        raise StorageError(f"unknown study {name!r} (existing studies: {listed})")
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def default_study_name(cfg: Config) -> str:
-    data = cfg.data if cfg.data in DIGITS_SETS else Path(cfg.data.rstrip("/\\")).stem or "data"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{data}-{cfg.model}")
-
-
-def study_dir(studies_dir: str | Path, study_name: str) -> Path:
-    """Artifacts of one study (report, trial checkpoints and weights), always inside ``studies_dir``."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", study_name).lstrip(".") or "_"
-    return Path(studies_dir) / safe
-
-
-def count_finished(study: optuna.Study) -> int:
-    """Complete and pruned trials: one query on lrtune's storage, which need not load them."""
-    backend = resilient(study._storage)
-    if backend is not None:
-        return len(backend.trial_ids(study._study_id, FINISHED))
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
-def best_first(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Trials with a value, highest first; ties go to the earlier trial."""
-    return sorted((t for t in trials if t.value is not None), key=lambda t: (-t.value, t.number))
-
-
-def top_trials(study: optuna.Study, n: int = 10) -> list[FrozenTrial]:
-    """Finished trials with a value, best first."""
-    return best_first(study.get_trials(deepcopy=False, states=FINISHED))[:n]
-
-
-def summarize_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
-    """One row per study: finished, pruned, failed and running counts, and the best value."""
-    rows = []
-    for summary in storage.get_all_studies():
-        trials = storage.get_all_trials(summary._study_id, deepcopy=False)
-        done = [t for t in trials if t.state in FINISHED]
-        values = [t.value for t in done if t.value is not None]
-        rows.append(
-            {
-                "study": summary.study_name,
-                "finished": len(done),
-                "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-                "failed": sum(t.state == TrialState.FAIL for t in trials),
-                "running": sum(t.state == TrialState.RUNNING for t in trials),
-                "best": max(values) if values else None,
-            }
-        )
-    return rows
