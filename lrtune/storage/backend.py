@@ -154,13 +154,25 @@ class ResilientStorage(RDBStorage):
 
     def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                          distribution: Any, previous_distribution: Any) -> None:
-        if previous_distribution is not None:  # Optuna's cache knows the study's distribution: checked here
+        """As Optuna's: checked against the study's distribution of the parameter, then written in one statement.
+
+        Optuna's cache passes the study's distribution when it knows it; else
+        one query reads it, where Optuna's call reads the trial, the study's
+        distribution and then writes, in a transaction.
+        """
+        if self.engine.dialect.name not in statements.INSERTS:
+            return self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution,
+                                previous_distribution)
+        if previous_distribution is None:
+            stored = self._read(statements.STUDY_DISTRIBUTION, {"trial": trial_id, "name": param_name})
+            previous_distribution = optuna.distributions.json_to_distribution(stored[0][0]) if stored else None
+        if previous_distribution is not None:
             optuna.distributions.check_distribution_compatibility(previous_distribution, distribution)
-            row = {"trial_id": trial_id, "param_name": param_name, "param_value": param_value_internal,
-                   "distribution_json": optuna.distributions.distribution_to_json(distribution)}
-            if self._upsert_unfinished(models.TrialParamModel, [row], ("trial_id", "param_name")):
-                return
-        self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution, previous_distribution)
+        row = {"trial_id": trial_id, "param_name": param_name, "param_value": param_value_internal,
+               "distribution_json": optuna.distributions.distribution_to_json(distribution)}
+        if not self._upsert_unfinished(models.TrialParamModel, [row], ("trial_id", "param_name")):
+            self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution,
+                         previous_distribution)  # Optuna's error for a finished or missing trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         """As Optuna's; taking a queued trial (WAITING to RUNNING) is one conditional ``UPDATE``.
@@ -230,6 +242,11 @@ class ResilientStorage(RDBStorage):
         if not exists:  # Optuna's KeyError
             return self._optuna("_get_trials", study_id, states, included_trial_ids, trial_id_greater_than)
         return found
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        """As Optuna's, in one query (a study without any asks Optuna's call, which checks that it exists)."""
+        rows = self._read(statements.STUDY_USER_ATTRS, {"study": study_id})
+        return {key: json.loads(value) for key, value in rows} if rows else self._optuna("get_study_user_attrs", study_id)
 
     def trial_ids(self, study_id: int, states: tuple[TrialState, ...]) -> list[int]:
         """The ids of the study's trials in any of ``states``, in one query."""

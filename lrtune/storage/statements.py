@@ -68,6 +68,19 @@ TRIAL_IDS = (  # the ids of study :study's trials in any of :states
     .order_by(_TRIALS.c.trial_id)
 )
 
+_PARAMS, _OF_TRIAL = models.TrialParamModel.__table__, _TRIALS.alias("of_trial")
+STUDY_DISTRIBUTION = (  # the distribution of parameter :name in any trial of trial :trial's study
+    select(_PARAMS.c.distribution_json)
+    .join(_TRIALS, _PARAMS.c.trial_id == _TRIALS.c.trial_id)
+    .where(_TRIALS.c.study_id == select(_OF_TRIAL.c.study_id).where(_OF_TRIAL.c.trial_id == bindparam("trial"))
+           .scalar_subquery(), _PARAMS.c.param_name == bindparam("name"))
+    .limit(1)
+)
+
+_STUDY_ATTRS = models.StudyUserAttributeModel.__table__
+STUDY_USER_ATTRS = select(_STUDY_ATTRS.c.key, _STUDY_ATTRS.c.value_json).where(  # study :study's user attributes
+    _STUDY_ATTRS.c.study_id == bindparam("study"))
+
 _STEPS = models.TrialIntermediateValueModel.__table__
 INTERMEDIATE_VALUES = select(  # the intermediate values of trials :trials
     _STEPS.c.trial_id, _STEPS.c.step, _STEPS.c.intermediate_value, _STEPS.c.intermediate_value_type
@@ -103,7 +116,7 @@ def trials(shape: tuple[bool, bool, bool] | None) -> Any:
         elif after:
             where.append(newer)
     ids = select(select(_TRIALS.c.trial_id).where(*where).cte("ids").c.trial_id)
-    params, values = models.TrialParamModel.__table__, models.TrialValueModel.__table__
+    params, values = _PARAMS, models.TrialValueModel.__table__
     user, system = models.TrialUserAttributeModel.__table__, models.TrialSystemAttributeModel.__table__
     branches = [
         _row(_TRIAL, _TRIALS.c.trial_id, _TRIALS.c.trial_id, name=cast(_TRIALS.c.state, String), number=_TRIALS.c.number,

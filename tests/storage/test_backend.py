@@ -70,9 +70,9 @@ def test_server_databases_get_a_small_pool_checked_before_use():
     assert kwargs["pool_size"] == backend_mod.POOL_SIZE == 2 and kwargs["max_overflow"] == 0
 
 
-@pytest.mark.parametrize("backend_call", ["_create_new_trial", "_set_trial_param"])
-def test_calls_through_optunas_cache_are_retried_too(storage_url, monkeypatch, backend_call):
-    """``study.ask`` and ``suggest_*`` reach the database through private methods of the storage."""
+def test_calls_through_optunas_cache_are_retried_too(storage_url, monkeypatch):
+    """``study.ask`` reaches the database through a private method of the storage."""
+    backend_call = "_create_new_trial"
     storage = storage_mod.open_storage(storage_url)
     study = optuna.create_study(study_name="s", storage=storage)
     original, failures = getattr(optuna.storages.RDBStorage, backend_call), []
@@ -159,6 +159,7 @@ def test_trial_ids_by_state_and_their_intermediate_values(storage_url):
 def test_lrtunes_own_calls_are_retried_too(storage_url, monkeypatch):
     storage = storage_mod.open_storage(storage_url)
     study = optuna.create_study(study_name="s", storage=storage)
+    study.set_user_attr("config", {"lr_min": 1e-5})
     trial = study.ask()
     monkeypatch.setattr(backend_mod, "BACKOFF_FIRST", 0.0)
     original, failures = storage.engine.connect, []
@@ -171,10 +172,12 @@ def test_lrtunes_own_calls_are_retried_too(storage_url, monkeypatch):
 
     monkeypatch.setattr(storage.engine, "connect", unreachable_every_other_time)
     storage.set_trial_user_attrs(trial._trial_id, {"seed": 1})
+    storage._set_trial_param(trial._trial_id, "x", 0.5, optuna.distributions.FloatDistribution(0, 1), None)
     assert storage.trial_ids(study._study_id, (optuna.trial.TrialState.RUNNING,)) == [trial._trial_id]
-    assert storage.get_trial(trial._trial_id).user_attrs == {"seed": 1}
+    assert storage.get_trial(trial._trial_id).params == {"x": 0.5}
     assert [t.user_attrs for t in storage.get_all_trials(study._study_id)] == [{"seed": 1}]
-    assert len(failures) == 8
+    assert storage.get_study_user_attrs(study._study_id) == {"config": {"lr_min": 1e-5}}
+    assert len(failures) == 2 * 7  # each call: a lost connection, then the call (the parameter: a read and a write)
 
 
 def test_ask_looks_for_a_queued_trial_by_id_and_loads_trials_only_when_one_is_queued(storage_url, monkeypatch):
@@ -248,3 +251,20 @@ def test_a_taken_trial_starts_now_in_any_time_zone(storage_url, far_time_zone):
     assert storage.set_trial_state_values(queued, optuna.trial.TrialState.RUNNING)
     started = optuna.storages.RDBStorage.get_trial(storage, queued).datetime_start
     assert abs((datetime.datetime.now() - started).total_seconds()) < 600
+
+
+def test_a_workers_first_parameter_is_checked_against_the_study_in_one_query_and_written_in_one(any_url, statements_of):
+    """Optuna's cache knows only the distributions its own process wrote: another worker's first trial reads the study's."""
+    name = postgres.new_study_name()
+    first = optuna.create_study(study_name=name, storage=storage_mod.open_storage(any_url))
+    first.ask().suggest_float("lr", 1e-4, 1.0, log=True)
+    storage = storage_mod.open_storage(any_url)
+    trial = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()).ask()
+    seen = statements_of(storage)
+    with pytest.raises(ValueError, match="log"):
+        trial.suggest_float("lr", 1e-4, 1.0)
+    assert len(seen) == 1, seen
+    lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    batch = trial.suggest_int("batch", 8, 64)  # no trial of the study has it yet
+    assert len(seen) == 1 + 2 + 2, seen
+    assert storage.get_trial(trial._trial_id).params == {"lr": lr, "batch": batch}

@@ -89,3 +89,16 @@ def test_trial_times_read_back_as_optuna_gives_them_in_any_time_zone(any_url, fa
     assert [(t.datetime_start, t.datetime_complete) for t in ours] == [
         (t.datetime_start, t.datetime_complete) for t in theirs]
     assert storage.get_trial(ours[0]._trial_id).datetime_start == RDBStorage.get_trial(storage, ours[0]._trial_id).datetime_start
+
+
+def test_a_studys_user_attributes_load_in_one_query(any_url, statements_of):
+    storage = storage_mod.open_storage(any_url)
+    study = optuna.create_study(study_name=postgres.new_study_name(), storage=storage)
+    assert storage.get_study_user_attrs(study._study_id) == {}
+    study.set_user_attr("config", {"lr_min": 1e-5, "model": "test_resnet"})
+    study.set_user_attr("none", None)
+    seen = statements_of(storage)
+    assert storage.get_study_user_attrs(study._study_id) == {"config": {"lr_min": 1e-5, "model": "test_resnet"}, "none": None}
+    assert len(seen) == 1, seen
+    with pytest.raises(KeyError):
+        storage.get_study_user_attrs(study._study_id + 1000)
