@@ -147,19 +147,20 @@ class ResilientStorage(RDBStorage):
         retrying(write, url=self.url, retry_for=self.retry_for)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
-        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(intermediate_value)
-        row = {"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind}
-        if not self._upsert_unfinished(models.TrialIntermediateValueModel, [row], ("trial_id", "step")):
-            self._optuna("set_trial_intermediate_value", trial_id, step, intermediate_value)
+        self.set_trial_intermediate_values(trial_id, {step: intermediate_value})
+
+    def set_trial_intermediate_values(self, trial_id: int, values: dict[int, float]) -> None:
+        """Several intermediate values of an unfinished trial at once."""
+        rows = statements.intermediate_value_rows(trial_id, values)
+        if rows and self._upsert_unfinished(models.TrialIntermediateValueModel, rows, ("trial_id", "step")):
+            return
+        for step, value in values.items():  # Optuna's calls, and Optuna's error for a finished trial
+            self._optuna("set_trial_intermediate_value", trial_id, step, value)
 
     def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                          distribution: Any, previous_distribution: Any) -> None:
-        """As Optuna's: checked against the study's distribution of the parameter, then written in one statement.
-
-        Optuna's cache passes the study's distribution when it knows it; else
-        one query reads it, where Optuna's call reads the trial, the study's
-        distribution and then writes, in a transaction.
-        """
+        """As Optuna's, checked against the study's distribution (one query when Optuna's cache does not pass
+        it), then written in one statement."""
         if self.engine.dialect.name not in statements.INSERTS:
             return self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution,
                                 previous_distribution)

@@ -32,11 +32,13 @@ _STEP_TYPES = models.TrialIntermediateValueModel.TrialIntermediateValueType
 def upsert(insert: Callable[..., Any], table: Any, columns: tuple[str, ...], keys: tuple[str, ...], n_rows: int) -> Any:
     """``INSERT INTO table SELECT <row> WHERE <trial :trial unfinished> [UNION ALL ...] ON CONFLICT (keys) DO UPDATE``.
 
-    Row ``i``'s values are the parameters ``<column>_<i>``.
+    Row ``i``'s values are the parameters ``<column>_<i>``, each cast to its
+    column's type: PostgreSQL types a ``UNION``'s parameters as text, which it
+    does not turn into an enum by itself.
     """
     unfinished = exists().where(_TRIALS.c.trial_id == bindparam("trial"), _TRIALS.c.state.in_(UNFINISHED))
-    selects = [select(*(bindparam(f"{c}_{i}", type_=table.c[c].type).label(c) for c in columns)).where(unfinished)
-               for i in range(n_rows)]
+    selects = [select(*(cast(bindparam(f"{c}_{i}", type_=table.c[c].type), table.c[c].type).label(c)
+                        for c in columns)).where(unfinished) for i in range(n_rows)]
     statement = insert(table).from_select(list(columns), selects[0] if n_rows == 1 else union_all(*selects))
     updates = {c: statement.excluded[c] for c in columns if c not in keys}
     return statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
@@ -85,6 +87,15 @@ _STEPS = models.TrialIntermediateValueModel.__table__
 INTERMEDIATE_VALUES = select(  # the intermediate values of trials :trials
     _STEPS.c.trial_id, _STEPS.c.step, _STEPS.c.intermediate_value, _STEPS.c.intermediate_value_type
 ).where(_STEPS.c.trial_id.in_(bindparam("trials", expanding=True)))
+
+
+def intermediate_value_rows(trial_id: int, values: dict[int, float]) -> list[dict[str, Any]]:
+    """Rows of ``trial_intermediate_values`` for the values, by step, of one trial."""
+    rows = []
+    for step, value in values.items():
+        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+        rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind})
+    return rows
 
 
 def intermediate_value(stored: float | None, kind: Any) -> float:

@@ -35,6 +35,7 @@ from lrtune.training.run import Hyperparams, TrainingData, TrainingRun, load_tra
 MAX_LR_POINTS = 500  # per-step LR points kept on a trial
 MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: the fault is not in one trial's parameters
 CHECKPOINT_SHARE = 0.02  # at most this share of a trial's time goes to writing last.pt
+REPORT_EVERY = 10.0  # s: on lrtune's storage, values of shorter epochs are written together, at most this late
 
 
 class TrialFailed(Exception):
@@ -74,7 +75,7 @@ class TrialFiles:
 
     Also what decides when ``last.pt`` is written: the seconds of epochs since
     the last one and what the last one cost; and the last epoch whose value the
-    study has heard.
+    study has heard, the values not yet written, and when values last were.
     """
 
     folder: Path
@@ -84,6 +85,8 @@ class TrialFiles:
     checkpoint_cost: float = 0.0
     skipped: int = 0  # epochs that ended without a checkpoint
     reported: int = 0
+    unwritten: dict[int, float] = field(default_factory=dict)
+    written_at: float = -math.inf
 
     def keep(
         self, run: TrainingRun, *, due: bool, keep_best: bool, last: bool, then: Callable[[], None] | None = None
@@ -226,6 +229,7 @@ class Objective:
         Without a pruner, values reach the study with the next checkpoint (or at
         the end); an epoch much shorter than writing a checkpoint writes none. A
         retry still continues from the last checkpoint and replays the same epochs.
+        A pruned trial's values are all written (``_finish``) before Optuna records it.
         """
         started = time.perf_counter()
         outcome = run.train_epoch(epoch)
@@ -237,7 +241,7 @@ class Objective:
         last, prunes = epoch == self.cfg.epochs, _prunes(trial)
         due = not last and files.checkpoint_due()
         if prunes or due:
-            _report(trial, run, files)
+            _report(trial, run, files, flush=False)
         upload = None
         if due and self.remote is not None:
             upload = functools.partial(self.remote.upload_last, trial, files.folder / checkpoints.LAST, epoch)
@@ -290,12 +294,28 @@ def _finish(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
         publish(trial, run, {"epochs_without_checkpoint": files.skipped} if files.skipped else {})
 
 
-def _report(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
-    """Tell the study every epoch's validation macro-F1 it has not heard yet."""
-    for epoch, value in zip(run.state.curves["epoch"], run.state.curves["val_f1"]):
-        if epoch > files.reported:
-            trial.report(value, int(epoch))
+def _report(trial: optuna.Trial, run: TrainingRun, files: TrialFiles, *, flush: bool = True) -> None:
+    """Tell the study every epoch's validation macro-F1 it has not heard yet.
+
+    On lrtune's storage the pruner sees each value at once, and the values
+    are written together: at ``flush``, or once ``REPORT_EVERY`` s have passed
+    since the last write. So epochs longer than that are each written at once,
+    and a running trial's curve is at most that late in ``lrtune show``.
+    """
+    heard = {int(epoch): float(value) for epoch, value in zip(run.state.curves["epoch"], run.state.curves["val_f1"])
+             if epoch > files.reported}
     files.reported = run.state.epoch
+    backend = resilient(getattr(trial, "storage", None))
+    if backend is None:
+        for epoch, value in heard.items():
+            trial.report(value, epoch)
+        return
+    trial._cached_frozen_trial.intermediate_values.update(heard)  # what trial.should_prune() reads
+    files.unwritten.update(heard)
+    now = time.monotonic()
+    if files.unwritten and (flush or now - files.written_at >= REPORT_EVERY):
+        backend.set_trial_intermediate_values(trial._trial_id, files.unwritten)
+        files.unwritten, files.written_at = {}, now
 
 
 def remove_files(study_dir: Path, remote: RemoteCheckpoints | None, trial: optuna.Trial, *, keep_best: bool = False) -> None:

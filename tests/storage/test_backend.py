@@ -101,15 +101,18 @@ def test_a_running_trials_writes_are_one_statement_each(any_url, statements_of):
     lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
     for step, value in enumerate([0.25, math.nan, math.inf, -math.inf]):
         trial.report(value, step)
+    storage.set_trial_intermediate_values(trial._trial_id, {4: 0.5, 5: math.nan, 6: -math.inf, 7: 0.75})
     storage.set_trial_user_attrs(trial._trial_id, {"seed": 3, "host": "a", "curves": {"epoch": [1, 2]}})
     storage.set_trial_user_attrs(trial._trial_id, {"seed": 4})
     storage.record_heartbeat(trial._trial_id)
     storage.record_heartbeat(trial._trial_id)
-    assert len(seen) == 1 + 4 + 2 + 2, seen
+    assert len(seen) == 1 + 4 + 1 + 2 + 2, seen
     stored = storage.get_trial(trial._trial_id)
     assert stored.params == {"lr": lr}
     assert stored.intermediate_values[0] == 0.25 and math.isnan(stored.intermediate_values[1])
     assert stored.intermediate_values[2] == math.inf and stored.intermediate_values[3] == -math.inf
+    assert stored.intermediate_values[4] == 0.5 and math.isnan(stored.intermediate_values[5])
+    assert stored.intermediate_values[6] == -math.inf and stored.intermediate_values[7] == 0.75
     assert stored.user_attrs == {"seed": 4, "host": "a", "curves": {"epoch": [1, 2]}}
     study.tell(trial, 0.5)
     assert storage.get_trial(trial._trial_id).value == 0.5

@@ -177,3 +177,47 @@ def test_a_trials_attributes_are_written_together_and_read_back_by_the_trial(tmp
     fixed = optuna.trial.FixedTrial({})
     trial_mod.set_user_attrs(fixed, {"seed": 7})
     assert fixed.user_attrs == {"seed": 7}
+
+
+class _Watch(optuna.pruners.BasePruner):
+    """Records the values each decision saw; prunes from epoch ``at`` on."""
+
+    def __init__(self, at: int | None = None) -> None:
+        self.at, self.seen = at, []
+
+    def prune(self, study, trial) -> bool:
+        self.seen.append(dict(trial.intermediate_values))
+        return self.at is not None and max(trial.intermediate_values) >= self.at
+
+
+def _watched_study(tmp_path, monkeypatch, pruner):
+    """A study on lrtune's storage, and the values of each intermediate-value write its trials make."""
+    from lrtune import storage as storage_mod
+    from lrtune.storage import backend
+
+    writes, original = [], backend.ResilientStorage.set_trial_intermediate_values
+    monkeypatch.setattr(backend.ResilientStorage, "set_trial_intermediate_values",
+                        lambda self, trial_id, values: writes.append(sorted(values)) or original(self, trial_id, values))
+    storage = storage_mod.open_storage(storage_mod.default_storage_url(tmp_path))
+    return optuna.create_study(study_name="s", storage=storage, direction="maximize", pruner=pruner), writes
+
+
+@pytest.mark.parametrize("every, writes", [(0.0, [[1], [2], [3]]), (1e9, [[1], [2, 3]])], ids=["each-epoch", "together"])
+def test_the_pruner_sees_each_value_at_once_and_the_study_gets_all_of_them_by_the_end(tmp_path, monkeypatch, every, writes):
+    monkeypatch.setattr(trial_mod, "REPORT_EVERY", every)
+    pruner = _Watch()
+    study, made = _watched_study(tmp_path, monkeypatch, pruner)
+    study.optimize(make(tmp_path), n_trials=1)
+    assert [sorted(values) for values in pruner.seen] == [[1], [1, 2], [1, 2, 3]]
+    assert made == writes
+    (trial,) = study.get_trials()
+    assert [trial.intermediate_values[epoch] for epoch in (1, 2, 3)] == trial.user_attrs["curves"]["val_f1"]
+
+
+def test_a_pruned_trial_has_every_value_written_when_optuna_records_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(trial_mod, "REPORT_EVERY", 1e9)
+    study, made = _watched_study(tmp_path, monkeypatch, _Watch(at=2))
+    study.optimize(make(tmp_path), n_trials=1)
+    (trial,) = study.get_trials()
+    assert trial.state == optuna.trial.TrialState.PRUNED and made == [[1], [2]]
+    assert sorted(trial.intermediate_values) == [1, 2] and trial.value == trial.intermediate_values[2]
