@@ -7,18 +7,18 @@ where Optuna's calls make several round trips.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Container
+from typing import Any, Callable, Container, Iterator
 
 import optuna
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -119,80 +119,10 @@ def scrub(text: str, url: str) -> str:
     return text.replace(match.group(1), "***") if match and match.group(1) else text
 
 
-class ResilientStorage(RDBStorage):
-    """An ``RDBStorage`` whose every call is retried while the database server is unreachable.
-
-    Calls of its own spare round trips that Optuna's API would make: several
-    user attributes at once; the ids of a study's trials in some states, and
-    the intermediate values of given trials, each in one query. A trial, or a
-    study's trials, load in one query where Optuna makes one per table. On
-    PostgreSQL and SQLite, what a running trial writes (an intermediate value,
-    a parameter, attributes, a heartbeat) is one statement outside a
-    transaction, where Optuna reads the trial, then the row, then writes it.
-    """
+class _Statements(RDBStorage):
+    """What ``ResilientStorage`` runs its calls on: one statement on its own, or Optuna's call; each retried."""
 
     retry_for: float = RETRY_FOR
-
-    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Set several user attributes of an unfinished trial at once."""
-        rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-        if rows and self._upsert_unfinished(models.TrialUserAttributeModel, rows, ("trial_id", "key")):
-            return
-
-        def write() -> None:
-            with _create_scoped_session(self.scoped_session, True) as session:
-                for key, value in attrs.items():
-                    self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
-
-        retrying(write, url=self.url, retry_for=self.retry_for)
-
-    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
-        self.set_trial_intermediate_values(trial_id, {step: intermediate_value})
-
-    def set_trial_intermediate_values(self, trial_id: int, values: dict[int, float]) -> None:
-        """Several intermediate values of an unfinished trial at once."""
-        rows = statements.intermediate_value_rows(trial_id, values)
-        if rows and self._upsert_unfinished(models.TrialIntermediateValueModel, rows, ("trial_id", "step")):
-            return
-        for step, value in values.items():  # Optuna's calls, and Optuna's error for a finished trial
-            self._optuna("set_trial_intermediate_value", trial_id, step, value)
-
-    def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
-                         distribution: Any, previous_distribution: Any) -> None:
-        """As Optuna's, checked against the study's distribution (one query when Optuna's cache does not pass
-        it), then written in one statement."""
-        if self.engine.dialect.name not in statements.INSERTS:
-            return self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution,
-                                previous_distribution)
-        if previous_distribution is None:
-            stored = self._read(statements.STUDY_DISTRIBUTION, {"trial": trial_id, "name": param_name})
-            previous_distribution = optuna.distributions.json_to_distribution(stored[0][0]) if stored else None
-        if previous_distribution is not None:
-            optuna.distributions.check_distribution_compatibility(previous_distribution, distribution)
-        row = {"trial_id": trial_id, "param_name": param_name, "param_value": param_value_internal,
-               "distribution_json": optuna.distributions.distribution_to_json(distribution)}
-        if not self._upsert_unfinished(models.TrialParamModel, [row], ("trial_id", "param_name")):
-            self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution,
-                         previous_distribution)  # Optuna's error for a finished or missing trial
-
-    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        """As Optuna's; taking a queued trial (WAITING to RUNNING) is one conditional ``UPDATE``.
-
-        Optuna reads the state, then writes it. On SQLite the read is outside
-        the write's transaction, so two workers could both take one queued
-        trial; the conditional update lets exactly one of them have it.
-        """
-        if state != TrialState.RUNNING or values is not None:
-            return self._optuna("set_trial_state_values", trial_id, state, values)
-        if self._execute(statements.CLAIM, {"trial": trial_id, "start": statements.utc_now()}):
-            return True
-        return self._optuna("set_trial_state_values", trial_id, state, values)  # False, or Optuna's error
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        insert = statements.INSERTS.get(self.engine.dialect.name)
-        if insert is None:
-            return self._optuna("record_heartbeat", trial_id)
-        self._execute(statements.heartbeat(insert), {"trial": trial_id})
 
     def _upsert_unfinished(self, model: Any, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> bool:
         """Insert ``rows`` of ``model`` or update them on ``keys``, if their trial is unfinished, in one statement.
@@ -227,6 +157,101 @@ class ResilientStorage(RDBStorage):
         """Optuna's own ``name``, retried."""
         method = getattr(super(), name)
         return retrying(lambda: method(*args, **kwargs), url=self.url, retry_for=self.retry_for)
+
+
+class ResilientStorage(_Statements):
+    """An ``RDBStorage`` whose every call is retried while the database server is unreachable.
+
+    On PostgreSQL and SQLite, what a running trial writes (intermediate
+    values, parameters, attributes, a heartbeat) is one statement outside a
+    transaction, where Optuna reads the trial, then the row, then writes it;
+    a trial, or a study's trials, load in one query, where Optuna makes one
+    per table. Calls of its own write several values or attributes at once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: dict[int, list[tuple[dict[str, Any], Any]]] = {}  # by trial: parameters ``params_together`` holds
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Set several user attributes of an unfinished trial at once."""
+        self._set_attrs(models.TrialUserAttributeModel, "set_trial_user_attr", trial_id, attrs)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._set_attrs(models.TrialUserAttributeModel, "set_trial_user_attr", trial_id, {key: value})
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._set_attrs(models.TrialSystemAttributeModel, "set_trial_system_attr", trial_id, {key: value})
+
+    def _set_attrs(self, model: Any, call: str, trial_id: int, attrs: dict[str, Any]) -> None:
+        rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+        if rows and self._upsert_unfinished(model, rows, ("trial_id", "key")):
+            return
+        for key, value in attrs.items():  # Optuna's calls, and Optuna's error for a finished trial
+            self._optuna(call, trial_id, key, value)
+
+    @contextlib.contextmanager
+    def params_together(self, trial_id: int) -> Iterator[None]:
+        """Within: trial ``trial_id``'s parameters are checked as they are set, and written together at the end."""
+        self._held[trial_id] = held = []
+        try:
+            yield
+        finally:
+            del self._held[trial_id]
+            if held and not self._upsert_unfinished(models.TrialParamModel, [row for row, _ in held],
+                                                    ("trial_id", "param_name")):
+                for row, distribution in held:  # Optuna's error for a finished trial
+                    self._optuna("_set_trial_param", trial_id, row["param_name"], row["param_value"], distribution, None)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self.set_trial_intermediate_values(trial_id, {step: intermediate_value})
+
+    def set_trial_intermediate_values(self, trial_id: int, values: dict[int, float]) -> None:
+        """Several intermediate values of an unfinished trial at once."""
+        rows = statements.intermediate_value_rows(trial_id, values)
+        if rows and self._upsert_unfinished(models.TrialIntermediateValueModel, rows, ("trial_id", "step")):
+            return
+        for step, value in values.items():  # Optuna's calls, and Optuna's error for a finished trial
+            self._optuna("set_trial_intermediate_value", trial_id, step, value)
+
+    def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                         distribution: Any, previous_distribution: Any) -> None:
+        """As Optuna's, checked against the study's distribution (one query when Optuna's cache does not pass
+        it), then written in one statement."""
+        if self.engine.dialect.name not in statements.INSERTS:
+            return self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution,
+                                previous_distribution)
+        if previous_distribution is None:
+            stored = self._read(statements.STUDY_DISTRIBUTION, {"trial": trial_id, "name": param_name})
+            previous_distribution = optuna.distributions.json_to_distribution(stored[0][0]) if stored else None
+        if previous_distribution is not None:
+            optuna.distributions.check_distribution_compatibility(previous_distribution, distribution)
+        row = {"trial_id": trial_id, "param_name": param_name, "param_value": param_value_internal,
+               "distribution_json": optuna.distributions.distribution_to_json(distribution)}
+        if trial_id in self._held:
+            self._held[trial_id].append((row, distribution))
+        elif not self._upsert_unfinished(models.TrialParamModel, [row], ("trial_id", "param_name")):
+            self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution,
+                         previous_distribution)  # Optuna's error for a finished or missing trial
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        """As Optuna's; taking a queued trial (WAITING to RUNNING) is one conditional ``UPDATE``.
+
+        Optuna reads the state, then writes it. On SQLite the read is outside
+        the write's transaction, so two workers could both take one queued
+        trial; the conditional update lets exactly one of them have it.
+        """
+        if state != TrialState.RUNNING or values is not None:
+            return self._optuna("set_trial_state_values", trial_id, state, values)
+        if self._execute(statements.CLAIM, {"trial": trial_id, "start": statements.utc_now()}):
+            return True
+        return self._optuna("set_trial_state_values", trial_id, state, values)  # False, or Optuna's error
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        insert = statements.INSERTS.get(self.engine.dialect.name)
+        if insert is None:
+            return self._optuna("record_heartbeat", trial_id)
+        self._execute(statements.heartbeat(insert), {"trial": trial_id})
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         """As Optuna's, in one query."""

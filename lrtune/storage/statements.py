@@ -111,7 +111,7 @@ def trials(shape: tuple[bool, bool, bool] | None) -> Any:
     """Whole trials, each table's rows of them in one ``UNION ALL``, ordered by trial id.
 
     ``shape`` None: trial ``:trial``. Otherwise the trials of study ``:study``
-    (with a first row that says the study exists), filtered as Optuna's
+    (and a row that says the study exists), filtered as Optuna's
     ``_get_trials`` filters them: ``(in :states, id > :after, or id in :included)``.
     """
     if shape is None:

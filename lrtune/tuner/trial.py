@@ -7,6 +7,7 @@ and the pruner each epoch, the trial's files, and its attributes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import math
@@ -148,7 +149,8 @@ class Objective:
             raise Interrupted
         if self.peak:  # other trials may share this GPU: wait for room for one more like the last
             memory.wait_for_memory(int(self.peak * memory.MEMORY_MARGIN), lambda: memory.free_bytes(self.device))
-        params = suggest(trial, self.cfg)
+        with params_together(trial):
+            params = suggest(trial, self.cfg)
         seed, retry_of = _start(trial, self.cfg, params)
         failure = None
         try:
@@ -283,6 +285,12 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
         return
     backend.set_trial_user_attrs(trial._trial_id, attrs)
     trial._cached_frozen_trial.user_attrs.update(attrs)  # what trial.user_attrs returns
+
+
+def params_together(trial: optuna.Trial) -> contextlib.AbstractContextManager:
+    """Within: the trial's parameters are written together at the end (one write on lrtune's storage)."""
+    backend = resilient(getattr(trial, "storage", None))
+    return backend.params_together(trial._trial_id) if backend is not None else contextlib.nullcontext()
 
 
 def _finish(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:

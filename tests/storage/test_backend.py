@@ -271,3 +271,40 @@ def test_a_workers_first_parameter_is_checked_against_the_study_in_one_query_and
     batch = trial.suggest_int("batch", 8, 64)  # no trial of the study has it yet
     assert len(seen) == 1 + 2 + 2, seen
     assert storage.get_trial(trial._trial_id).params == {"lr": lr, "batch": batch}
+
+
+def test_parameters_set_together_are_checked_as_they_come_and_written_in_one_statement(any_url, statements_of):
+    storage = storage_mod.open_storage(any_url)
+    study = optuna.create_study(study_name=postgres.new_study_name(), storage=storage,
+                                sampler=optuna.samplers.RandomSampler())
+    study.ask().suggest_float("lr", 1e-4, 1.0, log=True)  # Optuna's cache knows "lr" from here on
+    trial = study.ask()
+    seen = statements_of(storage)
+    with storage.params_together(trial._trial_id):
+        with pytest.raises(ValueError, match="log"):
+            trial.suggest_float("lr", 1e-4, 1.0)
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        batch = trial.suggest_int("batch", 8, 64)  # new to the study: its distribution is read, none is found
+        loss = trial.suggest_categorical("loss", ["ce", "focal"])
+        assert len(seen) == 2, seen
+    assert len(seen) == 2 + 1, seen
+    assert storage.get_trial(trial._trial_id).params == {"lr": lr, "batch": batch, "loss": loss}
+    study.tell(trial, 0.5)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        with storage.params_together(trial._trial_id):
+            storage._set_trial_param(trial._trial_id, "x", 0.5, optuna.distributions.FloatDistribution(0, 1), None)
+
+
+def test_single_user_and_system_attributes_are_one_statement_each(any_url, statements_of):
+    storage = storage_mod.open_storage(any_url)
+    study = optuna.create_study(study_name=postgres.new_study_name(), storage=storage)
+    trial = study.ask()
+    seen = statements_of(storage)
+    trial.set_user_attr("reason", "pruned at epoch 2")
+    storage.set_trial_system_attr(trial._trial_id, "completed_rung_0", 0.5)
+    assert len(seen) == 2, seen
+    stored = storage.get_trial(trial._trial_id)
+    assert stored.user_attrs == {"reason": "pruned at epoch 2"} and stored.system_attrs == {"completed_rung_0": 0.5}
+    study.tell(trial, 0.5)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_system_attr(trial._trial_id, "late", 1)

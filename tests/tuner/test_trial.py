@@ -221,3 +221,16 @@ def test_a_pruned_trial_has_every_value_written_when_optuna_records_it(tmp_path,
     (trial,) = study.get_trials()
     assert trial.state == optuna.trial.TrialState.PRUNED and made == [[1], [2]]
     assert sorted(trial.intermediate_values) == [1, 2] and trial.value == trial.intermediate_values[2]
+
+
+def test_a_trials_parameters_are_written_in_one_statement(tmp_path, monkeypatch):
+    from sqlalchemy import event
+
+    study, _ = _watched_study(tmp_path, monkeypatch, _Watch())
+    study.enqueue_trial(PARAMS)  # all five parameters, as a baseline or a retry has them
+    inserts = []
+    event.listen(study._storage._backend.engine, "before_cursor_execute",
+                 lambda conn, cursor, sql, *rest: inserts.append(sql) if "INSERT INTO trial_params" in sql else None)
+    study.optimize(make(tmp_path), n_trials=1)
+    assert len(inserts) == 1, inserts
+    assert study.get_trials()[0].params == PARAMS
