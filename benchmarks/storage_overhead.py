@@ -4,7 +4,9 @@ Each worker is its own process running a real search (``lrtune.search``) on a
 shared study, as a worker on another machine would. Every call lrtune makes to
 the storage (asking, reporting, attributes, heartbeats, telling) is a method
 of ``storage.backend.ResilientStorage``: Optuna's public ones, the private ones
-Optuna's cache calls (``BACKEND_CALLS``) and lrtune's own. Each worker times
+Optuna's cache calls (``BACKEND_CALLS``), lrtune's own, and the two every
+statement of lrtune's own goes through (``_execute``, ``_read``: a trial's
+parameters are written when ``params_together`` ends). Each worker times
 those calls (the outermost of nested ones) on all its threads. The calls from
 its first trial's start on are compared with the time its trials ran (start
 to end, from the study); the calls before (opening the study, checking and
@@ -72,8 +74,9 @@ def worker(url: str, study: str, trials: int, studies_dir: str, overrides: dict)
         return call
 
     storage_cls = backend.ResilientStorage  # Optuna's methods and lrtune's own
+    timed_private = (*backend.BACKEND_CALLS, "_execute", "_read")
     for name in dir(storage_cls):
-        if (not name.startswith("_") or name in backend.BACKEND_CALLS) and callable(getattr(storage_cls, name)):
+        if (not name.startswith("_") or name in timed_private) and callable(getattr(storage_cls, name)):
             setattr(storage_cls, name, timed(getattr(storage_cls, name)))
     cfg = Config(storage=url, study=study, trials=trials, studies_dir=studies_dir, keep="none", **overrides)
     result = search(config=cfg)
