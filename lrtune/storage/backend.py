@@ -26,6 +26,7 @@ from sqlalchemy import exc as sa_exc
 from lrtune.errors import StorageError, first_line
 from lrtune.storage import statements
 
+
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***``, fit for logs and reports."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
