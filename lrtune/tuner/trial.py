@@ -228,7 +228,7 @@ class Objective:
     def _epoch(self, trial: optuna.Trial, run: TrainingRun, files: TrialFiles, epoch: int) -> None:
         """Train one epoch, report it, checkpoint it; prune if the pruner says so.
 
-        Without a pruner, values reach the study with the next checkpoint (or at
+        Without a pruner, values are reported with the next checkpoint (or at
         the end); an epoch much shorter than writing a checkpoint writes none. A
         retry still continues from the last checkpoint and replays the same epochs.
         A pruned trial's values are all written (``_finish``) before Optuna records it.
