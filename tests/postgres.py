@@ -56,9 +56,9 @@ def can_unshare() -> bool:
     return os.geteuid() == 0 and shutil.which("unshare") is not None
 
 
-def machine_cmd(host: str | None, *args: str) -> list[str]:
-    """The real CLI, on a "machine" with its own hostname when ``host`` is given (a UTS namespace)."""
-    cmd = lrtune_cmd(*args)
+def machine_cmd(host: str | None, *args: str, inject: str | None = None) -> list[str]:
+    """The real CLI (with a fault ``inject``ed, if given), on a "machine" with its own hostname when ``host`` is given (a UTS namespace)."""
+    cmd = lrtune_cmd(*args, inject=inject)
     if host is None:
         return cmd
     if not can_unshare():
@@ -81,11 +81,11 @@ def wait_for_study(url: str, name: str, proc: subprocess.Popen, timeout: float =
         time.sleep(0.2)
 
 
-def start(host: str | None, *args: str, log: Path, **env: str) -> subprocess.Popen:
+def start(host: str | None, *args: str, log: Path, inject: str | None = None, **env: str) -> subprocess.Popen:
     """A worker in the background; its stdout and stderr go to ``log``."""
     out = open(log, "w")
     return subprocess.Popen(
-        machine_cmd(host, *args), stdout=out, stderr=subprocess.STDOUT, text=True, env=cli_env(**env), cwd=ROOT
+        machine_cmd(host, *args, inject=inject), stdout=out, stderr=subprocess.STDOUT, text=True, env=cli_env(**env), cwd=ROOT
     )
 
 

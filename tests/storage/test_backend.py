@@ -4,6 +4,7 @@ import math
 import optuna
 import pytest
 
+import claims
 import postgres
 from lrtune import storage as storage_mod
 from lrtune.errors import LRTuneError
@@ -219,12 +220,6 @@ def test_a_queued_trial_is_taken_by_one_worker_only_in_one_statement(any_url, st
         second.set_trial_state_values(queued, optuna.trial.TrialState.RUNNING)
 
 
-def _claim_all(url: str, ids: list[int], together, won) -> None:
-    storage = storage_mod.open_storage(url)
-    together.wait(timeout=300)  # every worker has its storage open
-    won.put([i for i in ids if storage.set_trial_state_values(i, optuna.trial.TrialState.RUNNING)])
-
-
 def test_workers_racing_for_queued_trials_on_sqlite_take_each_once(storage_url):
     """Optuna's read-then-write lets two SQLite workers both take a queued trial; the conditional update does not."""
     import multiprocessing
@@ -235,14 +230,13 @@ def test_workers_racing_for_queued_trials_on_sqlite_take_each_once(storage_url):
     ids = [t._trial_id for t in study.get_trials(deepcopy=False)]
     ctx = multiprocessing.get_context("spawn")
     together, won = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(storage_url, ids, together, won)) for _ in range(4)]
+    procs = [ctx.Process(target=claims.claim_all, args=(storage_url, ids, together, won)) for _ in range(4)]
     for proc in procs:
         proc.start()
     taken = [won.get(timeout=300) for _ in procs]
     for proc in procs:
         proc.join(timeout=60)
     assert sorted(i for batch in taken for i in batch) == sorted(ids)
-
 
 
 def test_a_taken_trial_starts_now_in_any_time_zone(storage_url, far_time_zone):
