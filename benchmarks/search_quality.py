@@ -369,6 +369,11 @@ def range_test_effect(table: Table, off: list[dict], auto: list[dict]) -> dict[s
             return get(fig) if get(fig) is not None else fig["epochs"]
         return [charged(a) / charged(o) for o, a in zip(off, auto)]
 
+    def paired(key: str) -> dict[str, float]:
+        """Per seed, auto's final regret minus off's: in how many seeds lower, higher, and the mean difference."""
+        diffs = [a[key] - o[key] for o, a in zip(off, auto)]
+        return {"lower": sum(d < -1e-9 for d in diffs), "higher": sum(d > 1e-9 for d in diffs), "mean": statistics.fmean(diffs)}
+
     ratios, ratios_val = ratio(lambda f: f["epochs_to_near"]), ratio(lambda f: f["epochs_to_near_val"])
     levels = {side: {k: quartiles(ratio(lambda f, side=side, k=k: f[side][k])) for k in off[0][side]}
               for side in ("epochs_to", "epochs_to_val")}
@@ -379,7 +384,8 @@ def range_test_effect(table: Table, off: list[dict], auto: list[dict]) -> dict[s
     inside = sum(t["suggestion"] is not None and low <= t["suggestion"] <= high for t in tests)
     return {"ratio": quartiles(ratios), "ratios": ratios, "ratio_val": quartiles(ratios_val), "ratios_val": ratios_val,
             "ratio_levels": levels, "top_10pct_lr_span": [low, high], "suggestion_inside": inside, "seeds": len(off),
-            "range_test_epochs": [t["epochs"] for t in tests]}
+            "range_test_epochs": [t["epochs"] for t in tests],
+            "final_regret_paired": {"test": paired("regret"), "validation": paired("val_regret")}}
 
 
 def suggestion_transfer(table: Table) -> dict[str, Any] | None:
@@ -438,6 +444,9 @@ def print_table(result: dict[str, Any]) -> None:
         for side, name in (("epochs_to", "test"), ("epochs_to_val", "validation")):
             print(f"  the same ratio at looser levels ({name}): " + "; ".join(
                 f"within {k}: {q[1]:.2f} ({q[0]:.2f} to {q[2]:.2f})" for k, q in effect["ratio_levels"][side].items()))
+        print("  final regret, seed by seed, with the range test against without: " + "; ".join(
+            f"{side}: lower in {p['lower']}, higher in {p['higher']}, mean difference {p['mean']:+.4f}"
+            for side, p in effect["final_regret_paired"].items()))
     transfer = result.get("lr_transfer")
     if transfer:
         inside = transfer["inside"]
