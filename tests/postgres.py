@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+import netns
 from helpers import ROOT, cli_env, lrtune_cmd
 
 URL_VAR = "LRTUNE_TEST_POSTGRES"
@@ -57,14 +58,28 @@ def can_unshare() -> bool:
 
 
 def machine_cmd(host: str | None, *args: str, inject: str | None = None) -> list[str]:
-    """The real CLI (with a fault ``inject``ed, if given), on a "machine" with its own hostname when ``host`` is given (a UTS namespace)."""
+    """The real CLI (with a fault ``inject``ed, if given), on "machine" ``host`` when one is given.
+
+    A machine has its own hostname (a UTS namespace) and, where one can be made,
+    its own network (``netns``); :func:`machine_env` points it at the server through that.
+    """
     cmd = lrtune_cmd(*args, inject=inject)
     if host is None:
         return cmd
     if not can_unshare():
         pytest.skip("simulating a second machine needs root and unshare (util-linux)")
     inner = f"hostname {host} && exec \"$@\""
-    return ["unshare", "--uts", "sh", "-c", inner, "sh", *cmd]
+    cmd = ["unshare", "--uts", "sh", "-c", inner, "sh", *cmd]
+    network = netns.join(host, server_url())
+    return ["ip", "netns", "exec", network.namespace, *cmd] if network else cmd
+
+
+def machine_env(host: str | None, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the server as machine ``host`` reaches it (over its own network, where one can be made)."""
+    network = netns.join(host, server_url()) if host is not None and can_unshare() else None
+    if network is None or env.get("LRTUNE_STORAGE") != server_url():
+        return env
+    return {**env, "LRTUNE_STORAGE": network.url}
 
 
 def wait_for_study(url: str, name: str, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -85,7 +100,8 @@ def start(host: str | None, *args: str, log: Path, inject: str | None = None, **
     """A worker in the background; its stdout and stderr go to ``log``."""
     out = open(log, "w")
     return subprocess.Popen(
-        machine_cmd(host, *args, inject=inject), stdout=out, stderr=subprocess.STDOUT, text=True, env=cli_env(**env), cwd=ROOT
+        machine_cmd(host, *args, inject=inject), stdout=out, stderr=subprocess.STDOUT, text=True,
+        env=cli_env(**machine_env(host, env)), cwd=ROOT,
     )
 
 
