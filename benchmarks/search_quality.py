@@ -52,6 +52,7 @@ from lrtune.tuner.lr_range import ATTR, narrowed_bounds  # noqa: E402
 from lrtune.tuner.space import FOCAL_GAMMA, PLATEAU_FACTOR, PLATEAU_PATIENCE, SMOOTHING, STEP_GAMMA, baseline_params, suggest  # noqa: E402
 
 NEAR = 0.01  # "within 0.01 of the oracle"
+TARGET_RATIO = 0.6  # --lr-range auto's goal for the median ratio of epochs to within NEAR, with / without
 LEVELS = (0.02, 0.03, 0.05)  # looser levels, where within NEAR is out of a search's reach
 CURVE_STEP = 10  # epochs between the points of the regret curves
 CONDITIONAL = {  # conditional parameter: its span in the space, for the distance between points
@@ -383,6 +384,8 @@ def range_test_effect(table: Table, off: list[dict], auto: list[dict]) -> dict[s
     tests = [table.range_tests[seed % len(table.range_tests)] for seed in range(len(off))]
     inside = sum(t["suggestion"] is not None and low <= t["suggestion"] <= high for t in tests)
     return {"ratio": quartiles(ratios), "ratios": ratios, "ratio_val": quartiles(ratios_val), "ratios_val": ratios_val,
+            "at_most_target": {"test": sum(r <= TARGET_RATIO for r in ratios),
+                               "validation": sum(r <= TARGET_RATIO for r in ratios_val)},
             "ratio_levels": levels, "top_10pct_lr_span": [low, high], "suggestion_inside": inside, "seeds": len(off),
             "range_test_epochs": [t["epochs"] for t in tests],
             "final_regret_paired": {"test": paired("regret"), "validation": paired("val_regret")}}
@@ -441,6 +444,8 @@ def print_table(result: dict[str, Any]) -> None:
               f"over {effect['seeds']} seeds; the suggestion lies in the top 10% "
               f"configurations' LR span ({effect['top_10pct_lr_span'][0]:.3g} to {effect['top_10pct_lr_span'][1]:.3g}) "
               f"in {effect['suggestion_inside']} of {effect['seeds']} seeds")
+        print(f"  seeds with a ratio of at most {TARGET_RATIO} (a median of at most {TARGET_RATIO} needs "
+              f"{(effect['seeds'] + 1) // 2}): " + ", ".join(f"{n} on {side}" for side, n in effect["at_most_target"].items()))
         for side, name in (("epochs_to", "test"), ("epochs_to_val", "validation")):
             print(f"  the same ratio at looser levels ({name}): " + "; ".join(
                 f"within {k}: {q[1]:.2f} ({q[0]:.2f} to {q[2]:.2f})" for k, q in effect["ratio_levels"][side].items()))

@@ -54,3 +54,20 @@ def test_the_quick_harness_reproduces_its_stored_figures(name):
         assert all(0 <= r <= figures["oracle_val_f1"] for r in summary["val_regret"])
     assert figures["best_val_test_f1"] == stored["best_val_test_f1"]
     assert figures["lr_transfer"] == stored["lr_transfer"]
+
+
+def test_the_range_test_effect_counts_the_seeds_at_or_below_the_target_ratio():
+    harness = _harness()
+    table = harness.Table(TABLES / "digits-lt.json.gz")
+
+    def fig(near, epochs):
+        levels = {str(level): near for level in harness.LEVELS}
+        return {"epochs_to_near": near, "epochs_to_near_val": near, "epochs": epochs, "regret": 0.0, "val_regret": 0.0,
+                "epochs_to": levels, "epochs_to_val": levels}
+
+    off = [fig(None, 100)] * 6
+    auto = [fig(20, 100), fig(60, 100), fig(61, 100), fig(None, 100), fig(None, 100), fig(None, 40)]
+    effect = harness.range_test_effect(table, off, auto)
+    assert [round(r, 2) for r in effect["ratios"]] == [0.2, 0.6, 0.61, 1.0, 1.0, 0.4]
+    assert effect["at_most_target"] == {"test": 3, "validation": 3}
+    assert effect["ratio"][1] == 0.6  # the lower middle of an even count: half the seeds at or below decide it
