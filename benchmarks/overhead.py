@@ -66,7 +66,7 @@ def bare_loop(cfg: Config) -> float:
     step, best = 0, 0.0
     for epoch in range(1, cfg.epochs + 1):
         seed_everything(epoch_seed(BARE_SEED, epoch))
-        loader.dataset.reseed(epoch_seed(BARE_SEED, epoch))
+        loader.reseed(epoch_seed(BARE_SEED, epoch))
         model.train()
         for x, y in loader:
             for group in optimizer.param_groups:

@@ -65,3 +65,16 @@ def format_test_split(record: Any) -> list[str]:
     if record.get("note"):
         lines.append(str(record["note"]))
     return [f"test split ({record['n_test']} images, no trial saw them): " + lines[0], *lines[1:]] if lines else []
+
+
+def format_lr_range(record: Any) -> list[str]:
+    """The study's stored LR range test as one line for ``show``: its suggestion, why none, or why it was skipped."""
+    if not isinstance(record, dict):
+        return []
+    if record.get("skipped"):
+        return [f"LR range test skipped: {record['skipped']}"]
+    bounds = record.get("bounds")
+    span = f"; trials sample LRs from {bounds[0]:.3g} to {bounds[1]:.3g}" if isinstance(bounds, list) and len(bounds) == 2 else ""
+    if record.get("suggestion") is None:
+        return [f"LR range test: {record.get('rule', 'no suggestion')}{span}"]
+    return [f"LR range test: suggested {record['suggestion']:.3g} by {record.get('rule', '?')}{span}"]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import optuna
 
+import launcher
+
 ROOT = Path(__file__).resolve().parent.parent
 INJECT = Path(__file__).resolve().parent / "inject.py"
 FAST = ["--epochs", "2", "--batch-size", "64"]
@@ -33,10 +35,17 @@ def lrtune_cmd(*args: str, inject: str | None = None) -> list[str]:
     return [sys.executable, "-m", "lrtune", *args]
 
 
-def run_cli(*args: str, inject: str | None = None, timeout: float = 600, **env: str | None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        lrtune_cmd(*args, inject=inject), capture_output=True, text=True, timeout=timeout, env=cli_env(**env), cwd=ROOT
-    )
+def run_cli(
+    *args: str, inject: str | None = None, timeout: float = 600, fresh: bool = False, **env: str | None
+) -> subprocess.CompletedProcess:
+    """``lrtune ARGS`` in a process of its own, to its end. ``fresh``: ``python -m lrtune`` in a new
+    interpreter (for what applies only at startup); otherwise forked from one that imported lrtune once."""
+    if fresh:
+        return subprocess.run(
+            lrtune_cmd(*args, inject=inject), capture_output=True, text=True, timeout=timeout, env=cli_env(**env),
+            cwd=ROOT,
+        )
+    return launcher.run(list(args), env=cli_env(**env), cwd=ROOT, inject=inject, timeout=timeout)
 
 
 def load(studies_dir: Path, name: str) -> optuna.Study:

@@ -60,9 +60,9 @@ def synthetic(labels: list[int], groups: list[str] | None = None) -> ImageSet:
     )
 
 
-def one_epoch(loader: torch.utils.data.DataLoader, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def one_epoch(loader, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
-    loader.dataset.reseed(seed)
+    loader.reseed(seed)
     batches = list(loader)
     return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 

@@ -8,15 +8,18 @@ or ``CI=true`` makes its absence a failure. ``LRTUNE_TEST_PGDATA`` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any, Iterator
 
 import optuna
 import pytest
 
+import launcher
 import netns
 from helpers import ROOT, cli_env, lrtune_cmd
 
@@ -82,7 +85,7 @@ def machine_env(host: str | None, env: dict[str, str]) -> dict[str, str]:
     return {**env, "LRTUNE_STORAGE": network.url}
 
 
-def wait_for_study(url: str, name: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+def wait_for_study(url: str, name: str, proc: Any, timeout: float = 600) -> None:
     """Until study ``name`` holds a trial (or ``proc`` ends): workers that join later find it set up."""
     import time
 
@@ -96,9 +99,13 @@ def wait_for_study(url: str, name: str, proc: subprocess.Popen, timeout: float =
         time.sleep(0.2)
 
 
-def start(host: str | None, *args: str, log: Path, inject: str | None = None, **env: str) -> subprocess.Popen:
-    """A worker in the background; its stdout and stderr go to ``log``."""
+def start(host: str | None, *args: str, log: Path, inject: str | None = None, **env: str) -> Any:
+    """A worker in the background; its stdout and stderr go to ``log``. On this machine it is forked from
+    the CLI server (``launcher``); another machine's is a new interpreter in namespaces of its own."""
     out = open(log, "w")
+    if host is None:
+        with out:
+            return launcher.launch(list(args), env=cli_env(**env), cwd=ROOT, inject=inject, stdout=out, stderr=out)
     return subprocess.Popen(
         machine_cmd(host, *args, inject=inject), stdout=out, stderr=subprocess.STDOUT, text=True,
         env=cli_env(**machine_env(host, env)), cwd=ROOT,
@@ -121,3 +128,22 @@ def pg_ctl(*args: str) -> subprocess.CompletedProcess:
         owner = Path(data).owner()
         cmd = ["su", owner, "-s", "/bin/sh", "-c", " ".join(cmd)]
     return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+
+@contextlib.contextmanager
+def fresh_schema() -> Iterator[str]:
+    """A URL of the test server whose tables live in a new, empty schema of their own, dropped afterwards."""
+    import sqlalchemy
+
+    url = server_url()
+    schema = f"s_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

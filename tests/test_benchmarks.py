@@ -71,3 +71,20 @@ def test_the_range_test_effect_counts_the_seeds_at_or_below_the_target_ratio():
     assert [round(r, 2) for r in effect["ratios"]] == [0.2, 0.6, 0.61, 1.0, 1.0, 0.4]
     assert effect["at_most_target"] == {"test": 3, "validation": 3}
     assert effect["ratio"][1] == 0.6  # the lower middle of an even count: half the seeds at or below decide it
+
+
+def test_the_gpu_smoke_script_passes_every_command_on_the_cpu_through_the_device_path(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py"), "--smoke", "--work", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    steps = [line for line in lines[1:-1] if line.startswith(("PASS", "FAIL"))]
+    names = [line[6:40].strip() for line in steps]
+    assert names == ["search, defaults", "search, --workers 2", "write the JPEG folder",
+                     "search, JPEGs, test_efficientnet", "lr-find", "train", "predict", "export, onnx", "report"]
+    assert all(line.startswith("PASS") for line in steps), result.stdout
+    assert lines[-1].startswith("PASS  9 steps in ")
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "report.html").is_file()
+    assert "images/s" in steps[0] and "images/s" in steps[5]

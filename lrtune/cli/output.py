@@ -7,7 +7,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lrtune.formatting import format_metric, format_params, format_value, table, format_test_split
+from lrtune.formatting import format_lr_range, format_metric, format_params, format_test_split, format_value, table
 from lrtune.storage import top_trials
 
 TRIAL_HEADER = ["trial", "state", "macro-F1", "lr", "scheduler", "loss", "accum", "epochs", "other"]
@@ -49,6 +49,7 @@ def format_summary(study: optuna.Study, top: int = 5) -> str:
             )
     else:
         lines.append("no finished trials yet")
+    lines += format_lr_range(study.user_attrs.get("lr_range"))
     lines += format_test_split(study.user_attrs.get("test_split"))
     speeds = sorted(t.user_attrs["images_per_s"] for t in trials if t.user_attrs.get("images_per_s"))
     if speeds:

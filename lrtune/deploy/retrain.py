@@ -139,7 +139,7 @@ def _write_folder(run: TrainingRun, spec: TrialSpec, folder: Path, *, on: str, e
             "seed": spec.seed,
             "params": spec.params.to_dict(),
             "config": config_mod.to_dict(run.cfg),
-            "dataset": spec.dataset,
+            "dataset": spec.data_summary,
             "versions": versions(),
         }
         classes = list(run.data.imageset.classes)

@@ -37,7 +37,7 @@ class TrialSpec:
     best_epoch: int
     value: float | None
     val_curve: list[float] = field(default_factory=list)  # validation macro-F1 per epoch
-    dataset: dict[str, Any] = field(default_factory=dict)
+    data_summary: dict[str, Any] = field(default_factory=dict)
 
 
 def find_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
@@ -72,7 +72,7 @@ def spec_from_trial(study: optuna.Study, trial: FrozenTrial) -> TrialSpec:
         best_epoch=best_epoch,
         value=trial.value,
         val_curve=[float(v) for v in values.values()],
-        dataset=dict(study.user_attrs.get("dataset") or {}),
+        data_summary=dict(study.user_attrs.get("dataset") or {}),
     )
 
 
@@ -115,7 +115,7 @@ def exported(spec: TrialSpec) -> dict[str, Any]:
             "params": spec.params.to_dict(),
         },
         "config": {**config_mod.to_dict(spec.config), "storage": mask_url(spec.config.storage)},
-        "dataset": spec.dataset,
+        "dataset": spec.data_summary,
         "versions": versions(),
     }
 
@@ -180,7 +180,7 @@ def spec_from_file(path: str | Path, cfg: Config) -> TrialSpec | None:
             seed=int(trial["seed"]),
             best_epoch=int(trial["best_epoch"]),
             value=float(trial["value"]) if "value" in trial else None,
-            dataset=dict(raw.get("dataset") or {}),
+            data_summary=dict(raw.get("dataset") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"config file {path}: the [{TRIAL_TABLE}] table is incomplete ({exc})") from None

@@ -13,7 +13,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from lrtune.formatting import format_test_split
-from lrtune.report.lr_range import LRRangeData, lr_range_data
+from lrtune.report.lr_range import LRRangeData, lr_range_data, lr_range_skipped
 from lrtune.report.values import finite_float, int_or_none, is_positive_number
 from lrtune.report.notes import add_notes
 from lrtune.storage import mask_url
@@ -111,7 +111,7 @@ class ReportData:
     storage: str
     maximize: bool
     generated: datetime.datetime
-    dataset: dict[str, Any]
+    data_summary: dict[str, Any]  # the study's "dataset" attribute
     config: dict[str, Any]
     training: dict[str, Any]
     fingerprint: str
@@ -129,6 +129,7 @@ class ReportData:
     stopped: list[dict[str, Any]]
     notes: dict[str, list[str]] = field(default_factory=dict)
     lr_range: LRRangeData | None = None  # the study's LR range test, with the completed trials' LR and value
+    lr_range_skipped: str = ""  # why the study's LR range test was skipped, if it was
     test_split: list[str] = field(default_factory=list)  # the best trial and the baseline on the test split
 
     @property
@@ -158,7 +159,7 @@ def compute_report(study: optuna.Study, *, storage_label: str) -> ReportData:
         storage=storage_label,
         maximize=maximize,
         generated=datetime.datetime.now().replace(microsecond=0),
-        dataset=dataset,
+        data_summary=dataset,
         config=config,
         training=training_config(config, dataset),
         fingerprint=str(attrs.get("fingerprint", "")),
@@ -176,6 +177,7 @@ def compute_report(study: optuna.Study, *, storage_label: str) -> ReportData:
         stopped=stopped_reasons(trials),
     )
     data.lr_range = lr_range_data(attrs.get("lr_range"), completed)
+    data.lr_range_skipped = lr_range_skipped(attrs.get("lr_range"))
     data.test_split = format_test_split(attrs.get("test_split"))
     data.importances = param_importances(study, len(completed), data.notes)
     add_notes(data)

@@ -64,6 +64,11 @@ def lr_range_data(record: Any, trials: list[Any] | None = None) -> LRRangeData |
     )
 
 
+def lr_range_skipped(record: Any) -> str:
+    """Why the search skipped its range test ("" when it ran one, or none was asked for)."""
+    return str(record.get("skipped") or "") if isinstance(record, dict) else ""
+
+
 def _setup_text(setup: Any) -> str:
     if not isinstance(setup, dict):
         return ""

@@ -53,7 +53,9 @@ def _trial_notes(data: ReportData) -> None:
             _note(data, name, NO_COMPLETE)
     if not data.lr_steps:
         _note(data, "lr-steps", NO_COMPLETE if n_complete == 0 else "The top trials stored no per-step learning rates.")
-    if data.lr_range is None:
+    if data.lr_range_skipped:
+        _note(data, "lr-range", f"The LR range test was skipped: {data.lr_range_skipped}.")
+    elif data.lr_range is None:
         _note(data, "lr-range", "This study ran no LR range test (`--lr-range off`): `lrtune search --lr-range auto` "
               "(the default) runs one before a new study's first trial, `lrtune lr-find` runs one alone.")
     elif data.lr_range.suggestion is None:

@@ -261,7 +261,7 @@ def _draw_summary(data: ReportData) -> str:
 def _dataset_text(data: ReportData) -> str:
     """``digits-lt, 10 classes, 584 train / 144 validation images, 16 px`` as HTML; empty when unknown."""
     e = html.escape
-    dataset = data.dataset
+    dataset = data.data_summary
     name = dataset.get("name") or data.config.get("data")
     if not name:
         return ""

@@ -67,6 +67,7 @@ class Heartbeat:
     on_stale: Callable[[optuna.Study, FrozenTrial], None]
 
 
+MAX_BOUND_IDS = 1000  # trial ids bound into one statement at most (SQLite allows 32766 parameters, PostgreSQL 65535)
 POOL_SIZE = 2  # connections per process to a server database: the trial's thread and its heartbeat
 POOL_RECYCLE = 600  # seconds before a pooled connection is replaced, ahead of servers and firewalls that drop idle ones
 RETRY_FOR = 120.0  # default seconds a lost connection to the database is retried before giving up
@@ -154,6 +155,26 @@ class _Statements(RDBStorage):
 
         return retrying(connected, url=self.url, retry_for=self.retry_for)
 
+    def _check_param(self, trial_id: int, name: str, distribution: Any, previous: Any) -> Any:
+        """Parameter ``name``'s distribution in the study (``previous``, or read with the trial's state in one
+        query), once ``distribution`` is known to be compatible with it; raises as Optuna does."""
+        state = None
+        if previous is None:
+            stored = self._read(statements.STUDY_DISTRIBUTION, {"trial": trial_id, "name": name})
+            previous = optuna.distributions.json_to_distribution(stored[0][0]) if stored else None
+            state = stored[0][1] if stored else None
+        if previous is not None:
+            try:
+                optuna.distributions.check_distribution_compatibility(previous, distribution)
+            except ValueError:
+                # Optuna checks the trial first: a finished trial is refused as finished, whatever the distribution.
+                if state is None:
+                    state = next(iter(self._read(statements.TRIAL_STATE, {"trial": trial_id})), [None])[0]
+                if state is not None:
+                    self.check_trial_is_updatable(trial_id, TrialState[state])
+                raise
+        return previous
+
     def _optuna(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Optuna's own ``name``, retried."""
         method = getattr(super(), name)
@@ -222,11 +243,7 @@ class ResilientStorage(_Statements):
         if self.engine.dialect.name not in statements.INSERTS:
             return self._optuna("_set_trial_param", trial_id, param_name, param_value_internal, distribution,
                                 previous_distribution)
-        if previous_distribution is None:
-            stored = self._read(statements.STUDY_DISTRIBUTION, {"trial": trial_id, "name": param_name})
-            previous_distribution = optuna.distributions.json_to_distribution(stored[0][0]) if stored else None
-        if previous_distribution is not None:
-            optuna.distributions.check_distribution_compatibility(previous_distribution, distribution)
+        previous_distribution = self._check_param(trial_id, param_name, distribution, previous_distribution)
         row = {"trial_id": trial_id, "param_name": param_name, "param_value": param_value_internal,
                "distribution_json": optuna.distributions.distribution_to_json(distribution)}
         if trial_id in self._held:
@@ -236,16 +253,22 @@ class ResilientStorage(_Statements):
                          previous_distribution)  # Optuna's error for a finished or missing trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        """As Optuna's; taking a queued trial (WAITING to RUNNING) is one conditional ``UPDATE``.
+        """As Optuna's; taking a queued trial (WAITING to RUNNING) and ending an unfinished one without
+        values (FAIL, PRUNED) are one conditional ``UPDATE`` each.
 
         Optuna reads the state, then writes it. On SQLite the read is outside
         the write's transaction, so two workers could both take one queued
-        trial; the conditional update lets exactly one of them have it.
+        trial, or both fail one stale trial and each run its callback (two
+        retries); the conditional update lets exactly one of them change it.
         """
-        if state != TrialState.RUNNING or values is not None:
+        if values is not None:
             return self._optuna("set_trial_state_values", trial_id, state, values)
-        if self._execute(statements.CLAIM, {"trial": trial_id, "start": statements.utc_now()}):
-            return True
+        if state == TrialState.RUNNING:
+            if self._execute(statements.CLAIM, {"trial": trial_id, "start": statements.utc_now()}):
+                return True
+        elif state.is_finished():
+            if self._execute(statements.FINISH, {"trial": trial_id, "state": state, "complete": statements.utc_now()}):
+                return True
         return self._optuna("set_trial_state_values", trial_id, state, values)  # False, or Optuna's error
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -261,13 +284,23 @@ class ResilientStorage(_Statements):
 
     def _get_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
                     trial_id_greater_than: int) -> list[FrozenTrial]:
-        """As Optuna's (what ``get_all_trials`` and Optuna's cache call), in one query."""
+        """As Optuna's (what ``get_all_trials`` and Optuna's cache call), in one query.
+
+        More than ``MAX_BOUND_IDS`` trials to include are not bound one by one
+        (databases cap a statement's parameters): the trials from the lowest of
+        them on are read, and those not asked for are left out.
+        """
         included = sorted(i for i in included_trial_ids if i <= trial_id_greater_than)
-        shape = (states is not None, trial_id_greater_than > -1, bool(included))
-        params = {"study": study_id, "states": list(states or ()), "after": trial_id_greater_than, "included": included}
+        after, many = trial_id_greater_than, len(included) > MAX_BOUND_IDS
+        if many:
+            after, included = included[0] - 1, []
+        shape = (states is not None, after > -1, bool(included))
+        params = {"study": study_id, "states": list(states or ()), "after": after, "included": included}
         exists, found = statements.frozen_trials(self._read(statements.trials(shape), params))
         if not exists:  # Optuna's KeyError
             return self._optuna("_get_trials", study_id, states, included_trial_ids, trial_id_greater_than)
+        if many:
+            found = [t for t in found if t._trial_id in included_trial_ids or t._trial_id > trial_id_greater_than]
         return found
 
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:

@@ -51,6 +51,13 @@ CLAIM = (  # a queued trial, taken by whoever changes its state first; :start is
 )
 
 
+FINISH = (  # an unfinished trial ended without values (FAIL, PRUNED), by whoever changes its state first
+    update(_TRIALS)
+    .where(_TRIALS.c.trial_id == bindparam("trial"), _TRIALS.c.state.in_(UNFINISHED))
+    .values(state=bindparam("state", type_=_TRIALS.c.state.type), datetime_complete=bindparam("complete"))
+)
+
+
 def utc_now() -> datetime.datetime:
     """Now as Optuna stores a trial's times: naive UTC."""
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
@@ -71,8 +78,10 @@ TRIAL_IDS = (  # the ids of study :study's trials in any of :states
 )
 
 _PARAMS, _OF_TRIAL = models.TrialParamModel.__table__, _TRIALS.alias("of_trial")
-STUDY_DISTRIBUTION = (  # the distribution of parameter :name in any trial of trial :trial's study
-    select(_PARAMS.c.distribution_json)
+TRIAL_STATE = select(cast(_TRIALS.c.state, String)).where(_TRIALS.c.trial_id == bindparam("trial"))  # trial :trial's
+STUDY_DISTRIBUTION = (  # the distribution of parameter :name in any trial of trial :trial's study, and that trial's state
+    select(_PARAMS.c.distribution_json,
+           select(cast(_OF_TRIAL.c.state, String)).where(_OF_TRIAL.c.trial_id == bindparam("trial")).scalar_subquery())
     .join(_TRIALS, _PARAMS.c.trial_id == _TRIALS.c.trial_id)
     .where(_TRIALS.c.study_id == select(_OF_TRIAL.c.study_id).where(_OF_TRIAL.c.trial_id == bindparam("trial"))
            .scalar_subquery(), _PARAMS.c.param_name == bindparam("name"))

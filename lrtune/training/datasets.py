@@ -75,12 +75,16 @@ def load_imageset(
     cache: str = "auto",
     cache_dir: str | Path = "studies/cache",
     skip_bad_images: bool = False,
+    shared: bool = False,
     progress: ProgressSink | None = None,
 ) -> ImageSet:
     """Load a built-in digit set, an ImageFolder or a CSV manifest as ``image_size`` square images.
 
     The last few results are memoized per process; with the disk cache a set is
     also reused by later runs and other processes until a file changes.
+    ``shared`` (several processes train on the set) decodes files once, into
+    the disk cache, whatever ``cache`` says: with ``memory`` each process then
+    copies the decoded set into its RAM instead of mapping it.
     ``progress`` hears how many images are decoded.
     """
     if image_size <= 0:
@@ -91,14 +95,15 @@ def load_imageset(
         key: tuple[Any, ...] = (data, image_size)
     else:
         root = str(Path(data_root).resolve()) if data_root else ""
-        key = (str(Path(data).resolve()), root, image_size, cache, str(Path(cache_dir).resolve()), skip_bad_images)
+        key = (str(Path(data).resolve()), root, image_size, cache, str(Path(cache_dir).resolve()), skip_bad_images,
+               shared)
     if key in _LOADED:
         _LOADED.move_to_end(key)
         return _LOADED[key]
     if data in DIGITS_SETS:
         imageset = _load_digits(data, image_size)
     else:
-        imageset = _load_files(data, data_root, image_size, cache, Path(cache_dir), skip_bad_images, progress)
+        imageset = _load_files(data, data_root, image_size, cache, Path(cache_dir), skip_bad_images, shared, progress)
     _LOADED[key] = imageset
     while len(_LOADED) > _LOADED_MAX:
         _LOADED.popitem(last=False)
@@ -117,13 +122,17 @@ def _load_files(
     cache: str,
     cache_dir: Path,
     skip_bad_images: bool,
+    shared: bool,
     progress: ProgressSink | None,
 ) -> ImageSet:
     listing = _list_source(data, data_root)
     _check_classes(listing, np.asarray(listing.labels, np.int64), listing.files)
     nbytes = len(listing.files) * image_size * image_size * 3
-    if cache == "disk" or (cache == "auto" and nbytes > _memory_budget()):
-        return _load_disk_cached(listing, image_size, cache_dir, skip_bad_images, progress)
+    if shared or cache == "disk" or (cache == "auto" and nbytes > _memory_budget()):
+        imageset = _load_disk_cached(listing, image_size, cache_dir, skip_bad_images, progress)
+        if cache == "memory":  # decoded once for every process, each holding its own copy
+            imageset.images = np.array(imageset.images)
+        return imageset
     images = np.empty((len(listing.files), image_size, image_size, 3), np.uint8)
     ok = _decode_into(images, listing, skip_bad_images, progress)
     return _assemble(listing, images, ok)

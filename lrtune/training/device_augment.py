@@ -147,7 +147,7 @@ def _to_normalized(h: int, w: int, device: torch.device) -> torch.Tensor:
 
 
 class DeviceLoader:
-    """Shuffled, augmented training batches cut from a uint8 cache on the device.
+    """``loaders.EpochBatches`` cut from a uint8 cache on the device and augmented there.
 
     What ``loaders.make_train_loader`` yields, without a worker process or a
     host-to-device copy: the order and the augmentations come from generators
@@ -177,6 +177,17 @@ class DeviceLoader:
         self.generator.manual_seed(seed)
         self.augment.reseed(seed + 1)
 
+    def rng_state(self) -> tuple[bytes, bytes]:
+        return _state_bytes(self.generator), _state_bytes(self.augment.generator)
+
+    def set_rng_state(self, state: tuple[bytes, bytes]) -> None:
+        for generator, saved in zip((self.generator, self.augment.generator), state):
+            generator.set_state(torch.frombuffer(bytearray(saved), dtype=torch.uint8))
+
+    @property
+    def images_per_epoch(self) -> int:
+        return len(self.indices)
+
     def __len__(self) -> int:
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
@@ -192,6 +203,10 @@ class DeviceLoader:
             index = self.indices[positions]
             affine_p = self.affine_p[positions] if self.affine_p is not None else None
             yield self.augment(self.images[index], affine_p), self.labels[index]
+
+
+def _state_bytes(generator: torch.Generator) -> bytes:
+    return generator.get_state().numpy().tobytes()
 
 
 # (id of the source array, device) -> (the source array, kept so its id stays its own; images; labels)

@@ -1,15 +1,21 @@
 """Training batches (augmented with albumentations) and evaluation batches, as uint8 images.
 
+``EpochBatches`` is what training sees of its batches, whichever path
+augments them: ``HostLoader`` here (albumentations in a DataLoader, on the
+CPU) or ``device_augment.DeviceLoader`` (batched on the device). Callers
+never ask which one they hold.
+
 ``to_model_input`` normalizes whole batches on the device, so workers only ever
 move uint8 pixels.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import albumentations as A
 import numpy as np
@@ -30,6 +36,45 @@ BRIGHTNESS = 0.2  # add up to this share of 255 either way
 CONTRAST = 0.2  # multiply by 1 plus up to this either way
 CROP_SCALE = (0.08, 1.0)  # random-resized crop: share of the area kept (timm's and torchvision's default)
 CROP_RATIO = (3 / 4, 4 / 3)  # and its aspect ratio
+
+# --- the batches of an epoch ----------------------------------------------------------
+
+
+class EpochBatches(Protocol):
+    """The augmented training batches of an epoch: what the loop, the range test and a run use.
+
+    Both augmentation paths implement it; an epoch after ``reseed(s)`` is the
+    same every time, and ``rng_state``/``set_rng_state`` put the random
+    streams back where they were (the range test restores them).
+    """
+
+    batch_size: int
+    drop_last: bool
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        ...
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Images an epoch draws (with ``balance=oversample``, the copies too)."""
+        ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """uint8 (B, S, S, 3) images and int64 labels."""
+        ...
+
+    def reseed(self, seed: int) -> None:
+        """Restart the order and the augmentation from ``seed``."""
+        ...
+
+    def rng_state(self) -> Any:
+        """The random streams' state: plain data that compares equal when the streams are."""
+        ...
+
+    def set_rng_state(self, state: Any) -> None:
+        ...
+
 
 # --- training data --------------------------------------------------------------------
 
@@ -166,12 +211,14 @@ def make_train_loader(
     crop: float = 0.0,
     num_workers: int = 0,
     pin_memory: bool = False,
-) -> DataLoader:
+) -> "HostLoader":
     """Shuffled, augmented training batches of uint8 (B, S, S, 3) images and int64 labels.
 
     Order and sampling come from torch's global RNG (with worker processes: from
-    the epoch's seed), so ``torch.manual_seed(s)`` plus ``loader.dataset.reseed(s)``
+    the epoch's seed), so ``torch.manual_seed(s)`` plus ``loader.reseed(s)``
     before an epoch makes it repeatable. Worker processes persist across epochs.
+    ``pin_memory`` puts each batch in page-locked memory, so its copy to a GPU
+    runs beside the step (``to_model_input`` copies with ``non_blocking``).
     """
     if balance not in BALANCE_MODES:
         raise ConfigError(f"unknown balance {balance!r} (valid: {', '.join(BALANCE_MODES)})")
@@ -193,7 +240,7 @@ def make_train_loader(
     if num_workers > 0:
         # Workers stay up for the whole run; each epoch's seed travels with its indices.
         sampler = EpochSampler(dataset, sampler if sampler is not None else RandomSampler(dataset))
-    return DataLoader(
+    return HostLoader(DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=sampler is None,
@@ -205,7 +252,51 @@ def make_train_loader(
         # global RNG, which the model's dropout goes on drawing from.
         generator=torch.Generator() if num_workers > 0 else None,
         persistent_workers=num_workers > 0,
-    )
+    ))
+
+
+class HostLoader:
+    """``EpochBatches`` augmented on the CPU: albumentations in a DataLoader, optionally in worker processes."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self._loader = loader
+        self._dataset: TrainDataset = loader.dataset  # type: ignore[assignment]
+        self.batch_size = int(loader.batch_size or 1)
+        self.drop_last = bool(loader.drop_last)
+        self.pin_memory = bool(loader.pin_memory)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    @property
+    def images_per_epoch(self) -> int:
+        return len(self._loader.sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self._loader)
+
+    def reseed(self, seed: int) -> None:
+        self._dataset.reseed(seed)
+
+    def rng_state(self) -> dict[str, Any]:
+        dataset = self._dataset
+        return {"seed": dataset.seed, "transform": _compose_state(dataset.transform),
+                "rare": _compose_state(dataset.rare_transform)}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._dataset.seed = state["seed"]
+        _set_compose_state(self._dataset.transform, state["transform"])
+        _set_compose_state(self._dataset.rare_transform, state["rare"])
+
+
+def _compose_state(transform: A.Compose) -> tuple[Any, Any]:
+    """An albumentations pipeline's random streams (its steps share them)."""
+    return copy.deepcopy(transform.random_generator.bit_generator.state), transform.py_random.getstate()
+
+
+def _set_compose_state(transform: A.Compose, state: tuple[Any, Any]) -> None:
+    transform.random_generator.bit_generator.state = copy.deepcopy(state[0])
+    transform.py_random.setstate(state[1])
 
 
 # --- evaluation and model input ----------------------------------------------------------

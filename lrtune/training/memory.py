@@ -32,14 +32,18 @@ def wait_for_memory(
     need: int,
     free: Callable[[], int | None],
     *,
-    timeout: float = MEMORY_WAIT_S,
-    poll: float = MEMORY_POLL_S,
-    sleep: Callable[[float], None] = time.sleep,
+    timeout: float | None = None,
+    poll: float | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> bool:
     """Wait until ``free()`` reports at least ``need`` bytes, for at most ``timeout`` seconds.
 
     True when there is room (or nothing to check); False when the wait ran out.
+    ``timeout`` and ``poll`` default to ``MEMORY_WAIT_S`` and ``MEMORY_POLL_S``.
     """
+    timeout = MEMORY_WAIT_S if timeout is None else timeout
+    poll = MEMORY_POLL_S if poll is None else poll
+    sleep = time.sleep if sleep is None else sleep
     waited = 0.0
     while True:
         available = free()

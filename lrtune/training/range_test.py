@@ -91,8 +91,8 @@ def range_test(
     """Sweep the LR of ``run`` (a ``TrainingRun``) from ``start`` toward ``end`` over ``steps`` optimizer steps.
 
     Raises ``ConfigError`` for a range that does not increase or too few steps,
-    ``DataError`` for a training set smaller than one batch, and
-    ``RangeTestError`` when the loss is non-finite from the first step.
+    ``TooFewImages`` (a ``DataError``) for a training set smaller than one batch,
+    and ``RangeTestError`` when the loss is non-finite from the first step.
     """
     _check_inputs(run, start=start, end=end, steps=steps, diverge=diverge, beta=beta)
     saved = _save_state(run)
@@ -190,6 +190,14 @@ def choose(
 # --------------------------------------------------------------------------- the sweep
 
 
+class TooFewImages(DataError):
+    """The training set is smaller than one batch: a sweep would see the same few images every step."""
+
+    def __init__(self, images: int, batch: int) -> None:
+        self.reason = f"the training set has {images} images, fewer than one batch of {batch}"
+        super().__init__(f"{self.reason}; lower --batch-size")
+
+
 def check_sweep(*, start: float, end: float, steps: int) -> None:
     """A range that increases from a positive start, and enough steps for the rules; else ``ConfigError``."""
     if not (math.isfinite(start) and math.isfinite(end)) or start <= 0 or end <= start:
@@ -202,10 +210,9 @@ def _check_inputs(run: Any, *, start: float, end: float, steps: int, diverge: fl
     check_sweep(start=start, end=end, steps=steps)
     if diverge <= 1 or not 0 <= beta < 1:
         raise ConfigError(f"diverge must be > 1 and beta in [0, 1), got {diverge:g} and {beta:g}")
-    n_images, batch = len(run.loader.dataset), run.cfg.batch_size
+    n_images, batch = run.loader.images_per_epoch, run.loader.batch_size
     if n_images < batch:
-        raise DataError(f"the training set has {n_images} images, fewer than one batch of {batch}; "
-                        "lower --batch-size")
+        raise TooFewImages(n_images, batch)
 
 
 def _batches(loader: Any):
@@ -280,13 +287,12 @@ def _group_loss(run: Any, batches: Any, accum: int) -> float:
 
 def _save_state(run: Any) -> dict[str, Any]:
     """Copies of everything the sweep changes: weights, optimizer, scaler, augmentation and global RNGs."""
-    dataset = run.loader.dataset
     return {
         "model": copy.deepcopy(run.model.state_dict()),
         "optimizer": copy.deepcopy(run.optimizer.state_dict()),
         "scaler": copy.deepcopy(run.scaler.state_dict()) if run.scaler is not None else None,
         "training": run.model.training,
-        "augment": copy.deepcopy((dataset.transform, dataset.rare_transform)),
+        "augment": run.loader.rng_state(),
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
@@ -301,7 +307,7 @@ def _restore_state(run: Any, saved: dict[str, Any]) -> None:
     if saved["scaler"] is not None:
         run.scaler.load_state_dict(saved["scaler"])
     run.model.train(saved["training"])
-    run.loader.dataset.transform, run.loader.dataset.rare_transform = saved["augment"]
+    run.loader.set_rng_state(saved["augment"])
     random.setstate(saved["python"])
     np.random.set_state(saved["numpy"])
     torch.set_rng_state(saved["torch"])

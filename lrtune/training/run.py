@@ -16,14 +16,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-
 from lrtune.config import Config, effective_hflip, effective_image_size
 from lrtune.progress import ProgressSink
 from lrtune.training import checkpoints, memory
 from lrtune.training.datasets import ImageSet, class_counts, load_imageset, split_indices
-from lrtune.training.device_augment import DeviceLoader, choose_augment, make_device_loader
-from lrtune.training.loaders import iter_eval_batches, make_train_loader
+from lrtune.training.device_augment import choose_augment, make_device_loader
+from lrtune.training.loaders import EpochBatches, iter_eval_batches, make_train_loader
 from lrtune.training.loop import AmpPolicy, Diverged, train_one_epoch, evaluate
 from lrtune.training.metrics import Evaluation
 from lrtune.training.losses import create_loss
@@ -106,6 +104,7 @@ def load_training_data(cfg: Config, *, progress: ProgressSink | None = None) -> 
         cache=cfg.cache,
         cache_dir=f"{cfg.studies_dir}/cache",
         skip_bad_images=cfg.skip_bad_images,
+        shared=cfg.workers > 1,  # local workers map one decode instead of each decoding the files
         progress=progress,
     )
     if not cfg.test_fraction:
@@ -124,7 +123,7 @@ def augment_path(cfg: Config, data: TrainingData, device: torch.device) -> str:
     return choose_augment(cfg.augment, device_type=device.type, cache_bytes=data.imageset.images.nbytes, free_bytes=free)
 
 
-def make_loader(cfg: Config, data: TrainingData, device: torch.device, path: str) -> DataLoader | DeviceLoader:
+def make_loader(cfg: Config, data: TrainingData, device: torch.device, path: str) -> EpochBatches:
     """Training batches augmented on the CPU by albumentations, or on ``device`` from a cache there."""
     common = dict(
         batch_size=cfg.batch_size,
@@ -254,8 +253,7 @@ class TrainingRun:
         """Train and validate one epoch, and record it; raises ``Diverged`` on a runaway loss."""
         cfg, state = self.cfg, self.state
         seed_everything(epoch_seed(self.seed, epoch))
-        reseed = self.loader.reseed if isinstance(self.loader, DeviceLoader) else self.loader.dataset.reseed
-        reseed(epoch_seed(self.seed, epoch))
+        self.loader.reseed(epoch_seed(self.seed, epoch))
         started = time.perf_counter()
         result = train_one_epoch(
             self.net,

@@ -28,7 +28,7 @@ from lrtune.config import Config
 from lrtune.errors import ConfigError
 from lrtune.progress import ProgressSink
 from lrtune.training.loop import AmpPolicy
-from lrtune.training.range_test import END_LR, STEPS, RangeTestResult, range_test
+from lrtune.training.range_test import END_LR, STEPS, RangeTestResult, TooFewImages, range_test
 from lrtune.training.run import Hyperparams, TrainingData, TrainingRun
 
 ATTR = "lr_range"  # the study user attribute holding the record
@@ -104,7 +104,9 @@ def seed_study(
 ) -> dict[str, Any] | None:
     """Run the range test once per study (``lr_range=auto``), store it, and queue its suggestion.
 
-    Returns the stored record; a study that has one already keeps it.
+    Returns the stored record; a study that has one already keeps it. A
+    training set smaller than one batch skips the test: the record then says
+    why, the configured range stays, and the search goes on.
     """
     if cfg.lr_range == "off":
         return None
@@ -113,7 +115,13 @@ def seed_study(
         return stored
     say = progress.message if progress is not None else (lambda text: None)
     say("running the LR range test once for this study (--lr-range auto)")
-    result = run_range_test(cfg, data=data, amp=amp, steps=STEPS, progress=progress)
+    try:
+        result = run_range_test(cfg, data=data, amp=amp, steps=STEPS, progress=progress)
+    except TooFewImages as exc:
+        record = {"skipped": exc.reason, "suggestion": None, "bounds": [cfg.lr_min, cfg.lr_max]}
+        study.set_user_attr(ATTR, record)
+        say(f"LR range test skipped: {exc.reason}; the LR range stays {cfg.lr_min:.3g} to {cfg.lr_max:.3g}")
+        return record
     baseline = study.user_attrs.get("baseline") or {}
     baseline_lr = float(baseline.get("lr", cfg.lr_min))
     record = result.to_dict()

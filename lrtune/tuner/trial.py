@@ -148,7 +148,7 @@ class Objective:
         if self.stop():
             raise Interrupted
         if self.peak:  # other trials may share this GPU: wait for room for one more like the last
-            memory.wait_for_memory(int(self.peak * memory.MEMORY_MARGIN), lambda: memory.free_bytes(self.device))
+            wait_for_room(self.device, int(self.peak * memory.MEMORY_MARGIN), self.progress)
         with params_together(trial):
             params = suggest(trial, self.cfg)
         seed, retry_of = _start(trial, self.cfg, params)
@@ -265,6 +265,16 @@ class Objective:
             return
         files.writer.save(files.folder / checkpoints.BEST, weights_record(trial, run, files))
         run.state.best_saved = True
+
+
+def wait_for_room(device: torch.device, need: int, progress: ProgressSink | None) -> None:
+    """Until ``device`` has ``need`` bytes free; past ``MEMORY_WAIT_S`` the trial starts anyway, and says so."""
+    if not memory.wait_for_memory(need, lambda: memory.free_bytes(device)) and progress is not None:
+        free = memory.free_bytes(device) or 0
+        progress.message(
+            f"waited {memory.MEMORY_WAIT_S:g} s for {need / 2**30:.2f} GiB of free memory on {device} "
+            f"({free / 2**30:.2f} GiB free); starting the trial anyway"
+        )
 
 
 def _start(trial: optuna.Trial, cfg: Config, params: Hyperparams) -> tuple[int, int | None]:

@@ -7,7 +7,7 @@ from helpers import FAST, load, run_cli
 from lrtune.cli import main
 
 
-def test_search_resumes_up_to_the_total_and_then_does_nothing(tmp_path):
+def test_search_resumes_up_to_the_total_and_then_does_nothing(tmp_path, augment):
     args = ["search", "--studies-dir", str(tmp_path), *FAST]
     first = run_cli(*args, "--trials", "3", LRTUNE_LR_RANGE=None)  # the defaults, LR range test included
     assert first.returncode == 0, first.stderr
@@ -43,10 +43,37 @@ def test_search_resumes_up_to_the_total_and_then_does_nothing(tmp_path):
     shown = run_cli("show", "--studies-dir", str(tmp_path), "--json")
     data = json.loads(shown.stdout)
     assert data["study"] == "digits-lt-test_resnet"
+    assert data["config"]["augment"] == augment
     assert data["best"]["value"] == max(t["value"] for t in data["top"])
     assert set(data["best"]["params"]) >= {"lr", "scheduler", "loss", "accum"}
 
+    trained = run_cli("train", "--studies-dir", str(tmp_path))  # the best trial, to its best epoch, on the same path
+    assert trained.returncode == 0, trained.stderr
+    best = next(t for t in data["top"] if t["state"] == "complete")
+    assert f"validation macro-F1 {best['value']:.4f} (the trial's best: {best['value']:.4f})" in trained.stderr
 
+
+def test_a_training_set_smaller_than_one_batch_skips_the_range_test_and_the_search_goes_on(tmp_path):
+    data = _folder(tmp_path / "tiny", ["a", "b"], per_class=12)  # 24 images: 19 train, 5 validation
+    studies = str(tmp_path / "s")
+    result = run_cli("search", "--studies-dir", studies, "--data", str(data), "--trials", "2", "--epochs", "1",
+                     "--image-size", "12", LRTUNE_LR_RANGE=None)  # the default: --lr-range auto, --batch-size 32
+    assert result.returncode == 0, result.stderr
+    reason = "the training set has 19 images, fewer than one batch of 32"
+    assert f"LR range test skipped: {reason}; the LR range stays 1e-05 to 1" in result.stderr
+    study = load(tmp_path / "s", "tiny-test_resnet")
+    assert study.user_attrs["lr_range"] == {"skipped": reason, "suggestion": None, "bounds": [1e-05, 1.0]}
+    assert sum(t.state.is_finished() for t in study.trials) == 2
+    assert f"LR range test skipped: {reason}" in run_cli("show", "--studies-dir", studies).stdout
+    again = run_cli("search", "--studies-dir", studies, "--data", str(data), "--trials", "3", "--epochs", "1",
+                    "--image-size", "12", LRTUNE_LR_RANGE=None)
+    assert again.returncode == 0, again.stderr
+    assert "LR range test" not in again.stderr  # the record stays: a resumed study does not try again
+    lr_find = run_cli("lr-find", "--studies-dir", studies, "--data", str(data), "--image-size", "12")
+    assert lr_find.returncode == 1 and lr_find.stderr.strip() == f"lrtune: error: {reason}; lower --batch-size"
+
+
+@pytest.mark.trains_nothing
 def test_help_works_both_ways_and_names_environment_variables():
     for flag in ("-h", "--help"):
         with pytest.raises(SystemExit) as exit_info:
@@ -54,6 +81,7 @@ def test_help_works_both_ways_and_names_environment_variables():
         assert exit_info.value.code == 0
 
 
+@pytest.mark.trains_nothing
 def test_help_mentions_env(capsys):
     with pytest.raises(SystemExit):
         main(["search", "--help"])
@@ -61,6 +89,7 @@ def test_help_mentions_env(capsys):
     assert "env LRTUNE_LR_MAX" in out and "--lr-min" in out and "--schedulers" in out
 
 
+@pytest.mark.trains_nothing
 def test_usage_error_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["search", "--no-such-flag"])
@@ -126,6 +155,7 @@ def bad_inputs(tmp_path):
     ]
 
 
+@pytest.mark.trains_nothing
 def test_every_bad_input_gives_one_line_naming_the_culprit(tmp_path, capsys):
     for args, message in bad_inputs(tmp_path):
         code = main(["search", "--studies-dir", str(tmp_path / "studies"), "--trials", "1", "--epochs", "1", *args])
@@ -149,8 +179,9 @@ def test_skip_bad_images_skips_and_counts(tmp_path):
     assert study.user_attrs["dataset"]["skipped"] == ["a/broken.png"]
 
 
+@pytest.mark.trains_nothing
 def test_bad_input_through_a_real_subprocess_has_no_traceback_unless_debug(tmp_path):
-    result = run_cli("search", "--studies-dir", str(tmp_path), "--data", str(tmp_path / "gone"))
+    result = run_cli("search", "--studies-dir", str(tmp_path), "--data", str(tmp_path / "gone"), fresh=True)
     assert result.returncode == 1
     assert result.stderr.strip().startswith("lrtune: error: data")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -158,6 +189,7 @@ def test_bad_input_through_a_real_subprocess_has_no_traceback_unless_debug(tmp_p
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
+@pytest.mark.trains_nothing
 def test_show_and_report_on_a_missing_database_say_so(tmp_path, capsys):
     assert main(["show", "--studies-dir", str(tmp_path)]) == 1
     assert "no study database" in capsys.readouterr().err

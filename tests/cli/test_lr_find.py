@@ -37,6 +37,7 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, args, message):
     assert result.stdout == ""
 
 
+@pytest.mark.trains_nothing
 def test_help_lists_the_sweep_options_and_the_search_s_data_and_training_flags(capsys):
     from lrtune.cli import main
 
@@ -49,6 +50,7 @@ def test_help_lists_the_sweep_options_and_the_search_s_data_and_training_flags(c
     assert "env LRTUNE_BATCH_SIZE" in out
 
 
+@pytest.mark.trains_nothing
 def test_search_help_names_the_lr_range_option(capsys):
     from lrtune.cli import main
 

@@ -16,13 +16,17 @@ from helpers import run_cli
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(900)]
 
+# The augmentation path does not reach the storage: these tests share the two
+# paths between them (``path``), each running once, instead of each running twice.
+DEVICE, CPU = pytest.mark.path("device"), pytest.mark.path("cpu")
+
 TINY = ["--epochs", "2", "--batch-size", "128", "--image-size", "8", "--sampler", "random"]
 TRIALS = 12
 WORKERS = 3
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def shared(tmp_path_factory, augment):
     """One study searched by three workers at once, each its own process."""
     url = postgres.server_url()
     name = postgres.new_study_name()
@@ -39,6 +43,7 @@ def shared(tmp_path_factory):
     return {"url": url, "name": name, "folder": folder, "logs": texts}
 
 
+@DEVICE
 def test_three_workers_share_one_study(shared):
     study = postgres.load(shared["url"], shared["name"])
     trials = study.get_trials(deepcopy=False)
@@ -54,6 +59,7 @@ def test_three_workers_share_one_study(shared):
         assert "error" not in text.lower() and "traceback" not in text.lower(), text
 
 
+@DEVICE
 def test_pruning_decisions_used_the_other_workers_values(shared):
     """A pruned trial was below the median of what the complete trials had reported, other workers' included."""
     study = postgres.load(shared["url"], shared["name"])
@@ -76,6 +82,7 @@ def test_pruning_decisions_used_the_other_workers_values(shared):
     assert used_others >= 1, "no pruning decision saw another worker's trials"
 
 
+@DEVICE
 def test_another_machine_joins_with_the_stored_config(shared, tmp_path):
     url, name = shared["url"], shared["name"]
     before = postgres.load(url, name).get_trials(deepcopy=False)
@@ -93,6 +100,7 @@ def test_another_machine_joins_with_the_stored_config(shared, tmp_path):
         assert new.user_attrs["curves"]["epoch"] == [1, 2]
 
 
+@DEVICE
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -107,6 +115,7 @@ def test_a_join_that_would_compute_other_trials_is_refused(shared, tmp_path, fla
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
+@DEVICE
 def test_the_password_never_appears(shared, tmp_path):
     url, name = shared["url"], shared["name"]
     secret = postgres.password(url)
@@ -137,6 +146,7 @@ RESUME = ["--trials", "2", "--epochs", "4", "--batch-size", "128", "--image-size
 FAST_HEARTBEAT = ["--heartbeat-interval", "1", "--heartbeat-grace", "3"]
 
 
+@CPU
 def test_a_trial_killed_on_machine_a_is_finished_on_machine_b_from_its_uploaded_checkpoint(tmp_path):
     url = postgres.server_url()
     name, reference = postgres.new_study_name(), postgres.new_study_name()
@@ -181,6 +191,7 @@ def _finished(trials):
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
+@DEVICE
 def test_a_server_restart_mid_search_loses_and_duplicates_no_trial(tmp_path):
     url = postgres.server_url()
     name = postgres.new_study_name()
@@ -220,24 +231,36 @@ def test_a_server_restart_mid_search_loses_and_duplicates_no_trial(tmp_path):
     assert {t.number for t in trials if t.state == TrialState.FAIL} <= set(retried)
 
 
-def _connections(url: str) -> int:
+def _connections(url: str, since) -> int:
+    """Client connections to the server opened since ``since`` (the server's clock), but this one."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     with engine.connect() as conn:
-        count = conn.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"))
-        return int(count.scalar()) - 1  # not this one
+        count = conn.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                                             "'client backend' AND backend_start >= :since"), {"since": since})
+        return int(count.scalar()) - 1
 
 
+def _server_now(url: str):
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as conn:
+        return conn.execute(sqlalchemy.text("SELECT now()")).scalar()
+
+
+@CPU
 def test_sixteen_workers_stay_within_the_servers_connections(tmp_path):
     url = postgres.server_url()
     name = postgres.new_study_name()
+    since = _server_now(url)  # connections other tests left behind do not count
     proc = postgres.start(None, "search", "--study", name, "--studies-dir", str(tmp_path), "--workers", "16",
                           "--trials", "16", "--epochs", "1", "--batch-size", "256", "--image-size", "8",
                           log=tmp_path / "log", LRTUNE_STORAGE=url)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, _connections(url))
+        peak = max(peak, _connections(url, since))
         time.sleep(0.5)
     text = (tmp_path / "log").read_text()
     assert proc.returncode == 0, text

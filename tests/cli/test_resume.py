@@ -1,26 +1,22 @@
 """Crash-safe resume, through the real CLI in subprocesses."""
 
+import os
 import signal
 import subprocess
 import time
 
-import pytest
+from PIL import Image
 
-from helpers import ROOT, cli_env, load, lrtune_cmd, run_cli, states
+import launcher
+from helpers import ROOT, cli_env, load, run_cli, states
 from lrtune.training import checkpoints
 
 NAME = "digits-lt-test_resnet"
 
 
 def start(tmp_path, *args):
-    return subprocess.Popen(
-        lrtune_cmd("search", "--studies-dir", str(tmp_path), "-v", *args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(),
-        cwd=ROOT,
-    )
+    return launcher.launch(["search", "--studies-dir", str(tmp_path), "-v", *args], env=cli_env(), cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def wait_for(proc, needle, timeout=600):
@@ -89,8 +85,12 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_the_trial_at_its_next_e
     assert study.trials[1].state.name == "FAIL" and study.trials[1].user_attrs["reason"] == "worker died"
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_sigint_and_sigterm_stop_cleanly_and_resume_continues_the_trial(tmp_path, sig, code):
+# Ctrl-C on one path and SIGTERM on the other: both signals, and both paths, stop and resume.
+SIGNALS = {"cpu": (signal.SIGINT, 130), "device": (signal.SIGTERM, 143)}
+
+
+def test_sigint_and_sigterm_stop_cleanly_and_resume_continues_the_trial(tmp_path, augment):
+    sig, code = SIGNALS[augment]
     proc = start(tmp_path, *SEARCH)
     wait_for(proc, f"trial 1 epoch 2/{EPOCHS}")
     proc.send_signal(sig)
@@ -140,8 +140,8 @@ def test_out_of_memory_in_one_trial_records_the_reason_and_the_study_goes_on(tmp
     assert len(finished(study)) == 3
 
 
-@pytest.mark.parametrize("workers", [2, 4])
-def test_local_workers_share_one_sqlite_study_without_losing_or_duplicating_trials(tmp_path, workers):
+def test_local_workers_share_one_sqlite_study_without_losing_or_duplicating_trials(tmp_path, augment):
+    workers = {"cpu": 4, "device": 2}[augment]
     result = run_cli(
         "search", "--studies-dir", str(tmp_path), "--trials", "12", "--epochs", "1", "--workers", str(workers),
         timeout=900,
@@ -175,3 +175,25 @@ def test_keep_best_leaves_only_the_best_trials_weights(tmp_path):
     trials_dir = tmp_path / NAME / "trials"
     files = sorted(p.relative_to(trials_dir).as_posix() for p in trials_dir.rglob("*") if p.is_file())
     assert files == [f"{study.best_trial.number}/best.pt"]
+
+
+def test_local_workers_decode_each_image_once_for_the_whole_study(tmp_path):
+    """The first process decodes into the disk cache and every worker maps it; decodes are counted in every process."""
+    photos = tmp_path / "photos"
+    for label, color in (("a", (200, 30, 30)), ("b", (30, 200, 30)), ("c", (30, 30, 200))):
+        (photos / label).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (40, 30), tuple(c + 3 * i for c in color)).save(photos / label / f"{i}.jpg", quality=90)
+    log = tmp_path / "decodes.log"
+    counter = ROOT / "tests" / "decode_counter"
+    result = run_cli(
+        "search", "--studies-dir", str(tmp_path / "s"), "--data", str(photos), "--image-size", "16",
+        "--trials", "4", "--epochs", "1", "--workers", "2", "--batch-size", "8",
+        DECODE_LOG=str(log), PYTHONPATH=f"{counter}{os.pathsep}{ROOT}", fresh=True,  # sitecustomize: at startup
+    )
+    assert result.returncode == 0, result.stderr
+    decodes = log.read_text().splitlines()
+    assert len(decodes) == 36, decodes  # each of the 36 files once, by the first process
+    assert len({line.split()[0] for line in decodes}) == 1
+    pids = {t.user_attrs["pid"] for t in load(tmp_path / "s", "photos-test_resnet").trials}
+    assert len(pids) == 2 and str(next(iter(pids))) not in {line.split()[0] for line in decodes}

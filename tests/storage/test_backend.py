@@ -137,6 +137,38 @@ def test_writes_to_a_finished_trial_or_an_incompatible_distribution_are_refused_
     assert storage.get_trial(running._trial_id).params == {}
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["direct", "behind-optunas-cache"])
+def test_a_parameter_on_a_finished_trial_is_refused_as_finished_whatever_its_distribution(any_url, cached):
+    """Optuna checks the trial's state before the distribution: a late write from another worker says why."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    backend = storage_mod.open_storage(any_url)
+    storage = optuna.storages._CachedStorage(backend) if cached else backend
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], postgres.new_study_name())
+    trial_id = storage.create_new_trial(study_id)
+    storage.set_trial_param(trial_id, "x", 0.5, FloatDistribution(0, 1))
+    storage.set_trial_state_values(trial_id, optuna.trial.TrialState.COMPLETE, [1.0])
+    for distribution, value in ((FloatDistribution(0, 1), 0.2), (CategoricalDistribution(["a", "b"]), 1)):
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_param(trial_id, "x", value, distribution)
+    running = storage.create_new_trial(study_id)
+    with pytest.raises(ValueError, match="Cannot set different distribution kind"):
+        storage.set_trial_param(running, "x", 1, CategoricalDistribution(["a", "b"]))
+    assert backend.get_trial(trial_id).params == {"x": 0.5}
+
+
+def test_many_trials_to_include_are_read_without_binding_each_id(storage_url, statements_of):
+    """Optuna's cache asks for the trials it has not seen finish; databases cap a statement's parameters."""
+    storage = storage_mod.open_storage(storage_url)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
+    ids = [storage.create_new_trial(study_id) for _ in range(4)]
+    wanted = {ids[1]} | set(range(ids[-1] + 1, ids[-1] + 5000))  # ids that do not exist, as after deletions
+    seen = statements_of(storage)
+    found = storage._get_trials(study_id, None, wanted, ids[2])
+    assert [t._trial_id for t in found] == [ids[1], ids[3]]
+    assert len(seen) == 1
+
+
 def test_trial_ids_by_state_and_their_intermediate_values(storage_url):
     storage = storage_mod.open_storage(storage_url)
     study = optuna.create_study(study_name="s", storage=storage)
@@ -276,12 +308,12 @@ def test_parameters_set_together_are_checked_as_they_come_and_written_in_one_sta
     seen = statements_of(storage)
     with storage.params_together(trial._trial_id):
         with pytest.raises(ValueError, match="log"):
-            trial.suggest_float("lr", 1e-4, 1.0)
+            trial.suggest_float("lr", 1e-4, 1.0)  # refused: its trial's state is read (a finished trial says so)
         lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
         batch = trial.suggest_int("batch", 8, 64)  # new to the study: its distribution is read, none is found
         loss = trial.suggest_categorical("loss", ["ce", "focal"])
-        assert len(seen) == 2, seen
-    assert len(seen) == 2 + 1, seen
+        assert len(seen) == 1 + 2, seen
+    assert len(seen) == 1 + 2 + 1, seen
     assert storage.get_trial(trial._trial_id).params == {"lr": lr, "batch": batch, "loss": loss}
     study.tell(trial, 0.5)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):

@@ -125,6 +125,20 @@ def test_disk_cache_is_reused_by_a_fresh_process(
     np.testing.assert_array_equal(first.images, second.images)
 
 
+@pytest.mark.parametrize("cache", ["auto", "memory", "disk"])
+def test_a_set_shared_by_several_processes_is_decoded_once_into_the_disk_cache(
+    tmp_path: Path, open_count: list[int], monkeypatch: pytest.MonkeyPatch, cache: str
+) -> None:
+    root = make_folder(tmp_path / "pets", {"cat": 2, "dog": 3})
+    first = load(root, tmp_path, cache=cache, shared=True)
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 1
+    monkeypatch.setattr(data, "_LOADED", OrderedDict())  # what another process sees
+    second = load(root, tmp_path, cache=cache, shared=True)
+    assert open_count[0] == 5
+    np.testing.assert_array_equal(first.images, second.images)
+    assert isinstance(second.images, np.memmap) == (cache != "memory")  # memory: each process's own copy
+
+
 def test_disk_cache_round_trips_through_a_memmap(tmp_path: Path) -> None:
     make_folder(tmp_path / "img", {"cat": 2, "dog": 2})
     rows = ["img/dog/0.png,dog,a", "img/cat/0.png,cat,b", "img/cat/1.png,cat,c", "img/dog/1.png,dog,d"]

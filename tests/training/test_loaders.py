@@ -102,14 +102,15 @@ def test_oversample_lifts_rare_classes_to_the_median(digits_train: tuple[ImageSe
     digits, train = digits_train
     before = class_counts(digits.labels[train], 10)
     median = np.median(before)
-    loader = loaders.make_train_loader(digits, train, batch_size=32, balance="oversample", **AUGMENT)
-    dataset = loader.dataset
-    after = class_counts(digits.labels[dataset.indices], 10)
+    extras = loaders.oversampled(train, digits.labels[train], 10)
+    after = class_counts(digits.labels[np.r_[train, extras]], 10)
     assert np.all(after >= median)
     np.testing.assert_array_equal(after[before >= median], before[before >= median])
-    assert dataset.rare.sum() == len(dataset) - len(train) == (after - before).sum()
-    assert not dataset.rare[: len(train)].any()
-    assert set(dataset.indices[dataset.rare]) <= set(train[digits.labels[train] >= 5])
+    assert set(extras) <= set(train[digits.labels[train] >= 5])
+    loader = loaders.make_train_loader(digits, train, batch_size=32, balance="oversample", **AUGMENT)
+    assert loader.images_per_epoch == len(train) + len(extras) == (after - before).sum() + len(train)
+    labels = torch.cat([one_epoch(loader, seed)[1] for seed in range(3)])
+    assert (labels == 9).float().mean() > 2 * before[9] / len(train)
 
 
 def test_unknown_balance(digits_train: tuple[ImageSet, np.ndarray]) -> None:

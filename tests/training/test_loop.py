@@ -1,10 +1,11 @@
 import copy
-
+import math
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from lrtune.errors import LRTuneError
 from lrtune.training.schedules import create_schedule
@@ -125,3 +126,89 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(LRTuneError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+# --- what differs on CUDA, through the same code on the CPU ----------------------------------
+
+
+def test_fp16_with_a_grad_scaler_skips_a_step_whose_gradients_overflow_and_lowers_the_scale():
+    model = linear_model()
+    fp16 = AmpPolicy(torch.device("cpu"), amp_dtype=torch.float16)
+    scaler = fp16.scaler()
+    assert scaler is not None and scaler.is_enabled()
+    start_scale = scaler.get_scale()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    schedule = create_schedule("step", base_lr=0.5, steps_per_epoch=3, epochs=1)
+    before = copy.deepcopy(model.state_dict())
+    after_step = []
+    calls = []
+
+    def overflow_first_group(grad):
+        calls.append(1)
+        return grad * math.inf if len(calls) == 1 else grad
+
+    model[1].weight.register_hook(overflow_first_group)
+    opt.register_step_post_hook(lambda *args: after_step.append(model[1].weight.detach().clone()))
+    data = batches(3, 4)
+    result = train_one_epoch(
+        model, data, opt, nn.CrossEntropyLoss(), schedule=schedule, step=0, accum_steps=1, amp=fp16, scaler=scaler
+    )
+    assert result.step == 3 and math.isfinite(result.train_loss)
+    assert len(after_step) == 2  # the overflowing step never reached the optimizer
+    assert scaler.get_scale() == start_scale * scaler.get_backoff_factor()
+    assert not torch.equal(before["1.weight"], model.state_dict()["1.weight"])
+
+
+def test_bf16_autocast_runs_training_and_evaluation_in_bfloat16_without_a_scaler():
+    bf16 = AmpPolicy(torch.device("cpu"), amp_dtype=torch.bfloat16)
+    assert bf16.scaler() is None
+    model = linear_model()
+    dtypes = []
+    model[1].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    schedule = create_schedule("cosine", base_lr=1e-2, steps_per_epoch=2, epochs=1)
+    result = train_one_epoch(model, batches(2, 4), opt, nn.CrossEntropyLoss(), schedule=schedule, step=0,
+                             accum_steps=1, amp=bf16)
+    ev = evaluate(model, batches(2, 4, seed=3), n_classes=5, amp=bf16)
+    assert dtypes == [torch.bfloat16] * 4
+    assert math.isfinite(result.train_loss) and math.isfinite(ev.loss)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps the weights in fp32
+
+
+class RecordDeviceCopies(TorchFunctionMode):
+    """Every ``Tensor.to`` that names a device, and whether it was asked not to block."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to and any(isinstance(a, (torch.device, str)) for a in (*args[1:], kwargs.get("device"))):
+            self.copies.append(bool(kwargs.get("non_blocking", False)))
+        return func(*args, **kwargs)
+
+
+def test_batches_cross_to_the_device_without_blocking_in_training_and_evaluation():
+    model = linear_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = create_schedule("step", base_lr=0.1, steps_per_epoch=3, epochs=1)
+    with RecordDeviceCopies() as recorded:
+        train_one_epoch(model, batches(3, 4), opt, nn.CrossEntropyLoss(), schedule=schedule, step=0, accum_steps=1,
+                        amp=CPU)
+        evaluate(model, batches(2, 4), n_classes=5, amp=CPU)
+    assert len(recorded.copies) == 2 * (3 + 2)  # images and labels of every batch
+    assert all(recorded.copies)
+
+
+def test_cuda_gets_bf16_where_the_gpu_has_it_else_fp16_with_a_scaler_and_channels_last(monkeypatch):
+    from lrtune.training.loop import amp_policy
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert amp_policy(cuda, True) == AmpPolicy(cuda, amp_dtype=torch.bfloat16, channels_last=True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    fp16 = amp_policy(cuda, True)
+    assert fp16 == AmpPolicy(cuda, amp_dtype=torch.float16, channels_last=True)
+    assert amp_policy(cuda, False).amp_dtype is None
+    assert amp_policy(torch.device("cpu"), True) == CPU

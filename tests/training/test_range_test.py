@@ -11,6 +11,7 @@ from lrtune.training.loop import AmpPolicy
 from lrtune.training.range_test import (
     MIN_STEPS,
     RangeTestResult,
+    TooFewImages,
     choose,
     range_test,
     smooth,
@@ -26,9 +27,10 @@ CPU = AmpPolicy(torch.device("cpu"))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    return Config(batch_size=16, studies_dir=str(tmp_path_factory.mktemp("studies")))
+@pytest.fixture(scope="module", params=["cpu", "device"])
+def cfg(tmp_path_factory, request):
+    """Each test runs on both augmentation paths."""
+    return Config(batch_size=16, augment=request.param, studies_dir=str(tmp_path_factory.mktemp("studies")))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,7 @@ def snapshot(run):
         "python": random.getstate(),
         "numpy": np.random.get_state()[1].copy(),
         "torch": torch.get_rng_state().clone(),
-        "augment": run.loader.dataset.transform.random_generator.bit_generator.state,
+        "augment": run.loader.rng_state(),
     }
 
 
@@ -199,8 +201,9 @@ def test_bad_ranges_and_step_counts_are_one_line_errors(cfg, data, kwargs, error
 
 def test_a_training_set_smaller_than_one_batch_is_a_data_error(cfg, data):
     run = make_run(cfg, data, batch_size=len(data.train_idx) + 1)
-    with pytest.raises(DataError, match="fewer than one batch"):
+    with pytest.raises(DataError, match=f"has {len(data.train_idx)} images, fewer than one batch") as info:
         range_test(run, start=1e-4, end=1.0, steps=MIN_STEPS)
+    assert isinstance(info.value, TooFewImages)
 
 
 def test_a_loss_non_finite_from_the_first_step_is_an_error(cfg, data):
@@ -234,7 +237,7 @@ def test_steepest_descent_is_within_3x_of_torch_lr_finder_on_the_same_model_data
 
     torch.manual_seed(0)
     finder = torch_lr_finder.LRFinder(Normalized(run.model), run.optimizer, run.loss_fn, device="cpu")
-    finder.range_test(run.loader, start_lr=start, end_lr=end, num_iter=steps)
+    finder.range_test(torch_lr_finder.TrainDataLoaderIter(run.loader), start_lr=start, end_lr=end, num_iter=steps)
     _, theirs = finder.plot(suggest_lr=True)
 
     assert ours.suggestions["steepest"] is not None

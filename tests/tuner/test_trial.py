@@ -45,18 +45,27 @@ def test_objective_runs_under_a_fixed_trial_and_records_json_safe_results(tmp_pa
 
 
 @pytest.mark.parametrize(
-    "num_workers, share",
-    [(0, trial_mod.CHECKPOINT_SHARE), (2, trial_mod.CHECKPOINT_SHARE), (0, 1e-9)],
-    ids=["in-process", "worker-processes", "checkpoint-after-epoch-1-only"],
+    "num_workers, share, augment",
+    [
+        (0, trial_mod.CHECKPOINT_SHARE, "cpu"),
+        (0, trial_mod.CHECKPOINT_SHARE, "device"),
+        (2, trial_mod.CHECKPOINT_SHARE, "cpu"),
+        (0, 1e-9, "cpu"),
+        (0, 1e-9, "device"),
+    ],
+    ids=["in-process", "device-path", "worker-processes", "checkpoint-after-epoch-1-only",
+         "device-path-checkpoint-after-epoch-1-only"],
 )
-def test_a_retried_trial_continues_from_its_checkpoint_and_ends_identical(tmp_path, monkeypatch, num_workers, share):
+def test_a_retried_trial_continues_from_its_checkpoint_and_ends_identical(
+    tmp_path, monkeypatch, num_workers, share, augment
+):
     monkeypatch.setattr(trial_mod, "CHECKPOINT_SHARE", share)
-    full = make(tmp_path / "a", num_workers=num_workers)
+    full = make(tmp_path / "a", num_workers=num_workers, augment=augment)
     reference = optuna.trial.FixedTrial(PARAMS, number=0)
     expected = full(reference)
 
     stop = StopFlag()
-    cfg = Config(epochs=3, studies_dir=str(tmp_path / "b"), num_workers=num_workers)
+    cfg = Config(epochs=3, studies_dir=str(tmp_path / "b"), num_workers=num_workers, augment=augment)
     interrupted = Objective(cfg, study_dir=tmp_path / "b" / "s", stop=stop)
 
     class StopInEpoch3:
@@ -157,6 +166,48 @@ def test_a_trial_on_the_device_augmentation_path_trains_and_repeats_exactly(tmp_
         values.append((objective(trial), trial.user_attrs["curves"]))
     assert 0.0 <= values[0][0] <= 1.0 and len(values[0][1]["epoch"]) == 2
     assert values[0] == values[1]
+
+
+class Messages:
+    def __init__(self):
+        self.lines = []
+
+    def message(self, text):
+        self.lines.append(text)
+
+    def epoch(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("room_after_polls", [2, None], ids=["room-comes", "gives-up"])
+def test_a_trial_waits_for_room_on_a_shared_gpu_and_starts_anyway_when_none_comes(tmp_path, monkeypatch,
+                                                                                     room_after_polls):
+    """The device's memory readings are faked: the last trial's peak, then what is free at each poll."""
+    from lrtune.training import memory
+
+    objective = make(tmp_path, augment="cpu")  # auto would read the free memory too
+    objective.progress = Messages()
+    peak = 3 * 2**30
+    polls = []
+
+    def free_bytes(device):
+        polls.append(device)
+        return 2 * peak if room_after_polls is not None and len(polls) > room_after_polls else peak
+
+    monkeypatch.setattr(memory, "peak_bytes", lambda device: peak)
+    monkeypatch.setattr(memory, "free_bytes", free_bytes)
+    monkeypatch.setattr(memory, "MEMORY_WAIT_S", 0.05)
+    monkeypatch.setattr(memory, "MEMORY_POLL_S", 0.01)
+    objective(optuna.trial.FixedTrial(PARAMS, number=0))
+    assert polls == [] and objective.peak == peak  # nothing to wait for before the first trial
+    second = optuna.trial.FixedTrial(PARAMS, number=1)
+    assert 0 <= objective(second) <= 1
+    if room_after_polls is not None:
+        assert len(polls) == room_after_polls + 1 and objective.progress.lines == []
+    else:
+        assert len(polls) >= 5
+        [line] = objective.progress.lines
+        assert line == "waited 0.05 s for 3.60 GiB of free memory on cpu (3.00 GiB free); starting the trial anyway"
 
 
 def test_a_trials_attributes_are_written_together_and_read_back_by_the_trial(tmp_path):
