@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from PIL import Image
 
 import launcher
@@ -177,6 +178,7 @@ def test_keep_best_leaves_only_the_best_trials_weights(tmp_path):
     assert files == [f"{study.best_trial.number}/best.pt"]
 
 
+@pytest.mark.path("device")  # where a decode per worker cost a GPU the most; the decode is the same on both paths
 def test_local_workers_decode_each_image_once_for_the_whole_study(tmp_path):
     """The first process decodes into the disk cache and every worker maps it; decodes are counted in every process."""
     photos = tmp_path / "photos"
