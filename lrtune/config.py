@@ -20,6 +20,22 @@ from typing import Any, Collection, Mapping
 
 from lrtune.errors import ConfigError
 
+# What a search can maximize and prune on (``--metric``), and how each is named in output.
+METRICS = {
+    "macro_f1": "macro-F1",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "weighted_f1": "weighted F1",
+    "roc_auc": "ROC-AUC",
+}
+# Where each metric's validation value per epoch is kept in a run's curves (``val_f1`` and ``val_acc`` were first).
+CURVE_KEYS = {
+    "macro_f1": "val_f1",
+    "accuracy": "val_acc",
+    "balanced_accuracy": "val_balanced_accuracy",
+    "weighted_f1": "val_weighted_f1",
+    "roc_auc": "val_roc_auc",
+}
 BUILTIN_SIZES = {"digits-lt": 16, "digits": 16, "digits-writers": 24}  # built-in sets and their native side in pixels
 DIGITS_SETS = tuple(BUILTIN_SIZES)
 
@@ -57,6 +73,7 @@ class Config:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler)
     compile: bool = False  # torch.compile the model: a compile in each trial's first epoch, faster steps after it
     diverge_factor: float = 10.0  # a train loss above this multiple of its best ends the trial as diverged
+    metric: str = "macro_f1"  # what the search maximizes and prunes on: macro_f1 | accuracy | balanced_accuracy | weighted_f1 | roc_auc (macro one-vs-rest)
     # --- search space --------------------------------------------------------
     lr_min: float = 1e-5  # log-uniform LR range; equal bounds fix the LR
     lr_max: float = 1.0  # upper bound of the log-uniform LR range
@@ -91,6 +108,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adamw", "sgd"),
     "keep": ("best", "all", "none"),
     "lr_range": ("auto", "off"),
+    "metric": tuple(METRICS),
 }
 
 # Fields that only say how or where this run happens; changing them never
@@ -252,6 +270,11 @@ def effective_image_size(cfg: Config) -> int:
     if cfg.image_size:
         return cfg.image_size
     return BUILTIN_SIZES.get(cfg.data, 224)
+
+
+def metric_label(name: str | None) -> str:
+    """How metric ``name`` is written (``macro-F1``); a study stored without one used macro-F1."""
+    return METRICS.get(name or "macro_f1", str(name))
 
 
 def effective_hflip(cfg: Config) -> float:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
+
+from lrtune.config import METRICS, metric_label
 
 
 def format_metric(value: float | None) -> str:
@@ -50,11 +52,13 @@ def format_test_split(record: Any) -> list[str]:
     if not isinstance(record, dict) or "n_test" not in record:
         return []
     lines = []
+    label = metric_label(record.get("metric"))
     for role in ("best", "baseline"):
         part = record.get(role)
         if isinstance(part, dict):
             low, high = part["ci95"]
-            lines.append(f"{role} trial {part['trial']}: test macro-F1 {part['macro_f1']:.4f} "
+            value = part.get("value", part.get("macro_f1"))  # macro_f1: a record from before --metric
+            lines.append(f"{role} trial {part['trial']}: test {label} {value:.4f} "
                          f"(95% interval {low:.4f} to {high:.4f})")
     gain = record.get("gain")
     if isinstance(gain, dict):
@@ -78,3 +82,14 @@ def format_lr_range(record: Any) -> list[str]:
     if record.get("suggestion") is None:
         return [f"LR range test: {record.get('rule', 'no suggestion')}{span}"]
     return [f"LR range test: suggested {record['suggestion']:.3g} by {record.get('rule', '?')}{span}"]
+
+
+def ordered_scores(scores: Mapping[str, Any], metric: str | None) -> dict[str, Any]:
+    """The metrics of ``scores`` that ``METRICS`` names, ``metric`` (the study's) first."""
+    first = metric if metric in METRICS else "macro_f1"
+    return {name: scores.get(name) for name in (first, *(m for m in METRICS if m != first)) if name in scores}
+
+
+def format_scores(scores: Mapping[str, Any], metric: str | None) -> str:
+    """``balanced accuracy 0.9312, macro-F1 0.9104, ...``: every metric, the study's first, ``-`` for none."""
+    return ", ".join(f"{metric_label(name)} {format_metric(value)}" for name, value in ordered_scores(scores, metric).items())

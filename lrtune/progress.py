@@ -21,7 +21,7 @@ class ProgressSink(Protocol):
 
     def count(self, what: str, done: int, total: int) -> None: ...
 
-    def epoch(self, trial: int, epoch: int, epochs: int, macro_f1: float) -> None: ...
+    def epoch(self, trial: int, epoch: int, epochs: int, value: float) -> None: ...
 
     def trial_done(
         self, number: int, state: str, value: float | None, params: dict[str, Any], reason: str
@@ -32,11 +32,14 @@ class ConsoleProgress:
     """Trial k/N, epoch, current best and pruned count, on stderr.
 
     ``verbosity`` 0 is quiet, 1 prints finished trials (and a live epoch line on
-    a terminal), 2 also prints every epoch as its own line.
+    a terminal), 2 also prints every epoch as its own line. ``metric`` names
+    the values (``macro-F1``, ``balanced accuracy``, ...).
     """
 
-    def __init__(self, total: int = 0, *, verbosity: int = 1, stream: TextIO | None = None, prefix: str = "") -> None:
+    def __init__(self, total: int = 0, *, verbosity: int = 1, stream: TextIO | None = None, prefix: str = "",
+                 metric: str = "macro-F1") -> None:
         self.total = total
+        self.metric = metric
         self.verbosity = verbosity
         self.stream = stream or sys.stderr
         self.prefix = prefix
@@ -52,7 +55,7 @@ class ConsoleProgress:
 
     def _status(self) -> str:
         best = format_metric(self.best)
-        return f"{self.finished}/{self.total} finished, best macro-F1 {best}, {self.pruned} pruned"
+        return f"{self.finished}/{self.total} finished, best {self.metric} {best}, {self.pruned} pruned"
 
     def _write(self, text: str, *, transient: bool = False) -> None:
         if self.live:
@@ -77,10 +80,10 @@ class ConsoleProgress:
         self.stream.write(f"\r{self.prefix}{what}: {done}/{total}" + ("\n" if done == total else ""))
         self.stream.flush()
 
-    def epoch(self, trial: int, epoch: int, epochs: int, macro_f1: float) -> None:
+    def epoch(self, trial: int, epoch: int, epochs: int, value: float) -> None:
         if self.verbosity >= 2 or self.live:
             self._write(
-                f"trial {trial} epoch {epoch}/{epochs} macro-F1 {macro_f1:.4f} | {self._status()}",
+                f"trial {trial} epoch {epoch}/{epochs} {self.metric} {value:.4f} | {self._status()}",
                 transient=self.live,
             )
 
@@ -96,6 +99,6 @@ class ConsoleProgress:
             return
         lr = f"lr {format_value(params['lr'])} " if "lr" in params else ""
         what = f"{lr}{params.get('scheduler', '')} {params.get('loss', '')} accum {params.get('accum', '')}".strip()
-        shown = f" macro-F1 {value:.4f}" if value is not None else ""
+        shown = f" {self.metric} {value:.4f}" if value is not None else ""
         note = f" ({reason})" if reason and state != "COMPLETE" else ""
         self._write(f"trial {number} {state.lower()}{shown} [{what}]{note} | {self._status()}")

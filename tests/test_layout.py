@@ -15,8 +15,8 @@ MAX_MODULE, MAX_CLASS, MAX_FUNCTION = 500, 150, 60
 # What each part of lrtune may import from lrtune; a part may always import itself.
 MAY_IMPORT = {
     "errors": set(),
-    "formatting": set(),
-    "config": {"errors"},
+    "formatting": {"config"},
+    "config": {"errors"},  # and nothing that imports config
     "progress": {"formatting"},
     "training": {"config", "errors", "progress"},
     "storage": {"config", "errors"},

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from lrtune.cli.options import resolve_config, verbosity
 from lrtune.errors import ConfigError
+from lrtune.config import metric_label
 from lrtune.formatting import format_metric
 from lrtune.progress import ConsoleProgress
 
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="label images with a model; with labels, also score them",
         description="Predict a folder, a list of image files or a CSV (path[,label]) with a model folder, or with "
         "the weights a study's trial kept (--study, --trial). Labelled input (class folders or a label column) "
-        "is also scored: macro-F1, accuracy and per-class precision, recall and F1.",
+        "is also scored: macro-F1, accuracy, balanced accuracy, weighted F1, ROC-AUC (the model's metric first) "
+        "and per-class precision, recall and F1.",
     )
     predict.add_argument("model", nargs="?", metavar="MODEL", help="a model folder [default: the study's best trial]")
     predict.add_argument("--trial", type=int, metavar="N", help="with no MODEL: this trial's weights [default: the best]")
@@ -92,8 +94,8 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     if result.on == "train":
         trial = f" (the trial's best: {format_metric(result.trial_value)})" if args.epochs is None else ""
-        progress.message(f"{result.epochs} epochs on the training split: validation macro-F1 "
-                         f"{format_metric(result.macro_f1)}{trial}")
+        progress.message(f"{result.epochs} epochs on the training split: validation {metric_label(result.metric)} "
+                         f"{format_metric(result.value)}{trial}")
     else:
         progress.message(f"{result.epochs} epochs on training and validation images: no validation metric")
     print(result.folder)
@@ -120,7 +122,7 @@ def run_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         progress.message(f"skipped {len(pred.skipped)} images that could not be decoded, the first: {pred.skipped[0]}")
     ev = pred.evaluation()
     if ev is not None:
-        print(scores_text(ev, pred.classes))
+        print(scores_text(ev, pred.classes, pred.metric))
     progress.message(f"{len(pred.names)} predictions written to {args.out}")
     return 0
 

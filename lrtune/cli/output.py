@@ -7,10 +7,20 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lrtune.formatting import format_lr_range, format_metric, format_params, format_test_split, format_value, table
+from lrtune.config import metric_label
+from lrtune.formatting import (
+    format_lr_range,
+    format_metric,
+    format_params,
+    format_scores,
+    format_test_split,
+    format_value,
+    ordered_scores,
+    table,
+)
 from lrtune.storage import top_trials
 
-TRIAL_HEADER = ["trial", "state", "macro-F1", "lr", "scheduler", "loss", "accum", "epochs", "other"]
+TRIAL_HEADER = ["trial", "state", "{metric}", "lr", "scheduler", "loss", "accum", "epochs", "other"]
 TUNED = ("lr", "scheduler", "loss", "accum")
 
 
@@ -31,21 +41,32 @@ def trial_row(t: FrozenTrial) -> list[str]:
     ]
 
 
+def study_metric(study: optuna.Study) -> str:
+    """The metric the study maximizes (macro-F1 for a study stored without one)."""
+    return str((study.user_attrs.get("config") or {}).get("metric") or "macro_f1")
+
+
 def format_summary(study: optuna.Study, top: int = 5) -> str:
-    """Trial counts by state, the top trials, the best and its gain over the baseline, throughput."""
+    """Trial counts by state, the top trials, the best (every metric) and its gain over the baseline, throughput."""
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
     best = top_trials(study, top)
+    metric = study_metric(study)
+    label = metric_label(metric)
     lines = [f"study {study.study_name}: " + ", ".join(f"{n} {k}" for k, n in counts.items())]
     if best:
-        lines.append(table([trial_row(t) for t in best], TRIAL_HEADER))
+        header = [h.format(metric=label) for h in TRIAL_HEADER]
+        lines.append(table([trial_row(t) for t in best], header))
         b = best[0]
-        lines.append(f"best: trial {b.number}, macro-F1 {format_metric(b.value)}, {format_params(b.params)}")
+        lines.append(f"best: trial {b.number}, {label} {format_metric(b.value)}, {format_params(b.params)}")
+        scores = b.user_attrs.get("best") or {}
+        if isinstance(scores, dict) and ordered_scores(scores, metric):
+            lines.append(f"best trial's validation scores: {format_scores(scores, metric)}")
         baseline = [t for t in trials if t.user_attrs.get("baseline") and t.value is not None]
         if baseline:
             base = baseline[0]
             lines.append(
-                f"baseline (trial {base.number}): macro-F1 {format_metric(base.value)}, gain {b.value - base.value:+.4f}"
+                f"baseline (trial {base.number}): {label} {format_metric(base.value)}, gain {b.value - base.value:+.4f}"
             )
     else:
         lines.append("no finished trials yet")
@@ -61,12 +82,17 @@ def show_json(study: optuna.Study, top: int) -> dict[str, Any]:
     """``lrtune show --json``: the config, the best trial with its metrics, the top trials, the test split."""
     ranked = top_trials(study, top)
     best = ranked[0] if ranked else None
+    metric = study_metric(study)
+    scores = (best.user_attrs.get("best") or {}) if best is not None else {}
     return {
         "study": study.study_name,
+        "metric": metric,
         "config": study.user_attrs.get("config"),
         "best": None
         if best is None
-        else {"trial": best.number, "value": best.value, "params": best.params, "metrics": best.user_attrs.get("best")},
+        else {"trial": best.number, "value": best.value, "params": best.params,
+              "scores": ordered_scores(scores if isinstance(scores, dict) else {}, metric),
+              "metrics": best.user_attrs.get("best")},
         "top": [{"trial": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params} for t in ranked],
         "test_split": study.user_attrs.get("test_split"),
     }

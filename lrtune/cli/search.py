@@ -8,6 +8,7 @@ from typing import Sequence
 
 from lrtune.cli.options import add_field, given_fields, resolve_config, verbosity
 from lrtune.cli.output import format_summary
+from lrtune.config import metric_label
 from lrtune.errors import SearchInterrupted
 from lrtune.progress import ConsoleProgress
 
@@ -18,7 +19,7 @@ GROUPS = {
     "model and training": ("model", "pretrained", "weights", "epochs", "batch_size", "optimizer", "weight_decay",
                            "momentum", "warmup_epochs", "device", "amp", "compile", "diverge_factor"),
     "search space": ("lr_min", "lr_max", "schedulers", "losses", "accum", "lr_range"),
-    "study": ("trials", "timeout", "sampler", "pruner", "pruner_warmup", "seed", "workers", "keep", "force"),
+    "study": ("metric", "trials", "timeout", "sampler", "pruner", "pruner_warmup", "seed", "workers", "keep", "force"),
     "many machines": ("artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace"),
 }
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from lrtune.api import search
 
     cfg = resolve_config(args)
-    progress = ConsoleProgress(cfg.trials, verbosity=verbosity(args))
+    progress = ConsoleProgress(cfg.trials, verbosity=verbosity(args), metric=metric_label(cfg.metric))
     try:
         study = search(config=cfg, progress=progress, given=given_fields(args))
     except SearchInterrupted as exc:

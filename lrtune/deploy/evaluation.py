@@ -7,18 +7,27 @@ from pathlib import Path
 
 from lrtune.deploy.files import write_atomically
 from lrtune.deploy.predict import Predictions
-from lrtune.formatting import format_metric, table
+from lrtune.formatting import format_metric, format_scores, table
 from lrtune.training.metrics import Evaluation, confusion
 
 
-def scores_text(ev: Evaluation, classes: list[str]) -> str:
-    """Macro-F1 and accuracy, then precision, recall, F1 and support per class."""
+def scores_text(ev: Evaluation, classes: list[str], metric: str = "macro_f1") -> str:
+    """Every metric (``metric`` first), then precision, recall, F1 and support per class."""
     rows = [
         [name, format_metric(p), format_metric(r), format_metric(f), str(s)]
         for name, p, r, f, s in zip(classes, ev.precision, ev.recall, ev.f1, ev.support)
     ]
-    head = f"macro-F1 {format_metric(ev.macro_f1)}, accuracy {format_metric(ev.accuracy)} on {len(ev.targets)} images"
-    return head + "\n" + table(rows, ["class", "precision", "recall", "F1", "support"])
+    head = f"{format_scores(ev.scores(), metric)} on {len(ev.targets)} images"
+    lines = [head, *auc_note(ev, classes), table(rows, ["class", "precision", "recall", "F1", "support"])]
+    return "\n".join(lines)
+
+
+def auc_note(ev: Evaluation, classes: list[str]) -> list[str]:
+    """Which classes ROC-AUC leaves out, and why; none when it leaves none out."""
+    if not ev.auc_left_out or ev.probs is None:
+        return []
+    names = ", ".join(classes[k] for k in ev.auc_left_out)
+    return [f"ROC-AUC leaves out {names}: no image of it, or only images of it, among these"]
 
 
 def evaluation_page(pred: Predictions, ev: Evaluation, *, title: str) -> str:
@@ -50,8 +59,8 @@ th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; }}
 th {{ background: #f2f2f2; }} td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
-<p>macro-F1 <b>{format_metric(ev.macro_f1)}</b>, accuracy <b>{format_metric(ev.accuracy)}</b>
-on {len(ev.targets)} images{f", {len(pred.skipped)} skipped" if pred.skipped else ""}.</p>
+<p>{esc(format_scores(ev.scores(), pred.metric))}
+on {len(ev.targets)} images{f", {len(pred.skipped)} skipped" if pred.skipped else ""}.{esc(" ".join(auc_note(ev, classes)))}</p>
 <h2>Per class</h2>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{per_class}</table>
 <h2>Confusion matrix</h2>

@@ -42,6 +42,7 @@ class LoadedModel:
     std: tuple[float, float, float]
     architecture: str
     source: Path
+    metric: str = "macro_f1"  # the metric its study optimized: predictions list it first
 
     def preprocess(self, images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
         """``(B, S, S, 3)`` uint8 RGB images -> the normalized ``(B, 3, S, S)`` float batch the model takes."""
@@ -103,7 +104,16 @@ def load_model_folder(folder: str | Path, *, device: torch.device | str = "cpu")
     except (OSError, SafetensorError) as exc:
         raise ModelError(f"cannot read {folder / WEIGHTS}: {first_line(exc)}") from None
     model = _build(architecture, len(classes), state, folder / WEIGHTS)
-    return LoadedModel(model.to(device).eval(), classes, image_size, mean, std, architecture, folder)
+    metric = _metric_of(folder)
+    return LoadedModel(model.to(device).eval(), classes, image_size, mean, std, architecture, folder, metric)
+
+
+def _metric_of(folder: Path) -> str:
+    """The metric the folder's training config names (macro-F1 for a folder without one)."""
+    try:
+        return str(json.loads((folder / "training.json").read_text())["config"].get("metric") or "macro_f1")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "macro_f1"
 
 
 def load_trial_weights(path: Path, *, device: torch.device | str = "cpu") -> LoadedModel:
@@ -115,7 +125,8 @@ def load_trial_weights(path: Path, *, device: torch.device | str = "cpu") -> Loa
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise ModelError(f"cannot read trial weights {path}: {first_line(exc)}") from None
     model = _build(architecture, len(classes), state, path)
-    return LoadedModel(model.to(device).eval(), classes, size, IMAGENET_MEAN, IMAGENET_STD, architecture, path)
+    metric = str(record.get("metric") or "macro_f1")
+    return LoadedModel(model.to(device).eval(), classes, size, IMAGENET_MEAN, IMAGENET_STD, architecture, path, metric)
 
 
 def _build(architecture: str, num_classes: int, state: dict[str, torch.Tensor], source: Path) -> nn.Module:

@@ -35,18 +35,19 @@ class Predictions:
     probs: np.ndarray  # (N, C) float
     labels: list[str] | None
     skipped: list[str]  # images that could not be decoded (with skip_bad_images)
+    metric: str = "macro_f1"  # the model's study's metric: listed first
 
     @property
     def predicted(self) -> list[str]:
         return [self.classes[k] for k in self.probs.argmax(axis=1)]
 
     def evaluation(self) -> Evaluation | None:
-        """Macro-F1, accuracy and per-class scores, when the input had labels."""
+        """Every metric (ROC-AUC from the probabilities) and per-class scores, when the input had labels."""
         if self.labels is None:
             return None
         index = {name: k for k, name in enumerate(self.classes)}
         targets = np.asarray([index[label] for label in self.labels], np.int64)
-        return metrics(targets, self.probs.argmax(axis=1), len(self.classes))
+        return metrics(targets, self.probs.argmax(axis=1), len(self.classes), probs=self.probs)
 
 
 def check_labels(inputs: Inputs, classes: list[str]) -> None:
@@ -101,6 +102,7 @@ def predict_images(
         probs=np.concatenate(probs) if probs else np.empty((0, n_classes)),
         labels=None if inputs.labels is None else [inputs.labels[i] for i in kept],
         skipped=[inputs.names[i] for i in sorted(set(range(total)) - set(kept))],
+        metric=loaded.metric,
     )
 
 

@@ -39,9 +39,10 @@ class TrainedModel:
     folder: Path
     epochs: int
     on: str
-    macro_f1: float | None  # validation macro-F1 of the last epoch; None when trained on all images
-    trial_value: float | None  # the trial's own best macro-F1, to compare with
+    value: float | None  # the last epoch's validation value of the study's metric; None when trained on all images
+    trial_value: float | None  # the trial's own best value, to compare with
     resumed_at_epoch: int | None
+    metric: str = "macro_f1"  # the study's metric
 
 
 def retrain(
@@ -80,16 +81,17 @@ def retrain(
             outcome = run.train_epoch(epoch)
         except Diverged as exc:
             raise StudyError(f"retraining trial {spec.trial} diverged: {exc}") from None
-        value = outcome.macro_f1 if on == "train" else None
+        value = outcome.value if on == "train" else None
         if epoch < n_epochs:
             checkpoints.save(work / checkpoints.LAST, run.checkpoint(checkpoints.pack(run.model.state_dict())))
         if progress is not None:
-            val = "no validation (trained on all images)" if on == "all" else f"macro-F1 {format_metric(outcome.macro_f1)}"
+            val = ("no validation (trained on all images)" if on == "all"
+                   else f"{config_mod.metric_label(cfg.metric)} {format_metric(outcome.value)}")
             loss = run.state.curves["train_loss"][-1]
             progress.message(f"epoch {epoch}/{n_epochs}: train loss {loss:.4f}, {val}")
     _write_folder(run, spec, folder, on=on, epochs=n_epochs, value=value)
     shutil.rmtree(work, ignore_errors=True)
-    return TrainedModel(folder, n_epochs, on, value, spec.value, resumed)
+    return TrainedModel(folder, n_epochs, on, value, spec.value, resumed, cfg.metric)
 
 
 def _identity(spec: TrialSpec, on: str, n_epochs: int, horizon: int) -> dict:
@@ -135,7 +137,8 @@ def _write_folder(run: TrainingRun, spec: TrialSpec, folder: Path, *, on: str, e
             "on": on,
             "epochs": epochs,
             "n_images": int(len(run.data.train_idx)),
-            "val_macro_f1": value,
+            "metric": run.cfg.metric,
+            "val_value": value,
             "seed": spec.seed,
             "params": spec.params.to_dict(),
             "config": config_mod.to_dict(run.cfg),

@@ -36,7 +36,7 @@ class TrialSpec:
     seed: int
     best_epoch: int
     value: float | None
-    val_curve: list[float] = field(default_factory=list)  # validation macro-F1 per epoch
+    val_curve: list[float] = field(default_factory=list)  # validation value of the study's metric per epoch
     data_summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,7 +141,8 @@ def _toml(spec: TrialSpec, data: dict[str, Any]) -> str:
     values.update(lr_min=p.lr, lr_max=p.lr, schedulers=[p.scheduler], losses=[p.loss], accum=[p.accum])
     values["study"] = f"{spec.study}-best"
     lines = [
-        f"# lrtune: trial {spec.trial} of study {spec.study}, validation macro-F1 {spec.value} at epoch {spec.best_epoch}",
+        f"# lrtune: trial {spec.trial} of study {spec.study}, validation {config_mod.metric_label(spec.config.metric)} "
+        f"{spec.value} at epoch {spec.best_epoch}",
         "# `lrtune train --config FILE` retrains this trial; `lrtune search --config FILE` searches only around it.",
     ]
     lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]

@@ -12,7 +12,8 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from lrtune.formatting import format_test_split
+from lrtune.config import CURVE_KEYS, metric_label
+from lrtune.formatting import format_test_split, ordered_scores
 from lrtune.report.lr_range import LRRangeData, lr_range_data, lr_range_skipped
 from lrtune.report.values import finite_float, int_or_none, is_positive_number
 from lrtune.report.notes import add_notes
@@ -52,7 +53,7 @@ class TrialSummary:
     start: datetime.datetime | None
     complete: datetime.datetime | None
     epochs: list[int]
-    val_f1: list[float | None]
+    values: list[float | None]  # the validation value of the study's metric per epoch
     effective_batch: int | None
     best_epoch: int | None
     reason: str
@@ -128,9 +129,15 @@ class ReportData:
     class_scores: ClassScores | None
     stopped: list[dict[str, Any]]
     notes: dict[str, list[str]] = field(default_factory=dict)
+    metric: str = "macro_f1"  # what the study maximizes
+    best_scores: dict[str, float | None] = field(default_factory=dict)  # every metric of the best trial, its own first
     lr_range: LRRangeData | None = None  # the study's LR range test, with the completed trials' LR and value
     lr_range_skipped: str = ""  # why the study's LR range test was skipped, if it was
     test_split: list[str] = field(default_factory=list)  # the best trial and the baseline on the test split
+
+    @property
+    def metric_label(self) -> str:
+        return metric_label(self.metric)
 
     @property
     def completed(self) -> list[TrialSummary]:
@@ -141,10 +148,11 @@ def compute_report(study: optuna.Study, *, storage_label: str) -> ReportData:
     """Everything the report shows, as plain data; plotly is not needed here."""
     maximize = study.direction == StudyDirection.MAXIMIZE
     frozen = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    trials = [summarize_trial(t) for t in frozen]
     attrs = study.user_attrs
-    dataset = attrs.get("dataset") if isinstance(attrs.get("dataset"), dict) else {}
     config = _masked_config(attrs.get("config"))
+    metric = str(config.get("metric") or "macro_f1")
+    trials = [summarize_trial(t, metric) for t in frozen]
+    dataset = attrs.get("dataset") if isinstance(attrs.get("dataset"), dict) else {}
 
     completed = [t for t in trials if t.state == "COMPLETE" and t.value is not None]
     ranked = sorted(completed, key=lambda t: -t.value if maximize else t.value)
@@ -176,6 +184,8 @@ def compute_report(study: optuna.Study, *, storage_label: str) -> ReportData:
         class_scores=class_scores(best_frozen, dataset) if best_frozen else None,
         stopped=stopped_reasons(trials),
     )
+    data.metric = metric
+    data.best_scores = ordered_scores(best_frozen.user_attrs.get("best") or {}, metric) if best_frozen else {}
     data.lr_range = lr_range_data(attrs.get("lr_range"), completed)
     data.lr_range_skipped = lr_range_skipped(attrs.get("lr_range"))
     data.test_split = format_test_split(attrs.get("test_split"))
@@ -202,13 +212,13 @@ def training_config(config: dict[str, Any], dataset: dict[str, Any]) -> dict[str
     return training
 
 
-def summarize_trial(trial: FrozenTrial) -> TrialSummary:
+def summarize_trial(trial: FrozenTrial, metric: str = "macro_f1") -> TrialSummary:
     attrs = trial.user_attrs
     curves = attrs.get("curves") if isinstance(attrs.get("curves"), dict) else {}
-    epochs, val_f1 = _curve(curves)
+    epochs, values = _curve(curves, CURVE_KEYS.get(metric, "val_f1"))
     if not epochs and trial.intermediate_values:
         epochs = sorted(trial.intermediate_values)
-        val_f1 = [finite_float(trial.intermediate_values[e]) for e in epochs]
+        values = [finite_float(trial.intermediate_values[e]) for e in epochs]
     best = attrs.get("best") if isinstance(attrs.get("best"), dict) else {}
     value = finite_float(trial.value) if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) else None
     return TrialSummary(
@@ -219,7 +229,7 @@ def summarize_trial(trial: FrozenTrial) -> TrialSummary:
         start=trial.datetime_start,
         complete=trial.datetime_complete,
         epochs=epochs,
-        val_f1=val_f1,
+        values=values,
         effective_batch=int_or_none(attrs.get("effective_batch")),
         best_epoch=int_or_none(best.get("epoch")),
         reason=str(attrs.get("reason", "")),
@@ -371,8 +381,8 @@ def param_importances(study: optuna.Study, n_completed: int, notes: dict[str, li
     return {name: float(v) for name, v in importances.items()}
 
 
-def _curve(curves: dict[str, Any]) -> tuple[list[int], list[float | None]]:
-    values = curves.get("val_f1")
+def _curve(curves: dict[str, Any], key: str) -> tuple[list[int], list[float | None]]:
+    values = curves.get(key)
     if not isinstance(values, list) or not values:
         return [], []
     epochs = curves.get("epoch")

@@ -25,6 +25,7 @@ from lrtune.report.plotting import (
 
 
 def draw_history(data: ReportData) -> Any:
+    m = data.metric_label
     valued = [t for t in data.trials if t.value is not None]
     if not valued:
         return None
@@ -42,7 +43,7 @@ def draw_history(data: ReportData) -> Any:
                     name=name,
                     marker={"color": STATE_COLORS[state], "symbol": symbol, "size": 7, "opacity": 0.75},
                     text=[hover_params(t) for t in group],
-                    hovertemplate="trial #%{x}<br>macro-F1 %{y:.4f}<br>%{text}<extra></extra>",
+                    hovertemplate=f"trial #%{{x}}<br>{m} %{{y:.4f}}<br>%{{text}}<extra></extra>",
                 )
             )
     if data.baseline:
@@ -53,7 +54,7 @@ def draw_history(data: ReportData) -> Any:
                 mode="markers",
                 name="baseline",
                 marker={"color": "#000", "symbol": "star", "size": 13},
-                hovertemplate="baseline trial #%{x}<br>macro-F1 %{y:.4f}<extra></extra>",
+                hovertemplate=f"baseline trial #%{{x}}<br>{m} %{{y:.4f}}<extra></extra>",
             )
         )
     if data.history_best:
@@ -68,10 +69,11 @@ def draw_history(data: ReportData) -> Any:
                 hovertemplate="after trial #%{x}: best %{y:.4f}<extra></extra>",
             )
         )
-    return layout(fig, xaxis_title="trial", yaxis_title="validation macro-F1", xaxis=trial_axis(data))
+    return layout(fig, xaxis_title="trial", yaxis_title=f"validation {m}", xaxis=trial_axis(data))
 
 
 def draw_curves(data: ReportData) -> Any:
+    m = data.metric_label
     trials = [t for t in data.trials if t.epochs]
     if not trials:
         return None
@@ -84,22 +86,22 @@ def draw_curves(data: ReportData) -> Any:
         groups.setdefault((label(t.params.get("scheduler")), _curve_kind(t)), []).append(t)
     for (scheduler, kind), group in sorted(groups.items()):
         color = colors.get(scheduler, "#444")
-        fig.add_trace(_curve_lines(group, scheduler, kind, color))
+        fig.add_trace(_curve_lines(group, scheduler, kind, color, m))
         if kind == "stopped":
-            fig.add_trace(_curve_ends(group, scheduler, color))
+            fig.add_trace(_curve_ends(group, scheduler, color, m))
     if data.best and data.best.epochs:
         fig.add_trace(
             go.Scatter(
                 x=data.best.epochs,
-                y=data.best.val_f1,
+                y=data.best.values,
                 mode="lines+markers",
                 name=f"best trial #{data.best.number}",
                 line={"color": "#000", "width": 3},
-                hovertemplate="best trial<br>epoch %{x}<br>macro-F1 %{y:.4f}<extra></extra>",
+                hovertemplate=f"best trial<br>epoch %{{x}}<br>{m} %{{y:.4f}}<extra></extra>",
             )
         )
     few_epochs = max(e for t in trials for e in t.epochs) <= 20
-    return layout(fig, xaxis_title="epoch", yaxis_title="validation macro-F1", xaxis={"dtick": 1} if few_epochs else {})
+    return layout(fig, xaxis_title="epoch", yaxis_title=f"validation {m}", xaxis={"dtick": 1} if few_epochs else {})
 
 
 def _curve_kind(t: TrialSummary) -> str:
@@ -108,7 +110,7 @@ def _curve_kind(t: TrialSummary) -> str:
     return "running" if t.state == "RUNNING" else "complete"
 
 
-def _curve_lines(group: list[TrialSummary], scheduler: str, kind: str, color: str) -> Any:
+def _curve_lines(group: list[TrialSummary], scheduler: str, kind: str, color: str, m: str) -> Any:
     """One trace for many curves: the gaps (None) between trials keep them apart."""
     import plotly.graph_objects as go
 
@@ -117,7 +119,7 @@ def _curve_lines(group: list[TrialSummary], scheduler: str, kind: str, color: st
     numbers: list[Any] = []
     for t in group:
         xs += t.epochs + [None]
-        ys += t.val_f1 + [None]
+        ys += t.values + [None]
         numbers += [t.number] * len(t.epochs) + [None]
     return go.Scatter(
         x=xs,
@@ -129,15 +131,15 @@ def _curve_lines(group: list[TrialSummary], scheduler: str, kind: str, color: st
         line={"color": color, "width": 1.3, "dash": CURVE_DASH[kind]},
         opacity=0.55 if kind == "complete" else 0.75,
         connectgaps=False,
-        hovertemplate="trial #%{customdata}<br>epoch %{x}<br>macro-F1 %{y:.4f}<extra></extra>",
+        hovertemplate=f"trial #%{{customdata}}<br>epoch %{{x}}<br>{m} %{{y:.4f}}<extra></extra>",
     )
 
 
-def _curve_ends(group: list[TrialSummary], scheduler: str, color: str) -> Any:
+def _curve_ends(group: list[TrialSummary], scheduler: str, color: str, m: str) -> Any:
     """An × where each pruned or failed trial stopped, with its reason on hover."""
     import plotly.graph_objects as go
 
-    ends = [(t.epochs[-1], t.val_f1[-1], t) for t in group if t.val_f1[-1] is not None]
+    ends = [(t.epochs[-1], t.values[-1], t) for t in group if t.values[-1] is not None]
     return go.Scatter(
         x=[e[0] for e in ends],
         y=[e[1] for e in ends],
@@ -146,7 +148,7 @@ def _curve_ends(group: list[TrialSummary], scheduler: str, color: str) -> Any:
         showlegend=False,
         legendgroup=scheduler,
         marker={"color": color, "symbol": "x", "size": 8},
-        hovertemplate="%{text}<br>epoch %{x}<br>macro-F1 %{y:.4f}<extra></extra>",
+        hovertemplate=f"%{{text}}<br>epoch %{{x}}<br>{m} %{{y:.4f}}<extra></extra>",
     )
 
 

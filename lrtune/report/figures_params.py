@@ -25,6 +25,7 @@ from lrtune.report.plotting import (
 
 
 def draw_lr(data: ReportData) -> Any:
+    m = data.metric_label
     points = [t for t in data.trials if is_positive_number(t.params.get("lr"))]
     completed = [t for t in points if t.state == "COMPLETE" and t.value is not None]
     if not completed:
@@ -37,22 +38,22 @@ def draw_lr(data: ReportData) -> Any:
     for t in completed:
         groups.setdefault((label(t.params.get("scheduler")), label(t.params.get("loss"))), []).append(t)
     for (scheduler, loss), group in sorted(groups.items()):
-        fig.add_trace(_completed_lr_points(group, scheduler, loss, colors.get(scheduler, "#444")))
+        fig.add_trace(_completed_lr_points(group, scheduler, loss, colors.get(scheduler, "#444"), m))
     pruned = [t for t in points if t.state == "PRUNED" and t.value is not None]
     if pruned:
-        fig.add_trace(_pruned_lr_points(pruned))
+        fig.add_trace(_pruned_lr_points(pruned, m))
     failed = [t for t in points if t.state == "FAIL"]
     if failed:
         fig.add_trace(_failed_lr_points(failed))
     return layout(
         fig,
         xaxis_title="learning rate",
-        yaxis_title="validation macro-F1",
+        yaxis_title=f"validation {m}",
         xaxis=log_axis([t.params["lr"] for t in points]),
     )
 
 
-def _completed_lr_points(group: list[TrialSummary], scheduler: str, loss: str, color: str) -> Any:
+def _completed_lr_points(group: list[TrialSummary], scheduler: str, loss: str, color: str, m: str) -> Any:
     import plotly.graph_objects as go
 
     return go.Scatter(
@@ -69,11 +70,11 @@ def _completed_lr_points(group: list[TrialSummary], scheduler: str, loss: str, c
             "opacity": 0.8,
             "line": {"width": 0.5, "color": "#fff"},
         },
-        hovertemplate="trial #%{customdata}<br>lr %{x:.2e}<br>macro-F1 %{y:.4f}<br>%{text}<extra></extra>",
+        hovertemplate=f"trial #%{{customdata}}<br>lr %{{x:.2e}}<br>{m} %{{y:.4f}}<br>%{{text}}<extra></extra>",
     )
 
 
-def _pruned_lr_points(pruned: list[TrialSummary]) -> Any:
+def _pruned_lr_points(pruned: list[TrialSummary], m: str) -> Any:
     import plotly.graph_objects as go
 
     return go.Scatter(
@@ -83,7 +84,7 @@ def _pruned_lr_points(pruned: list[TrialSummary]) -> Any:
         mode="markers",
         name="pruned (last value)",
         marker={"color": "#bbb", "symbol": "x-thin", "size": 7, "line": {"width": 1.5, "color": "#999"}},
-        hovertemplate="pruned trial #%{customdata}<br>lr %{x:.2e}<br>last macro-F1 %{y:.4f}<extra></extra>",
+        hovertemplate=f"pruned trial #%{{customdata}}<br>lr %{{x:.2e}}<br>last {m} %{{y:.4f}}<extra></extra>",
     )
 
 
@@ -104,6 +105,7 @@ def _failed_lr_points(failed: list[TrialSummary]) -> Any:
 
 
 def draw_effective_lr(data: ReportData) -> Any:
+    m = data.metric_label
     grid = data.lr_grid
     if grid is None:
         return None
@@ -125,9 +127,9 @@ def draw_effective_lr(data: ReportData) -> Any:
             texttemplate="%{z:.3f}",
             colorscale="Viridis",
             reversescale=not data.maximize,
-            colorbar={"title": {"text": "best macro-F1"}},
+            colorbar={"title": {"text": f"best {m}"}},
             hoverongaps=False,
-            hovertemplate="lr %{x}<br>accum %{y}<br>best macro-F1 %{z:.4f}<br>%{text}<extra></extra>",
+            hovertemplate=f"lr %{{x}}<br>accum %{{y}}<br>best {m} %{{z:.4f}}<br>%{{text}}<extra></extra>",
         )
     )
     return layout(
@@ -192,6 +194,7 @@ def draw_importance(data: ReportData) -> Any:
 
 
 def draw_parallel(data: ReportData) -> Any:
+    m = data.metric_label
     completed = [t for t in data.completed if is_positive_number(t.params.get("lr"))]
     if not completed:
         return None
@@ -200,7 +203,7 @@ def draw_parallel(data: ReportData) -> Any:
     dimensions = [_lr_dimension(completed)]
     dimensions += [_choice_dimension(completed, name) for name in ("scheduler", "loss", "accum")]
     values = [t.value for t in completed]
-    dimensions.append({"label": "macro-F1", "values": values})
+    dimensions.append({"label": m, "values": values})
     fig = go.Figure(
         go.Parcoords(
             dimensions=dimensions,
@@ -209,7 +212,7 @@ def draw_parallel(data: ReportData) -> Any:
                 "colorscale": "Viridis",
                 "reversescale": not data.maximize,
                 "showscale": True,
-                "colorbar": {"title": {"text": "macro-F1"}},
+                "colorbar": {"title": {"text": m}},
             },
         )
     )

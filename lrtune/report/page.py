@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from lrtune.errors import ConfigError, OutputError, RangeTestError
-from lrtune.formatting import format_duration, format_metric, format_value
+from lrtune.formatting import format_duration, format_metric, format_scores, format_value
 from lrtune.report.compute import TOP_TRIALS, ReportData, compute_report
 from lrtune.report.figures import FIGURES
 from lrtune.report.plotting import PLOT_CONFIG
@@ -161,8 +161,10 @@ def draw_report(data: ReportData, *, plotlyjs: str = "inline") -> str:
     for figure in FIGURES:
         plot = figure.draw(data)
         body = _figure_html(plot, figure.name) if plot is not None else ""
-        sections.append(_section(data, figure.name, figure.title, figure.caption, body))
-    top_caption = "Completed trials with the best macro-F1."
+        # Titles and captions speak of macro-F1, the default; a study that optimizes another metric names it.
+        title, caption = (text.replace("macro-F1", data.metric_label) for text in (figure.title, figure.caption))
+        sections.append(_section(data, figure.name, title, caption, body))
+    top_caption = f"Completed trials with the best {data.metric_label}."
     sections.append(_section(data, "top-trials", f"Top {TOP_TRIALS} trials", top_caption, _top_table(data)))
     sections.append(_stopped_table(data))
     return "\n".join(
@@ -238,9 +240,11 @@ def _draw_summary(data: ReportData) -> str:
         f'<span class="state-{s}">{n} {s.lower()}</span>' for s, n in data.counts.items() if n
     )
     rows.append(("Trials", f"{len(data.trials)} ({counts})" if data.trials else "0"))
-    metric = "Best macro-F1"
+    metric = f"Best {data.metric_label}"
     if data.best:
         rows.append((metric, f"{format_metric(data.best.value)} (trial #{data.best.number})"))
+        if data.best_scores:
+            rows.append(("Its validation scores", e(format_scores(data.best_scores, data.metric))))
     else:
         rows.append((metric, "none yet"))
     gain = _gain_text(data)

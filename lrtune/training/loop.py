@@ -151,19 +151,23 @@ def evaluate(
     n_classes: int,
     amp: AmpPolicy,
 ) -> Evaluation:
-    """Validation loss (cross-entropy, comparable across trials whatever their loss) and metrics."""
+    """Validation loss (cross-entropy, comparable across trials whatever their loss) and every metric.
+
+    Predictions and probabilities stay on the device until the pass ends: one copy to the host per pass.
+    """
     model.eval()
     device = amp.device
     loss_sum = torch.zeros((), device=device)
-    preds, targets = [], []
+    probs, targets = [], []
     for images, labels in batches:
         x = to_model_input(images, device, channels_last=amp.channels_last)
         y = labels.to(device, non_blocking=True)
         with amp.autocast():
             logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-        preds.append(logits.argmax(dim=1))
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+        probs.append(torch.softmax(logits, dim=1))
         targets.append(y)
+    p = torch.cat(probs).cpu().numpy()
     y_true = torch.cat(targets).cpu().numpy()
-    y_pred = torch.cat(preds).cpu().numpy()
-    return metrics(y_true, y_pred, n_classes, loss=loss_sum.item() / max(len(y_true), 1))
+    return metrics(y_true, p.argmax(axis=1), n_classes, loss=loss_sum.item() / max(len(y_true), 1), probs=p)

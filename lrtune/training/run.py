@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from lrtune.config import Config, effective_hflip, effective_image_size
+from lrtune.config import CURVE_KEYS, Config, effective_hflip, effective_image_size
 from lrtune.progress import ProgressSink
 from lrtune.training import checkpoints, memory
 from lrtune.training.datasets import ImageSet, class_counts, load_imageset, split_indices
@@ -158,11 +158,11 @@ class RunState:
 
     epoch: int = 0
     step: int = 0
-    best_value: float = -1.0
+    best_value: float = -1.0  # the best epoch's value of the run's metric (``cfg.metric``)
     best: dict[str, Any] = field(default_factory=dict)  # the best epoch's metrics, without its confusion matrix
     best_preds: list[int] = field(default_factory=list)  # the best epoch's predictions, for that matrix
     curves: dict[str, list[float]] = field(
-        default_factory=lambda: {k: [] for k in ("epoch", "train_loss", "val_loss", "val_f1", "val_acc", "lr")}
+        default_factory=lambda: {k: [] for k in ("epoch", "train_loss", "val_loss", *CURVE_KEYS.values(), "lr")}
     )
     lr_steps: list[list[float]] = field(default_factory=list)
     train_seconds: float = 0.0
@@ -177,7 +177,7 @@ class RunState:
 @dataclass(frozen=True)
 class EpochOutcome:
     epoch: int
-    macro_f1: float
+    value: float  # the validation value of the run's metric
     improved: bool  # the best epoch so far
 
 
@@ -226,7 +226,7 @@ class TrainingRun:
         self.loss_fn = create_loss(params.loss, focal_gamma=params.focal_gamma, smoothing=params.smoothing)
         self.scaler = amp.scaler()
         self.state = RunState()
-        # Without validation images, the validation macro-F1 of each epoch that the
+        # Without validation images, the validation value (of the run's metric) of each epoch that the
         # schedule (plateau) steps on: a retrain on all data replays its trial's.
         self.replayed_metrics: list[float] = []
 
@@ -277,30 +277,27 @@ class TrainingRun:
             )
         ev = self._validate()
         if ev is not None:
-            self.schedule.epoch_end(ev.macro_f1)
+            self.schedule.epoch_end(ev.value(cfg.metric))
         elif self.replayed_metrics and epoch <= len(self.replayed_metrics):
             self.schedule.epoch_end(self.replayed_metrics[epoch - 1])
         state.lr_steps.extend([[state.step + i, lr] for i, lr in enumerate(result.lrs)])
         state.epoch, state.step = epoch, result.step
         last_lr = result.lrs[-1] if result.lrs else self.schedule.lr(state.step)
         nan = float("nan")
-        for key, value in (
-            ("train_loss", result.train_loss),
-            ("val_loss", ev.loss if ev else nan),
-            ("val_f1", ev.macro_f1 if ev else nan),
-            ("val_acc", ev.accuracy if ev else nan),
-            ("lr", last_lr),
-        ):
-            state.curves[key].append(round(float(value), 8))
+        values = {"train_loss": result.train_loss, "val_loss": ev.loss if ev else nan, "lr": last_lr,
+                  **{key: ev.value(name) if ev else nan for name, key in CURVE_KEYS.items()}}
+        for key, value in values.items():
+            state.curves.setdefault(key, []).append(round(float(value), 8))  # a checkpoint may predate a metric
         state.curves["epoch"].append(epoch)
         if ev is None:
             return EpochOutcome(epoch, nan, False)
-        improved = ev.macro_f1 > state.best_value
+        value = ev.value(cfg.metric)
+        improved = value > state.best_value
         if improved:
-            state.best_value, state.best = ev.macro_f1, ev.summary(epoch)
+            state.best_value, state.best = value, ev.summary(epoch)
             state.best_preds = ev.preds.tolist()
             state.best_saved = False
-        return EpochOutcome(epoch, ev.macro_f1, improved)
+        return EpochOutcome(epoch, value, improved)
 
     def _validate(self) -> Evaluation | None:
         """Metrics on the validation images; None when the run has none (trained on all data)."""

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lrtune import config as config_mod
 from lrtune.config import Config
 from lrtune.errors import SearchInterrupted, StudyError
-from lrtune.progress import ProgressSink
+from lrtune.progress import ConsoleProgress, ProgressSink
 from lrtune.tuner import holdout, recovery, samplers
 from lrtune.tuner.interrupt import CatchSignals
 from lrtune.tuner.space import baseline_params
@@ -223,6 +223,8 @@ def run_search(
             existing = optuna.load_study(study_name=name, storage=storage)
             if given is not None:
                 cfg = config_mod.adopt(existing.user_attrs.get("config") or {}, cfg, given)
+                if isinstance(progress, ConsoleProgress):  # the values it shows are the study's metric
+                    progress.metric = config_mod.metric_label(cfg.metric)
             config_changes(existing, cfg)
             if _complete(existing, cfg) and holdout.is_current(existing, cfg):  # before torch, the data or a model
                 say(f"study {name!r} already has {count_finished(existing)} finished trials (--trials {cfg.trials}); nothing to run")

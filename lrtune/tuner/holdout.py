@@ -2,8 +2,8 @@
 
 With ``--test-fraction``, a search holds out a test split (stratified, and
 grouped like validation). When the search ends, the best complete trial's and
-the baseline's kept weights (``best.pt``) classify it. Both get a bootstrap 95%
-interval of their test macro-F1, and the gain gets a paired one: the gain
+the baseline's kept weights (``best.pt``) classify it. Both get every metric,
+and a bootstrap 95% interval of the study's metric; the gain gets a paired one: the gain
 holds when its whole interval lies above zero. The record is stored on the
 study (``test_split``) for ``show`` and the report, and made again only when
 the best trial changes.
@@ -59,16 +59,17 @@ def score_test_split(study: optuna.Study, cfg: Config, *, data: TrainingData, am
     best, baseline = scored_trials(study)
     assert best is not None
     targets = data.imageset.labels[data.test_idx]
-    preds, missing = {}, []
+    preds, probs, missing = {}, {}, []
     for role, trial in (("best", best), ("baseline", baseline)):
         if trial is None:
             continue
         path = checkpoints.trial_dir(folder, trial.number) / checkpoints.BEST
         try:
-            preds[role] = _predict(path, cfg, data, amp)
+            preds[role], probs[role] = _predict(path, cfg, data, amp)
         except (OSError, RuntimeError, KeyError) as exc:
             missing.append(f"trial {trial.number} ({role}): no usable weights ({first_line(exc)})")
-    record = test_record(targets, preds, data.n_classes, trials=_numbers(best, baseline), seed=cfg.seed)
+    record = test_record(targets, preds, data.n_classes, trials=_numbers(best, baseline), seed=cfg.seed,
+                         metric=cfg.metric, probs=probs)
     record["missing"] = missing
     study.set_user_attr(ATTR, record)
     return record
@@ -78,7 +79,7 @@ def _numbers(best: FrozenTrial, baseline: FrozenTrial | None) -> dict[str, int |
     return {"best": best.number, "baseline": baseline.number if baseline is not None else None}
 
 
-def _predict(path: Path, cfg: Config, data: TrainingData, amp: AmpPolicy) -> np.ndarray:
+def _predict(path: Path, cfg: Config, data: TrainingData, amp: AmpPolicy) -> tuple[np.ndarray, np.ndarray]:
     from lrtune.training import checkpoints
     from lrtune.training.loaders import iter_eval_batches
     from lrtune.training.loop import evaluate
@@ -90,22 +91,25 @@ def _predict(path: Path, cfg: Config, data: TrainingData, amp: AmpPolicy) -> np.
     model.load_state_dict(record["state_dict"])
     model.to(amp.device)
     batches = iter_eval_batches(data.imageset, data.test_idx, max(cfg.batch_size, EVAL_BATCH))
-    return evaluate(model, batches, n_classes=data.n_classes, amp=amp).preds
+    ev = evaluate(model, batches, n_classes=data.n_classes, amp=amp)
+    return ev.preds, ev.probs
 
 
 def test_record(
-    targets: np.ndarray, preds: dict[str, np.ndarray], n_classes: int, *, trials: dict[str, Any], seed: int = 0
+    targets: np.ndarray, preds: dict[str, np.ndarray], n_classes: int, *, trials: dict[str, Any], seed: int = 0,
+    metric: str = "macro_f1", probs: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """JSON-safe: each prediction's test macro-F1 with a bootstrap 95% interval, and the paired gain."""
-    from lrtune.training.metrics import bootstrap_macro_f1, metrics
+    """JSON-safe: each prediction's test scores, its ``metric`` with a bootstrap 95% interval, and the paired gain."""
+    from lrtune.training.metrics import bootstrap_scores, metrics
 
-    samples = bootstrap_macro_f1(targets, preds, n_classes, resamples=RESAMPLES, seed=seed)
-    record: dict[str, Any] = {"n_test": int(len(targets)), "trials": trials, "resamples": RESAMPLES}
+    samples = bootstrap_scores(metric, targets, preds, n_classes, probs=probs, resamples=RESAMPLES, seed=seed)
+    record: dict[str, Any] = {"n_test": int(len(targets)), "trials": trials, "resamples": RESAMPLES, "metric": metric}
     for role, p in preds.items():
-        record[role] = {"trial": trials[role], "macro_f1": metrics(targets, p, n_classes).macro_f1,
-                        "ci95": _interval(samples[role])}
+        ev = metrics(targets, p, n_classes, probs=(probs or {}).get(role))
+        record[role] = {"trial": trials[role], "value": ev.value(metric), "ci95": _interval(samples[role]),
+                        "scores": ev.scores()}
     if "best" in preds and "baseline" in preds:
-        gain = record["best"]["macro_f1"] - record["baseline"]["macro_f1"]
+        gain = record["best"]["value"] - record["baseline"]["value"]
         low, high = _interval(samples["best"] - samples["baseline"])
         record["gain"] = {"value": gain, "ci95": [low, high], "holds": low > 0}
     widths = [record[r]["ci95"][1] - record[r]["ci95"][0] for r in preds]
@@ -116,5 +120,5 @@ def test_record(
 
 
 def _interval(samples: np.ndarray) -> list[float]:
-    low, high = np.percentile(samples, [2.5, 97.5])
+    low, high = np.nanpercentile(samples, [2.5, 97.5])
     return [round(float(low), 6), round(float(high), 6)]

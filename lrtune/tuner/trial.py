@@ -21,7 +21,7 @@ from typing import Callable
 import optuna
 import torch
 
-from lrtune.config import Config, effective_image_size
+from lrtune.config import CURVE_KEYS, Config, effective_image_size
 from lrtune.errors import LRTuneError, StorageError, StudyError, first_line
 from lrtune.progress import ProgressSink
 from lrtune.storage import resilient
@@ -249,7 +249,7 @@ class Objective:
             upload = functools.partial(self.remote.upload_last, trial, files.folder / checkpoints.LAST, epoch)
         files.keep(run, due=due, keep_best=outcome.improved and self.cfg.keep != "none", last=last, then=upload)
         if self.progress is not None:
-            self.progress.epoch(trial.number, epoch, self.cfg.epochs, outcome.macro_f1)
+            self.progress.epoch(trial.number, epoch, self.cfg.epochs, outcome.value)
         if prunes and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
@@ -313,15 +313,15 @@ def _finish(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
 
 
 def _report(trial: optuna.Trial, run: TrainingRun, files: TrialFiles, *, flush: bool = True) -> None:
-    """Tell the study every epoch's validation macro-F1 it has not heard yet.
+    """Tell the study every epoch's validation value of its metric it has not heard yet.
 
     On lrtune's storage the pruner sees each value at once, and the values
     are written together: at ``flush``, or once ``REPORT_EVERY`` s have passed
     since the last write. So epochs longer than that are each written at once,
     and a running trial's curve is at most that late in ``lrtune show``.
     """
-    heard = {int(epoch): float(value) for epoch, value in zip(run.state.curves["epoch"], run.state.curves["val_f1"])
-             if epoch > files.reported}
+    values = run.state.curves[CURVE_KEYS[run.cfg.metric]]
+    heard = {int(epoch): float(value) for epoch, value in zip(run.state.curves["epoch"], values) if epoch > files.reported}
     files.reported = run.state.epoch
     backend = resilient(getattr(trial, "storage", None))
     if backend is None:
@@ -403,5 +403,6 @@ def weights_record(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> 
         "params": run.params.to_dict(),
         "trial": trial.number,
         "epoch": run.state.best["epoch"],
-        "macro_f1": run.state.best_value,
+        "metric": run.cfg.metric,
+        "value": run.state.best_value,
     }

@@ -36,7 +36,8 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
     if not device.startswith("cuda"):
         # Workers share the CPU's cores instead of each spawning a thread per core.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
-    progress = ConsoleProgress(cfg.trials, verbosity=verbosity, prefix=f"[worker {index}] ")
+    progress = ConsoleProgress(cfg.trials, verbosity=verbosity, prefix=f"[worker {index}] ",
+                               metric=config_mod.metric_label(cfg.metric))
     with quiet_optuna(), CatchSignals() as signals:
         try:
             # No sink while the data loads: the parent process showed that already.

@@ -53,6 +53,31 @@ def test_search_resumes_up_to_the_total_and_then_does_nothing(tmp_path, augment)
     assert f"validation macro-F1 {best['value']:.4f} (the trial's best: {best['value']:.4f})" in trained.stderr
 
 
+def test_metric_balanced_accuracy_is_what_the_search_maximizes_prunes_on_and_shows_first(tmp_path):
+    studies = str(tmp_path)
+    result = run_cli("search", "--studies-dir", studies, "--metric", "balanced_accuracy", "--trials", "6",
+                     "--epochs", "3", "--batch-size", "64", "--image-size", "8")
+    assert result.returncode == 0, result.stderr
+    assert "best balanced accuracy" in result.stderr
+    study = load(tmp_path, "digits-lt-test_resnet")
+    for trial in study.trials:
+        curves = trial.user_attrs["curves"]
+        assert [trial.intermediate_values[e] for e in curves["epoch"]] == curves["val_balanced_accuracy"]
+        if trial.state.name == "COMPLETE":
+            assert trial.value == trial.user_attrs["best"]["balanced_accuracy"]
+            assert trial.value == pytest.approx(max(curves["val_balanced_accuracy"]), abs=1e-8)  # curves: 8 decimals
+    shown = json.loads(run_cli("show", "--studies-dir", studies, "--json").stdout)
+    assert shown["metric"] == "balanced_accuracy"
+    scores = shown["best"]["scores"]
+    assert list(scores) == ["balanced_accuracy", "macro_f1", "accuracy", "weighted_f1", "roc_auc"]
+    assert scores["balanced_accuracy"] == shown["best"]["value"] and all(0 <= v <= 1 for v in scores.values())
+    text = run_cli("show", "--studies-dir", studies).stdout
+    assert "balanced accuracy" in text.splitlines()[1]  # the table's column
+    assert "best trial's validation scores: balanced accuracy " in text
+    changed = run_cli("search", "--studies-dir", studies, "--metric", "macro_f1", "--trials", "7")
+    assert changed.returncode == 1 and "metric: 'balanced_accuracy' -> 'macro_f1'" in changed.stderr
+
+
 def test_a_training_set_smaller_than_one_batch_skips_the_range_test_and_the_search_goes_on(tmp_path):
     data = _folder(tmp_path / "tiny", ["a", "b"], per_class=12)  # 24 images: 19 train, 5 validation
     studies = str(tmp_path / "s")
@@ -136,6 +161,7 @@ def bad_inputs(tmp_path):
         (["--schedulers", "linear"], "unknown scheduler 'linear' (valid: step, cosine, plateau)"),
         (["--sampler", "grid"], "unknown sampler 'grid' (valid: tpe, random, gp, qmc)"),
         (["--pruner", "sometimes"], "unknown pruner 'sometimes' (valid: median, hyperband, none)"),
+        (["--metric", "f2"], "unknown metric 'f2' (valid: macro_f1, accuracy, balanced_accuracy, weighted_f1, roc_auc)"),
         (["--data", str(missing)], "nowhere' not found"),
         (["--data", str(empty)], "has no images"),
         (["--data", str(one_class)], "one class"),
@@ -209,4 +235,4 @@ def test_a_test_split_is_scored_after_the_search_and_shown_by_show_and_the_repor
     report = run_cli("report", "--studies-dir", studies, "--out", str(tmp_path / "r.html"))
     assert report.returncode == 0, report.stderr
     html = (tmp_path / "r.html").read_text()
-    assert "<dt>Test split</dt>" in html and f"{record['best']['macro_f1']:.4f}" in html
+    assert "<dt>Test split</dt>" in html and f"{record['best']['value']:.4f}" in html

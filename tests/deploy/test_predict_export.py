@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.metrics import f1_score
+from sklearn.metrics import balanced_accuracy_score, f1_score
 
 import lrtune
 from helpers import run_cli
@@ -57,6 +57,13 @@ def test_predict_on_a_labelled_folder_prints_a_macro_f1_that_agrees_with_scikit_
     expected = f1_score([r["label"] for r in rows], [r["prediction"] for r in rows], average="macro")
     printed = float(done.stdout.split("macro-F1 ")[1].split(",")[0])
     assert printed == pytest.approx(expected, abs=5e-5)
+    head = done.stdout.splitlines()[0]  # every metric, the model's own (its study's: macro-F1) first
+    assert head.startswith("macro-F1 ") and head.endswith(" on 30 images")
+    assert [part.rsplit(" ", 1)[0] for part in head.removesuffix(" on 30 images").split(", ")] == [
+        "macro-F1", "accuracy", "balanced accuracy", "weighted F1", "ROC-AUC"]
+    balanced = float(head.split("balanced accuracy ")[1].split(",")[0])
+    expected_balanced = balanced_accuracy_score([r["label"] for r in rows], [r["prediction"] for r in rows])
+    assert balanced == pytest.approx(expected_balanced, abs=5e-5)
     assert "precision" in done.stdout and len(done.stdout.strip().splitlines()) == 2 + 1 + 10
     page = report.read_text()
     assert 'id="confusion"' in page and f"{expected:.4f}" in page

@@ -21,7 +21,7 @@ def test_retraining_the_best_trial_on_train_reproduces_its_best_epoch_value_exac
     assert sorted(p.name for p in trained.folder.iterdir()) == [
         "config.json", "curves.json", "model.safetensors", "training.json"
     ]
-    assert trained.training["val_macro_f1"] == best.value  # same machine, same seed: exact
+    assert trained.training["val_value"] == best.value  # same machine, same seed: exact
     assert trained.training["epochs"] == best.user_attrs["best"]["epoch"]
     assert trained.training["params"]["lr"] == best.params["lr"] and trained.training["seed"] == best.user_attrs["seed"]
     curves = json.loads((trained.folder / "curves.json").read_text())
@@ -64,7 +64,7 @@ def test_a_crashed_retrain_continues_from_its_last_epoch_and_ends_with_the_same_
     sink = CrashAfter(0)
     result = lrtune.train(study=study, name="resumed", studies_dir=small_study.dir, progress=sink)
     assert result.resumed_at_epoch == 2 and any(m.startswith("continuing from epoch 2") for m in sink.messages)
-    assert result.macro_f1 == small_study.best.value
+    assert result.value == small_study.best.value
     again, first = load_file(folder / "model.safetensors"), load_file(trained.folder / "model.safetensors")
     assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
     assert not (folder.parent / ".resumed.work").exists()
@@ -81,7 +81,7 @@ def test_train_on_all_from_an_exported_toml_says_there_is_no_validation_metric(s
     assert out.strip().endswith(str(folder))
     assert "1 epochs on training and validation images: no validation metric" in err
     training = json.loads((folder / "training.json").read_text())
-    assert training["on"] == "all" and training["n_images"] == 735 and training["val_macro_f1"] is None
+    assert training["on"] == "all" and training["n_images"] == 735 and training["val_value"] is None
     assert training["trial"] == small_study.best.number and training["params"]["lr"] == small_study.best.params["lr"]
 
 

@@ -21,7 +21,7 @@ def test_a_clear_gain_holds_and_a_tiny_test_split_says_its_interval_is_wide():
     _, poor = _predictions(2000, 0.6, 0)
     record = holdout.test_record(targets, {"best": good, "baseline": poor}, 5, trials={"best": 7, "baseline": 0})
     assert record["gain"]["holds"] and record["gain"]["ci95"][0] > 0
-    assert record["best"]["ci95"][0] < record["best"]["macro_f1"] < record["best"]["ci95"][1]
+    assert record["best"]["ci95"][0] < record["best"]["value"] < record["best"]["ci95"][1]
     assert "note" not in record
     small = holdout.test_record(targets[:40], {"best": poor[:40], "baseline": poor[:40]}, 5,
                                 trials={"best": 7, "baseline": 0})
@@ -42,7 +42,7 @@ def test_a_search_with_a_test_split_keeps_the_baselines_weights_and_scores_both(
     assert record["n_test"] == study.user_attrs["dataset"]["n_test"] > 0
     for role in ("best", "baseline"):
         low, high = record[role]["ci95"]
-        assert 0 <= low <= record[role]["macro_f1"] <= high <= 1
+        assert 0 <= low <= record[role]["value"] <= high <= 1
     kept = checkpoints.weight_files(tmp_path / study.study_name)
     assert {best.number, baseline.number} <= set(kept)
     assert holdout.is_current(study, cfg)
