@@ -18,16 +18,17 @@ RULE_COLORS = {"steepest": "#d62728", "valley": "#2ca02c", "min/10": "#9467bd"}
 
 
 def draw_lr_range(data: ReportData) -> Any:
-    return lr_range_figure(data.lr_range) if data.lr_range is not None else None
+    return lr_range_figure(data.lr_range, metric=data.metric_label) if data.lr_range is not None else None
 
 
-def lr_range_figure(curve: LRRangeData) -> Any:
-    """One panel (loss vs LR) without trials, two side by side with them, sharing the LR axis."""
+def lr_range_figure(curve: LRRangeData, *, metric: str = "macro-F1") -> Any:
+    """One panel (loss vs LR) without trials, two side by side with them (their final ``metric``), sharing the LR
+    axis."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     with_trials = bool(curve.trial_lrs)
-    titles = ("range test: training loss", "trials: final macro-F1") if with_trials else None
+    titles = ("range test: training loss", f"trials: final {metric}") if with_trials else None
     fig = make_subplots(rows=1, cols=2 if with_trials else 1, shared_xaxes=True, horizontal_spacing=0.1,
                         subplot_titles=titles)
     fig.add_trace(go.Scatter(x=curve.lrs, y=curve.losses, mode="markers", name="loss per step",
@@ -38,7 +39,7 @@ def lr_range_figure(curve: LRRangeData) -> Any:
         fig.add_trace(go.Scatter(
             x=curve.trial_lrs, y=curve.trial_values, mode="markers", name="completed trials",
             marker={"color": "#ff7f0e", "size": 7}, customdata=curve.trial_numbers,
-            hovertemplate="trial %{customdata}<br>lr %{x:.3g}<br>macro-F1 %{y:.4f}<extra></extra>",
+            hovertemplate="trial %{customdata}<br>lr %{x:.3g}<br>" + metric + " %{y:.4f}<extra></extra>",
         ), row=1, col=2)
     for col in range(1, 3 if with_trials else 2):
         _mark_suggestions(fig, curve, col)
@@ -51,7 +52,7 @@ def lr_range_figure(curve: LRRangeData) -> Any:
     fig.update_xaxes(title_text="learning rate", **log_axis(curve.lrs + curve.trial_lrs + list(curve.suggestions.values())))
     fig.update_yaxes(title_text="training loss", row=1, col=1)
     if with_trials:
-        fig.update_yaxes(title_text="validation macro-F1", row=1, col=2)
+        fig.update_yaxes(title_text=f"validation {metric}", row=1, col=2)
     return fig
 
 
