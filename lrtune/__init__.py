@@ -6,7 +6,17 @@ The public API is what ``__all__`` names; every other module is internal.
 from typing import Any
 
 from lrtune import api
-from lrtune.api import best_trial, list_studies, load_config, lr_find, open_study, search, write_report
+from lrtune.api import (
+    best_trial,
+    list_studies,
+    load_config,
+    lr_find,
+    open_study,
+    ranked_trials,
+    report_figures,
+    search,
+    write_report,
+)
 from lrtune.config import Config
 from lrtune.errors import (
     ConfigError,
@@ -40,12 +50,15 @@ __all__ = [
     "best_trial",
     "export_config",
     "export_onnx",
+    "export_split",
     "list_studies",
     "load_config",
     "load_model",
     "lr_find",
     "open_study",
     "predict",
+    "ranked_trials",
+    "report_figures",
     "search",
     "train",
     "write_report",
@@ -53,7 +66,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``train``, ``load_model``, ``predict``, ``export_config`` and ``export_onnx`` load torch: on first use."""
+    """The deploy functions (``train``, ``load_model``, ``predict``, ``export_*``) load torch: on first use."""
     if name in api.DEPLOY_FUNCTIONS:
         value = getattr(api, name)
         globals()[name] = value

@@ -130,9 +130,22 @@ def list_studies(*, storage: str | None = None, studies_dir: str | Path = "studi
 
 
 def best_trial(*, study: optuna.Study) -> FrozenTrial | None:
-    """The finished trial with the highest macro-F1 (ties: the earlier), or None."""
+    """The finished trial with the highest value of the study's metric (ties: the earlier), or None."""
     best = top_trials(study, 1)
     return best[0] if best else None
+
+
+def ranked_trials(*, study: optuna.Study, n: int = 10) -> list[FrozenTrial]:
+    """The ``n`` finished trials with the highest values, best first (ties: the earlier)."""
+    return top_trials(study, n)
+
+
+def report_figures(*, study: optuna.Study) -> dict[str, Any]:
+    """The report's figures as plotly figures by name (``history``, ``curves``, ``lr``, ...), to show in a
+    notebook; a figure with nothing to show yet is left out."""
+    from lrtune.report import compute_report, report_figures as figures
+
+    return figures(compute_report(study, storage_label=storage_label(study)))
 
 
 def write_report(
@@ -152,7 +165,7 @@ def write_report(
     return write(study, out=out, studies_dir=studies_dir, plotlyjs=plotlyjs, storage_label=storage_label(study))
 
 
-DEPLOY_FUNCTIONS = ("train", "load_model", "predict", "export_config", "export_onnx")
+DEPLOY_FUNCTIONS = ("train", "load_model", "predict", "export_config", "export_onnx", "export_split")
 
 
 def __getattr__(name: str) -> Any:

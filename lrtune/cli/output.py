@@ -62,6 +62,11 @@ def format_summary(study: optuna.Study, top: int = 5) -> str:
         scores = b.user_attrs.get("best") or {}
         if isinstance(scores, dict) and ordered_scores(scores, metric):
             lines.append(f"best trial's validation scores: {format_scores(scores, metric)}")
+            left_out = scores.get("roc_auc_left_out") or []
+            if left_out:
+                classes = (study.user_attrs.get("dataset") or {}).get("classes") or []
+                names = ", ".join(str(classes[k]) if k < len(classes) else str(k) for k in left_out)
+                lines.append(f"its ROC-AUC leaves out {names}: no validation image of it, or only images of it")
         baseline = [t for t in trials if t.user_attrs.get("baseline") and t.value is not None]
         if baseline:
             base = baseline[0]

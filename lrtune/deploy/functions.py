@@ -17,6 +17,7 @@ from lrtune.deploy.onnx_export import export_onnx as write_onnx
 from lrtune.deploy.predict import Predictions, predict_images, write_predictions
 from lrtune.deploy.retrain import TrainedModel, retrain
 from lrtune.deploy.spec import FORMATS, find_trial, format_config, spec_from_file, spec_from_trial, trial_weights
+from lrtune.deploy.splits import write_split
 from lrtune.errors import ConfigError
 from lrtune.progress import ProgressSink
 from lrtune.storage import study_dir
@@ -145,3 +146,11 @@ def export_config(
 def export_onnx(*, model: LoadedModel, out: str | Path) -> OnnxExport:
     """The model as ONNX at ``out``, checked against PyTorch with onnxruntime when it is installed."""
     return write_onnx(model, check_output_file(out))
+
+
+def export_split(
+    *, study: optuna.Study, split: str = "test", out: str | Path, studies_dir: str | Path = "studies"
+) -> Path:
+    """The images of the study's ``test`` (``--test-fraction``) or ``validation`` split, no trial trained on them,
+    as ``out/<class>/<image>.png``: a labelled folder to ``predict``. Replaces what ``out`` held; returns it."""
+    return write_split(study, split=split, out=Path(out), studies_dir=studies_dir)

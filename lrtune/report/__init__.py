@@ -7,7 +7,7 @@ The study is only read, so a report can be made while a search is still writing 
 """
 
 from lrtune.report.compute import ReportData, compute_report
-from lrtune.report.figures import FIGURE_NAMES
+from lrtune.report.figures import FIGURE_NAMES, report_figures
 from lrtune.report.page import PLOTLYJS_MODES, REPORT_NAME, draw_report, write_lr_range_plot, write_report
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "ReportData",
     "compute_report",
     "draw_report",
+    "report_figures",
     "write_lr_range_plot",
     "write_report",
 ]

@@ -355,3 +355,14 @@ FIGURES = [
     Figure("timeline", "Timeline", "When each trial ran, coloured by its state.", draw_timeline),
 ]
 FIGURE_NAMES = tuple(figure.name for figure in FIGURES)
+
+
+def report_figures(data: ReportData) -> dict[str, Any]:
+    """Every figure of the report that has something to show, by name, titled as the page titles it."""
+    figures = {}
+    for figure in FIGURES:
+        plot = figure.draw(data)
+        if plot is not None:
+            plot.update_layout(title={"text": figure.title.replace("macro-F1", data.metric_label)})
+            figures[figure.name] = plot
+    return figures

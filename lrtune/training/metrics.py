@@ -43,6 +43,10 @@ class Evaluation:
         value = self.scores()[metric]
         return float("nan") if value is None else float(value)
 
+    def confusion(self) -> list[list[int]]:
+        """The confusion matrix (rows: true class, columns: predicted)."""
+        return confusion(self.targets, self.preds, len(self.support))
+
     def summary(self, epoch: int) -> dict:
         """JSON-safe record of this evaluation, for trial attributes.
 
