@@ -8,6 +8,7 @@ from typing import Any
 from lrtune import api
 from lrtune.api import (
     best_trial,
+    confirm,
     list_studies,
     load_config,
     lr_find,
@@ -48,6 +49,7 @@ __all__ = [
     "StudyError",
     "__version__",
     "best_trial",
+    "confirm",
     "export_config",
     "export_onnx",
     "export_split",

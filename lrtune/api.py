@@ -165,6 +165,30 @@ def write_report(
     return write(study, out=out, studies_dir=studies_dir, plotlyjs=plotlyjs, storage_label=storage_label(study))
 
 
+def confirm(
+    *,
+    study: optuna.Study,
+    top: int = 3,
+    seeds: int = 3,
+    device: str = "auto",
+    studies_dir: str | Path = "studies",
+    progress: ProgressSink | None = None,
+) -> dict[str, Any]:
+    """Retrain the study's top ``top`` configurations, its LR baseline and LR-free baselines with ``seeds`` fresh
+    seeds each, and rank them by the mean validation value (95% interval over seeds).
+
+    The runs are trials of the companion study ``<study>.confirm``: they resume
+    after a crash like trials, and the study's own trials, sampler and pruner
+    never see them. The ranking is stored on the study (``confirmed``) and
+    returned; with a test split each configuration is also scored there.
+    ``train`` and ``export_config`` then take the confirmed winner by default.
+    Ctrl-C raises ``SearchInterrupted``, and the next call continues.
+    """
+    from lrtune.tuner.confirm import confirm_study
+
+    return confirm_study(study, top=top, seeds=seeds, device=device, studies_dir=studies_dir, progress=progress)
+
+
 DEPLOY_FUNCTIONS = ("train", "load_model", "predict", "export_config", "export_onnx", "export_split")
 
 

@@ -81,6 +81,7 @@ class Config:
     losses: list[str] = field(default_factory=lambda: ["ce", "focal", "label_smoothing", "f1"])  # losses to search
     accum: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # gradient accumulation steps
     lr_range: str = "auto"  # auto | off: an LR range test, once per study, narrows the LR range and queues its suggestion
+    baselines: list[str] = field(default_factory=list)  # LR-free optimizers run as one fixed trial each beside the LR baseline: prodigy, schedulefree
     # --- study ----------------------------------------------------------------
     trials: int = 50  # total finished (complete or pruned) trials the study should hold
     timeout: float = 0.0  # seconds for this run; 0: no limit

@@ -93,3 +93,66 @@ def ordered_scores(scores: Mapping[str, Any], metric: str | None) -> dict[str, A
 def format_scores(scores: Mapping[str, Any], metric: str | None) -> str:
     """``balanced accuracy 0.9312, macro-F1 0.9104, ...``: every metric, the study's first, ``-`` for none."""
     return ", ".join(f"{metric_label(name)} {format_metric(value)}" for name, value in ordered_scores(scores, metric).items())
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def _span(ci: Any) -> str:
+    return f"{ci[0]:.4f} to {ci[1]:.4f}" if isinstance(ci, list) and len(ci) == 2 else "-"
+
+
+def format_confirmed(record: Any) -> list[str]:
+    """``lrtune confirm``'s ranking (the study's ``confirmed`` record) as lines; none without one."""
+    if not isinstance(record, dict) or not record.get("configs"):
+        return []
+    label = metric_label(record.get("metric"))
+    configs = record["configs"]
+    with_test = any("test_mean" in c for c in configs)
+    rows = []
+    for rank, c in enumerate(configs, start=1):
+        row = [str(rank), f"{c['trial']} ({c['role']})", format_metric(c["mean"]), _span(c["ci95"]),
+               " ".join(f"{v:.4f}" for v in c["runs"]) or "-", format_metric(c["single_run"])]
+        if with_test:
+            row += [format_metric(c.get("test_mean")), _span(c.get("test_ci95"))]
+        rows.append(row)
+    header = ["rank", "trial", f"mean {label}", "95% interval", "runs", "single run"]
+    header += ["test mean", "test 95% interval"] if with_test else []
+    lines = [f"confirmed over {record['seeds']} fresh seeds (validation {label}, best mean first):",
+             table(rows, header)]
+    single, winner = record.get("single_run_winner"), record.get("winner")
+    if record.get("still_first"):
+        lines.append(f"the single-run winner, trial {single}, is still first")
+    elif winner is not None:
+        place = next((i for i, c in enumerate(configs, start=1) if c["trial"] == single), None)
+        where = f"ranks {_ordinal(place)}" if place else "was not confirmed"
+        lines.append(f"the single-run winner, trial {single}, {where}; trial {winner} is first")
+    if not record.get("complete"):
+        lines.append("some runs are missing: run `lrtune confirm` again to finish them")
+    return lines
+
+
+def format_against_lr_free(values: list[tuple[int, str, float]], record: Any, metric: str | None) -> list[str]:
+    """One line: the tuned winner against the best LR-free baseline; over seeds with an interval when confirmed.
+
+    ``values`` are the complete trials' (number, role, value), role ``tuned``, ``baseline`` or an optimizer's name.
+    """
+    label = metric_label(metric)
+    confirmed = record.get("against_lr_free") if isinstance(record, dict) else None
+    if isinstance(confirmed, dict):
+        means = {c["trial"]: c["mean"] for c in record["configs"]}
+        ci = confirmed.get("ci95")
+        interval = f"95% interval {ci[0]:+.4f} to {ci[1]:+.4f}" if ci else "one seed: no interval"
+        return [f"tuned winner, trial {confirmed['tuned']}: {label} {format_metric(means[confirmed['tuned']])} "
+                f"against the best LR-free baseline, {confirmed['name']} (trial {confirmed['lr_free']}): "
+                f"{format_metric(means[confirmed['lr_free']])}; gain {confirmed['gain']:+.4f} "
+                f"({interval}, over {record['seeds']} seeds)"]
+    tuned = [v for v in values if v[1] in ("tuned", "baseline")]
+    free = [v for v in values if v[1] not in ("tuned", "baseline")]
+    if not tuned or not free:
+        return []
+    best, other = max(tuned, key=lambda v: (v[2], -v[0])), max(free, key=lambda v: (v[2], -v[0]))
+    return [f"tuned winner, trial {best[0]}: {label} {format_metric(best[2])} against the best LR-free baseline, "
+            f"{other[1]} (trial {other[0]}): {format_metric(other[2])}; gain {best[2] - other[2]:+.4f} "
+            "(single runs: `lrtune confirm` gives it an interval)"]

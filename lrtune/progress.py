@@ -97,8 +97,11 @@ class ConsoleProgress:
             self.best = value if self.best is None else max(self.best, value)
         if self.verbosity == 0:
             return
-        lr = f"lr {format_value(params['lr'])} " if "lr" in params else ""
-        what = f"{lr}{params.get('scheduler', '')} {params.get('loss', '')} accum {params.get('accum', '')}".strip()
+        if "lr" in params:
+            what = (f"lr {format_value(params['lr'])} {params.get('scheduler', '')} {params.get('loss', '')} "
+                    f"accum {params.get('accum', '')}")
+        else:
+            what = f"{params.get('optimizer', '')}, LR-free"
         shown = f" {self.metric} {value:.4f}" if value is not None else ""
         note = f" ({reason})" if reason and state != "COMPLETE" else ""
         self._write(f"trial {number} {state.lower()}{shown} [{what}]{note} | {self._status()}")

@@ -114,8 +114,8 @@ def launch(args: list[str], *, env: dict[str, str], cwd: str | Path, inject: str
            stdout: int | IO | None = None, stderr: int | IO | None = None) -> Launched:
     """Start ``lrtune ARGS`` (or ``tests/inject.py INJECT ARGS``) forked from the server.
 
-    ``stdout`` and ``stderr`` are ``subprocess.PIPE`` (readable text on the result), an open file, or None
-    (this process's own).
+    ``stdout`` and ``stderr`` are ``subprocess.PIPE`` (readable text on the result), ``subprocess.DEVNULL``,
+    an open file, or None (this process's own).
     """
     ends, ours = [], {}
     for name, target, default in (("stdout", stdout, 1), ("stderr", stderr, 2)):
@@ -125,6 +125,8 @@ def launch(args: list[str], *, env: dict[str, str], cwd: str | Path, inject: str
             ends.append(write)
         elif target is None:
             ends.append(os.dup(default))
+        elif target == subprocess.DEVNULL:
+            ends.append(os.open(os.devnull, os.O_WRONLY))
         else:
             ends.append(os.dup(target.fileno()))  # type: ignore[union-attr]
     stdin = os.open(os.devnull, os.O_RDONLY)

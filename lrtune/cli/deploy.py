@@ -131,12 +131,17 @@ def run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from pathlib import Path
 
     from lrtune.api import export_config, export_onnx, load_model
+    from lrtune.deploy.spec import confirmed_winner
 
     cfg = resolve_config(args)
     if args.format != "onnx":
         if args.model is not None:
             raise ConfigError(f"--format {args.format} exports a study's trial; give --study (and --trial), not MODEL")
-        text = export_config(study=_study(cfg), trial=args.trial, format=args.format, out=args.out)
+        study = _study(cfg)
+        text = export_config(study=study, trial=args.trial, format=args.format, out=args.out)
+        winner = confirmed_winner(study) if args.trial is None else None
+        if winner is not None:
+            ConsoleProgress(verbosity=verbosity(args)).message(f"exported trial {winner[0]}, {winner[1]}")
         if args.out is None:
             print(text, end="")
         else:

@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from lrtune.cli import deploy, lr_find, read, search
+from lrtune.cli import confirm, deploy, lr_find, read, search
 from lrtune.cli.options import common_parser, verbosity
 from lrtune.errors import LRTuneError, first_line
 
@@ -21,7 +21,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 # Each module adds its subcommands with register(sub, common).
-COMMANDS = (search, lr_find, read, deploy)
+COMMANDS = (search, lr_find, confirm, read, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:

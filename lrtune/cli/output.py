@@ -9,6 +9,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrtune.config import metric_label
 from lrtune.formatting import (
+    format_against_lr_free,
+    format_confirmed,
     format_lr_range,
     format_metric,
     format_params,
@@ -18,7 +20,7 @@ from lrtune.formatting import (
     ordered_scores,
     table,
 )
-from lrtune.storage import top_trials
+from lrtune.storage import completed_roles, top_trials
 
 TRIAL_HEADER = ["trial", "state", "{metric}", "lr", "scheduler", "loss", "accum", "epochs", "other"]
 TUNED = ("lr", "scheduler", "loss", "accum")
@@ -75,6 +77,9 @@ def format_summary(study: optuna.Study, top: int = 5) -> str:
             )
     else:
         lines.append("no finished trials yet")
+    confirmed = study.user_attrs.get("confirmed")
+    lines += format_confirmed(confirmed)
+    lines += format_against_lr_free(completed_roles(study), confirmed, metric)
     lines += format_lr_range(study.user_attrs.get("lr_range"))
     lines += format_test_split(study.user_attrs.get("test_split"))
     speeds = sorted(t.user_attrs["images_per_s"] for t in trials if t.user_attrs.get("images_per_s"))
@@ -100,6 +105,8 @@ def show_json(study: optuna.Study, top: int) -> dict[str, Any]:
               "metrics": best.user_attrs.get("best")},
         "top": [{"trial": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params} for t in ranked],
         "test_split": study.user_attrs.get("test_split"),
+        "confirmed": study.user_attrs.get("confirmed"),
+        "against_lr_free": format_against_lr_free(completed_roles(study), study.user_attrs.get("confirmed"), metric),
     }
 
 

@@ -18,7 +18,7 @@ GROUPS = {
              "hflip", "affine", "color", "rare_affine", "crop", "augment", "num_workers"),
     "model and training": ("model", "pretrained", "weights", "epochs", "batch_size", "optimizer", "weight_decay",
                            "momentum", "warmup_epochs", "device", "amp", "compile", "diverge_factor"),
-    "search space": ("lr_min", "lr_max", "schedulers", "losses", "accum", "lr_range"),
+    "search space": ("lr_min", "lr_max", "schedulers", "losses", "accum", "lr_range", "baselines"),
     "study": ("metric", "trials", "timeout", "sampler", "pruner", "pruner_warmup", "seed", "workers", "keep", "force"),
     "many machines": ("artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace"),
 }

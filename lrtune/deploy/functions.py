@@ -16,7 +16,16 @@ from lrtune.deploy.onnx_export import OnnxExport
 from lrtune.deploy.onnx_export import export_onnx as write_onnx
 from lrtune.deploy.predict import Predictions, predict_images, write_predictions
 from lrtune.deploy.retrain import TrainedModel, retrain
-from lrtune.deploy.spec import FORMATS, find_trial, format_config, spec_from_file, spec_from_trial, trial_weights
+from lrtune.deploy.spec import (
+    FORMATS,
+    TrialSpec,
+    confirmed_winner,
+    find_trial,
+    format_config,
+    spec_from_file,
+    spec_from_trial,
+    trial_weights,
+)
 from lrtune.deploy.splits import write_split
 from lrtune.errors import ConfigError
 from lrtune.progress import ProgressSink
@@ -60,10 +69,20 @@ def train(
     if spec is None:
         if study is None:
             raise ConfigError("train needs a study, or a config file written by `lrtune export --format toml`")
-        spec = spec_from_trial(study, find_trial(study, trial))
+        spec = _spec(study, trial)
+        if spec.chosen_by and progress is not None:
+            progress.message(f"retraining trial {spec.trial}, {spec.chosen_by}")
     spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, studies_dir=str(studies_dir)))
     folder = model_folder(studies_dir, spec.study, name or _default_name(spec.trial, on, epochs))
     return retrain(spec, folder=folder, on=on, epochs=epochs, device=device, progress=progress)
+
+
+def _spec(study: optuna.Study, trial: int | None) -> TrialSpec:
+    """Trial ``trial``, or the confirmed winner, or the best trial; ``chosen_by`` says when it is the confirmed one."""
+    chosen = find_trial(study, trial, confirmed=True)
+    spec = spec_from_trial(study, chosen)
+    winner = confirmed_winner(study) if trial is None else None
+    return dataclasses.replace(spec, chosen_by=winner[1]) if winner and winner[0] == chosen.number else spec
 
 
 def _default_name(trial: int, on: str, epochs: int | None) -> str:
@@ -137,7 +156,7 @@ def export_config(
     if format not in FORMATS:
         raise ConfigError(f"unknown format {format!r} (valid: {', '.join(FORMATS)}, onnx)")
     out_path = check_output_file(out) if out is not None else None
-    text = format_config(spec_from_trial(study, find_trial(study, trial)), format)
+    text = format_config(_spec(study, trial), format)
     if out_path is not None:
         write_atomically(out_path, text)
     return text

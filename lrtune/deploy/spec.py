@@ -38,10 +38,26 @@ class TrialSpec:
     value: float | None
     val_curve: list[float] = field(default_factory=list)  # validation value of the study's metric per epoch
     data_summary: dict[str, Any] = field(default_factory=dict)
+    chosen_by: str = ""  # why this trial, when it is not the one asked for nor the single-run best
 
 
-def find_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """Trial ``number`` of ``study``, or its best finished trial when ``number`` is None."""
+def confirmed_winner(study: optuna.Study) -> tuple[int, str] | None:
+    """The trial ``lrtune confirm`` ranked first (all its runs done), and a line that says so; None without one."""
+    record = study.user_attrs.get("confirmed")
+    if not isinstance(record, dict) or not record.get("complete") or record.get("winner") is None:
+        return None
+    first = record["configs"][0]
+    label = config_mod.metric_label(record.get("metric"))
+    return int(record["winner"]), (f"the confirmed winner: mean validation {label} {first['mean']:.4f} over "
+                                   f"{record['seeds']} seeds")
+
+
+def find_trial(study: optuna.Study, number: int | None, *, confirmed: bool = False) -> FrozenTrial:
+    """Trial ``number`` of ``study``, or when ``number`` is None its confirmed winner (with ``confirmed``, when
+    ``lrtune confirm`` ranked one) or else its best finished trial."""
+    winner = confirmed_winner(study) if confirmed and number is None else None
+    if winner is not None:
+        number = winner[0]
     if number is None:
         best = top_trials(study, 1)
         if not best:
@@ -113,6 +129,7 @@ def exported(spec: TrialSpec) -> dict[str, Any]:
             "best_epoch": spec.best_epoch,
             "seed": spec.seed,
             "params": spec.params.to_dict(),
+            **({"chosen_by": spec.chosen_by} if spec.chosen_by else {}),
         },
         "config": {**config_mod.to_dict(spec.config), "storage": mask_url(spec.config.storage)},
         "dataset": spec.data_summary,
@@ -145,6 +162,8 @@ def _toml(spec: TrialSpec, data: dict[str, Any]) -> str:
         f"{spec.value} at epoch {spec.best_epoch}",
         "# `lrtune train --config FILE` retrains this trial; `lrtune search --config FILE` searches only around it.",
     ]
+    if spec.chosen_by:
+        lines.insert(1, f"# {spec.chosen_by}")
     lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     for table in (TRIAL_TABLE, "dataset", "versions"):
         body = {k: v for k, v in data[table].items() if v is not None and not isinstance(v, dict)}

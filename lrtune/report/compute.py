@@ -13,11 +13,11 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from lrtune.config import CURVE_KEYS, metric_label
-from lrtune.formatting import format_test_split, ordered_scores
+from lrtune.formatting import format_against_lr_free, format_confirmed, format_test_split, ordered_scores
 from lrtune.report.lr_range import LRRangeData, lr_range_data, lr_range_skipped
 from lrtune.report.values import finite_float, int_or_none, is_positive_number
 from lrtune.report.notes import add_notes
-from lrtune.storage import mask_url
+from lrtune.storage import completed_roles, mask_url
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 ROUGH_IMPORTANCE_BELOW = 20
@@ -134,6 +134,8 @@ class ReportData:
     lr_range: LRRangeData | None = None  # the study's LR range test, with the completed trials' LR and value
     lr_range_skipped: str = ""  # why the study's LR range test was skipped, if it was
     test_split: list[str] = field(default_factory=list)  # the best trial and the baseline on the test split
+    confirmed: list[str] = field(default_factory=list)  # lrtune confirm's ranking over seeds
+    against_lr_free: list[str] = field(default_factory=list)  # the tuned winner against the best LR-free baseline
 
     @property
     def metric_label(self) -> str:
@@ -189,6 +191,8 @@ def compute_report(study: optuna.Study, *, storage_label: str) -> ReportData:
     data.lr_range = lr_range_data(attrs.get("lr_range"), completed)
     data.lr_range_skipped = lr_range_skipped(attrs.get("lr_range"))
     data.test_split = format_test_split(attrs.get("test_split"))
+    data.confirmed = format_confirmed(attrs.get("confirmed"))
+    data.against_lr_free = format_against_lr_free(completed_roles(study), attrs.get("confirmed"), metric)
     data.importances = param_importances(study, len(completed), data.notes)
     add_notes(data)
     return data

@@ -252,6 +252,10 @@ def _draw_summary(data: ReportData) -> str:
         rows.append(("Gain over baseline", gain))
     if data.test_split:
         rows.append(("Test split", "<br>".join(e(line) for line in data.test_split)))
+    if data.confirmed:
+        rows.append(("Confirmed ranking", f'<pre class="confirmed">{e(chr(10).join(data.confirmed))}</pre>'))
+    if data.against_lr_free:
+        rows.append(("Against LR-free", e(data.against_lr_free[0])))
     if data.fingerprint:
         rows.append(("Config fingerprint", f"<code>{e(data.fingerprint)}</code>"))
     summary = "\n".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)

@@ -17,9 +17,11 @@ from lrtune.storage.backend import (
     scrub,
 )
 from lrtune.storage.studies import (
+    CONFIRM_SUFFIX,
     DB_NAME,
     FINISHED,
     best_first,
+    completed_roles,
     count_finished,
     default_storage_url,
     default_study_name,
@@ -32,14 +34,17 @@ from lrtune.storage.studies import (
     study_names,
     summarize_studies,
     top_trials,
+    trial_role,
 )
 
 __all__ = [
+    "CONFIRM_SUFFIX",
     "DB_NAME",
     "FINISHED",
     "Heartbeat",
     "ResilientStorage",
     "best_first",
+    "completed_roles",
     "count_finished",
     "default_storage_url",
     "default_study_name",
@@ -58,4 +63,5 @@ __all__ = [
     "study_names",
     "summarize_studies",
     "top_trials",
+    "trial_role",
 ]

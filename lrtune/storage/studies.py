@@ -50,16 +50,28 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in storage.get_all_studies()]
 
 
+CONFIRM_SUFFIX = ".confirm"  # the companion study that holds a study's confirmation runs
+
+
+def main_study_name(name: str, names: list[str]) -> str:
+    """The study a companion (``<study>.confirm``) belongs to; any other name itself."""
+    base = name.removesuffix(CONFIRM_SUFFIX)
+    return base if base != name and base in names else name
+
+
 def latest_study_name(storage: optuna.storages.BaseStorage) -> str | None:
-    """The study whose last trial started or finished most recently; studies without trials come last."""
+    """The study whose last trial started or finished most recently (its confirmation runs count as its own);
+    studies without trials come last."""
     best: tuple[float, int, str] | None = None
-    for order, summary in enumerate(storage.get_all_studies()):
+    studies = storage.get_all_studies()
+    names = [s.study_name for s in studies]
+    for order, summary in enumerate(studies):
         stamps = [
             (t.datetime_complete or t.datetime_start).timestamp()
             for t in storage.get_all_trials(summary._study_id, deepcopy=False)
             if (t.datetime_complete or t.datetime_start) is not None
         ]
-        key = (max(stamps) if stamps else float("-inf"), order, summary.study_name)
+        key = (max(stamps) if stamps else float("-inf"), order, main_study_name(summary.study_name, names))
         if best is None or key > best:
             best = key
     return best[2] if best else None
@@ -125,3 +137,16 @@ def summarize_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, An
             }
         )
     return rows
+
+
+def trial_role(trial: FrozenTrial) -> str:
+    """``baseline`` (the LR a user would start with), an LR-free baseline's optimizer name, or ``tuned``."""
+    if trial.user_attrs.get("lr_free"):
+        return str(trial.user_attrs["lr_free"])
+    return "baseline" if trial.user_attrs.get("baseline") else "tuned"
+
+
+def completed_roles(study: optuna.Study) -> list[tuple[int, str, float]]:
+    """(number, role, value) of every complete trial."""
+    return [(t.number, trial_role(t), float(t.value)) for t in study.get_trials(deepcopy=False)
+            if t.state == TrialState.COMPLETE and t.value is not None]

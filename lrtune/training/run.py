@@ -21,12 +21,12 @@ from lrtune.progress import ProgressSink
 from lrtune.training import checkpoints, memory
 from lrtune.training.datasets import ImageSet, class_counts, load_imageset, split_indices
 from lrtune.training.device_augment import choose_augment, make_device_loader
-from lrtune.training.loaders import EpochBatches, iter_eval_batches, make_train_loader
+from lrtune.training.loaders import EpochBatches, iter_eval_batches, make_train_loader, to_model_input
 from lrtune.training.loop import AmpPolicy, Diverged, train_one_epoch, evaluate
 from lrtune.training.metrics import Evaluation
 from lrtune.training.losses import create_loss
 from lrtune.training.models import create_model
-from lrtune.training.optimizer import create_optimizer
+from lrtune.training.optimizer import LR_FREE, create_optimizer, for_evaluation, for_training
 from lrtune.training.schedules import create_schedule
 
 EVAL_BATCH = 256
@@ -34,7 +34,11 @@ EVAL_BATCH = 256
 
 @dataclass(frozen=True)
 class Hyperparams:
-    """What a search tunes: the LR, the scheduler and loss with their parameters, accumulation."""
+    """What a search tunes: the LR, the scheduler and loss with their parameters, accumulation.
+
+    ``optimizer`` names an LR-free baseline (``optimizer.LR_FREE``), whose
+    recipe then sets the LR and schedule; empty, the config's optimizer.
+    """
 
     lr: float
     scheduler: str
@@ -46,15 +50,24 @@ class Hyperparams:
     plateau_patience: int = 2
     focal_gamma: float = 2.0
     smoothing: float = 0.1
+    optimizer: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        if not values["optimizer"]:
+            del values["optimizer"]
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Hyperparams":
-        """From a trial's parameters: the names this class knows, the defaults for the rest."""
+        """From a trial's parameters: the names this class knows, the defaults for the rest.
+
+        An LR-free baseline's parameters are its optimizer alone: its recipe fills in the rest.
+        """
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        recipe = LR_FREE.get(str(values.get("optimizer", "")))
+        base = {"lr": recipe.lr, "scheduler": recipe.scheduler, "loss": "ce", "accum": 1} if recipe else {}
+        return cls(**{**base, **{k: v for k, v in values.items() if k in known}})
 
 
 @dataclass
@@ -210,7 +223,8 @@ class TrainingRun:
         self.loader = make_loader(cfg, data, amp.device, self.augment)
         steps_per_epoch = max(1, math.ceil(len(self.loader) / params.accum))
         self.optimizer = create_optimizer(
-            self.model, name=cfg.optimizer, lr=params.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+            self.model, name=params.optimizer or cfg.optimizer, lr=params.lr, weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum, total_steps=steps_per_epoch * cfg.epochs,
         )
         self.schedule = create_schedule(
             params.scheduler,
@@ -254,6 +268,7 @@ class TrainingRun:
         cfg, state = self.cfg, self.state
         seed_everything(epoch_seed(self.seed, epoch))
         self.loader.reseed(epoch_seed(self.seed, epoch))
+        for_training(self.optimizer)
         started = time.perf_counter()
         result = train_one_epoch(
             self.net,
@@ -275,6 +290,9 @@ class TrainingRun:
                 f"train loss {result.train_loss:.4g} at epoch {epoch} is over "
                 f"{cfg.diverge_factor:g}x its best ({min(previous):.4g})"
             )
+        # Schedule-Free evaluates, checkpoints and keeps its averaged weights from here to the next epoch.
+        for_evaluation(self.optimizer, self.model, self.loader,
+                       lambda images: to_model_input(images, self.amp.device, channels_last=self.amp.channels_last))
         ev = self._validate()
         if ev is not None:
             self.schedule.epoch_end(ev.value(cfg.metric))

@@ -158,6 +158,17 @@ SCHEDULERS: dict[str, type[Schedule]] = {
 }
 
 
+class ConstantSchedule(Schedule):
+    """The same LR throughout (after any warmup): for an optimizer that needs no schedule (Schedule-Free)."""
+
+    def _lr(self, step: int) -> float:
+        return self.base_lr
+
+
+# Schedules that only an LR-free baseline's recipe names; a search's space never offers them.
+RECIPE_SCHEDULES = {"constant": ConstantSchedule}
+
+
 def create_schedule(
     name: str,
     *,
@@ -172,9 +183,9 @@ def create_schedule(
     patience: int = 2,
 ) -> Schedule:
     """Build the schedule registered as `name`, passing only the options it takes."""
-    if name not in SCHEDULERS:
+    if name not in SCHEDULERS and name not in RECIPE_SCHEDULES:
         raise ConfigError(f"unknown scheduler {name!r} (valid: {', '.join(SCHEDULERS)})")
-    cls = SCHEDULERS[name]
+    cls = SCHEDULERS.get(name) or RECIPE_SCHEDULES[name]
     accepted = inspect.signature(cls).parameters
     options = dict(step_size=step_size, step_gamma=step_gamma, eta_min=eta_min, factor=factor, patience=patience)
     return cls(

@@ -99,11 +99,16 @@ def prepare_study(cfg: Config, *, dataset: dict[str, Any], storage: optuna.stora
     samplers.attach(study, cfg)
     record_dataset(study, dataset)
     record_config(study, cfg)
-    if not study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
         baseline = baseline_params(cfg)
         study.set_user_attr("baseline", baseline)
         # Workers starting together on a new study would each queue it: once is enough.
         study.enqueue_trial(baseline, user_attrs={"baseline": True}, skip_if_exists=True)
+    queued = {t.user_attrs.get("lr_free") for t in trials}
+    for name in cfg.baselines:  # each LR-free baseline once, also when added to a study later (--force)
+        if name not in queued:
+            study.enqueue_trial({"optimizer": name}, user_attrs={"lr_free": name}, skip_if_exists=True)
     return study
 
 
@@ -151,9 +156,11 @@ def stop_at(trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
 
 
 def optimize(
-    study: optuna.Study, objective: Any, cfg: Config, *, stop: Callable[[], bool], progress: ProgressSink | None
+    study: optuna.Study, objective: Any, cfg: Config, *, stop: Callable[[], bool], progress: ProgressSink | None,
+    n_trials: int | None = None,
 ) -> None:
-    """Run trials until the study holds ``cfg.trials`` finished ones, the timeout passes, or a stop."""
+    """Run trials until the study holds ``cfg.trials`` finished ones (or ``n_trials`` more have run), the timeout
+    passes, or a stop."""
     from lrtune.tuner.trial import TrialFailed
 
     def stop_when_asked(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -163,6 +170,7 @@ def optimize(
     pop_waiting_by_id(study)
     study.optimize(
         objective,
+        n_trials=n_trials,
         timeout=cfg.timeout or None,
         catch=(TrialFailed,),
         callbacks=[

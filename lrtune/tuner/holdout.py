@@ -24,6 +24,7 @@ from lrtune.storage import best_first
 
 if TYPE_CHECKING:  # torch comes in only when there is something to score
     from lrtune.training.loop import AmpPolicy
+    from lrtune.training.metrics import Evaluation
     from lrtune.training.run import TrainingData
 
 ATTR = "test_split"
@@ -65,7 +66,8 @@ def score_test_split(study: optuna.Study, cfg: Config, *, data: TrainingData, am
             continue
         path = checkpoints.trial_dir(folder, trial.number) / checkpoints.BEST
         try:
-            preds[role], probs[role] = _predict(path, cfg, data, amp)
+            ev = predict_test(path, cfg, data, amp)
+            preds[role], probs[role] = ev.preds, ev.probs
         except (OSError, RuntimeError, KeyError) as exc:
             missing.append(f"trial {trial.number} ({role}): no usable weights ({first_line(exc)})")
     record = test_record(targets, preds, data.n_classes, trials=_numbers(best, baseline), seed=cfg.seed,
@@ -79,7 +81,8 @@ def _numbers(best: FrozenTrial, baseline: FrozenTrial | None) -> dict[str, int |
     return {"best": best.number, "baseline": baseline.number if baseline is not None else None}
 
 
-def _predict(path: Path, cfg: Config, data: TrainingData, amp: AmpPolicy) -> tuple[np.ndarray, np.ndarray]:
+def predict_test(path: Path, cfg: Config, data: TrainingData, amp: AmpPolicy) -> Evaluation:
+    """The weights in ``path`` (a trial's ``best.pt``) on the test split: every metric, predictions, probabilities."""
     from lrtune.training import checkpoints
     from lrtune.training.loaders import iter_eval_batches
     from lrtune.training.loop import evaluate
@@ -91,8 +94,7 @@ def _predict(path: Path, cfg: Config, data: TrainingData, amp: AmpPolicy) -> tup
     model.load_state_dict(record["state_dict"])
     model.to(amp.device)
     batches = iter_eval_batches(data.imageset, data.test_idx, max(cfg.batch_size, EVAL_BATCH))
-    ev = evaluate(model, batches, n_classes=data.n_classes, amp=amp)
-    return ev.preds, ev.probs
+    return evaluate(model, batches, n_classes=data.n_classes, amp=amp)
 
 
 def test_record(

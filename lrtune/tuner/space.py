@@ -10,6 +10,7 @@ from lrtune.config import Config
 from lrtune.errors import ConfigError
 from lrtune.training.losses import LOSSES
 from lrtune.tuner.lr_range import lr_bounds
+from lrtune.training.optimizer import LR_FREE, check_lr_free
 from lrtune.training.run import Hyperparams
 from lrtune.training.schedules import SCHEDULERS
 
@@ -25,15 +26,22 @@ SMOOTHING = (0.01, 0.3)
 
 
 def check_space(cfg: Config) -> None:
-    """Unknown scheduler or loss names fail before the first trial."""
+    """Unknown scheduler, loss or baseline names (or a baseline's missing package) fail before the first trial."""
     for kind, names, registry in (("scheduler", cfg.schedulers, SCHEDULERS), ("loss", cfg.losses, LOSSES)):
         for name in names:
             if name not in registry:
                 raise ConfigError(f"unknown {kind} {name!r} (valid: {', '.join(registry)})")
+    check_lr_free(cfg.baselines)
 
 
 def suggest(trial: optuna.Trial, cfg: Config) -> Hyperparams:
-    """Sample one point: LR, scheduler and loss with their conditional parameters, accumulation."""
+    """Sample one point: LR, scheduler and loss with their conditional parameters, accumulation.
+
+    An LR-free baseline's trial (queued with its ``lr_free`` attribute) has one
+    parameter, its optimizer; its recipe sets the rest.
+    """
+    if trial.user_attrs.get("lr_free"):
+        return Hyperparams.from_dict({"optimizer": trial.suggest_categorical("optimizer", list(LR_FREE))})
     lr = trial.suggest_float("lr", *lr_bounds(trial, cfg), log=True)
     scheduler = trial.suggest_categorical("scheduler", list(cfg.schedulers))
     loss = trial.suggest_categorical("loss", list(cfg.losses))

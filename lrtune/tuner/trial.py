@@ -62,11 +62,16 @@ def thin(points: list[list[float]], limit: int = MAX_LR_POINTS) -> list[list[flo
     return kept if kept[-1] == points[-1] else kept + [points[-1]]
 
 
+CARRIED = ("lr_free", "confirm_of", "seed_index")  # what a trial is, which its retry is too
+
+
 def retry_attrs(trial: optuna.Trial | optuna.trial.FrozenTrial, seed: int | None) -> dict:
-    """The user attributes of a queued retry: the trial it continues, and its seed."""
+    """The user attributes of a queued retry: the trial it continues, its seed, and what the trial is (an LR-free
+    baseline, a confirmation run)."""
     attrs: dict = {"retry_of": trial.number}
     if seed is not None:
         attrs["seed"] = seed
+    attrs.update({key: trial.user_attrs[key] for key in CARRIED if key in trial.user_attrs})
     return attrs
 
 
@@ -116,10 +121,8 @@ class TrialFiles:
 
 
 class Objective:
-    """Callable objective: ``study.optimize(Objective(cfg, study_dir=...))``.
-
-    Loading the data, checking names and building the model once happen here,
-    so errors that would fail every trial stop the study before it starts.
+    """Callable objective: ``study.optimize(Objective(cfg, study_dir=...))``. Loading the data, checking names
+    and building the model once happen here, so errors that would fail every trial stop the study before it starts.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class Objective:
         self.consecutive_failures = 0
         self.peak = 0  # the most device memory a trial of this process has reserved
         self.remote = RemoteCheckpoints(cfg.artifacts, self.study_dir.name) if cfg.artifacts else None
+        self.checkpoint_every_epoch = False  # else when due: a kill then loses at most 1 / CHECKPOINT_SHARE of the time
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.stop():
@@ -241,7 +245,7 @@ class Objective:
             # The writer keeps order, so best.pt is on disk before that last.pt.
             self._save_best(trial, run, files)
         last, prunes = epoch == self.cfg.epochs, _prunes(trial)
-        due = not last and files.checkpoint_due()
+        due = not last and (self.checkpoint_every_epoch or files.checkpoint_due())
         if prunes or due:
             _report(trial, run, files, flush=False)
         upload = None
@@ -363,7 +367,10 @@ def take_checkpoint(
 
 
 def _prunes(trial: optuna.Trial) -> bool:
-    """False when the study's pruner never prunes, which spares asking it every epoch."""
+    """False when the study's pruner never prunes (which spares asking it every epoch), and for an LR-free
+    baseline, which runs whole to be compared."""
+    if trial.user_attrs.get("lr_free"):
+        return False
     study = getattr(trial, "study", None)
     return study is None or not isinstance(study.pruner, optuna.pruners.NopPruner)
 

@@ -161,6 +161,7 @@ def bad_inputs(tmp_path):
         (["--schedulers", "linear"], "unknown scheduler 'linear' (valid: step, cosine, plateau)"),
         (["--sampler", "grid"], "unknown sampler 'grid' (valid: tpe, random, gp, qmc)"),
         (["--pruner", "sometimes"], "unknown pruner 'sometimes' (valid: median, hyperband, none)"),
+        (["--baselines", "lion"], "unknown baseline 'lion' (valid: prodigy, schedulefree)"),
         (["--metric", "f2"], "unknown metric 'f2' (valid: macro_f1, accuracy, balanced_accuracy, weighted_f1, roc_auc)"),
         (["--data", str(missing)], "nowhere' not found"),
         (["--data", str(empty)], "has no images"),
