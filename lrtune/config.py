@@ -72,6 +72,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler)
     compile: bool = False  # torch.compile the model: a compile in each trial's first epoch, faster steps after it
+    compile_mode: str = "default"  # with --compile: default | reduce-overhead (CUDA graphs: launch-bound steps) | max-autotune
     diverge_factor: float = 10.0  # a train loss above this multiple of its best ends the trial as diverged
     metric: str = "macro_f1"  # what the search maximizes and prunes on: macro_f1 | accuracy | balanced_accuracy | weighted_f1 | roc_auc (macro one-vs-rest)
     # --- search space --------------------------------------------------------
@@ -92,7 +93,7 @@ class Config:
     pruner: str = "median"  # median | hyperband | none
     pruner_warmup: int = 1  # epochs reported before the median pruner may prune
     seed: int = 0  # seeds the split, the sampler and every trial
-    workers: int = 1  # local worker processes sharing the study
+    workers: int = 1  # local worker processes sharing the study; auto (or 0): on CUDA as many as its free memory and the model's speed call for, else 1
     keep: str = "best"  # best | all | none: which trials keep their final weights
     force: bool = False  # resume even though the stored config differs
     # --- many machines -----------------------------------------------------------
@@ -110,13 +111,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "keep": ("best", "all", "none"),
     "lr_range": ("auto", "off"),
     "metric": tuple(METRICS),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 
 # Fields that only say how or where this run happens; changing them never
 # changes what a trial computes, so a study may be resumed with other values.
 RUN_ONLY = frozenset(
     {"trials", "timeout", "study", "storage", "studies_dir", "workers", "keep", "force", "device", "num_workers",
-     "artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace", "compile"}
+     "artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace", "compile", "compile_mode"}
 )
 # Fields that belong to one machine: a worker joining a study keeps its own
 # (its data may lie elsewhere), and takes every other field from the study.
@@ -154,6 +156,8 @@ def _convert(name: str, value: Any, source: str) -> Any:
             return [item_type(item) for item in items if item != ""]
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
+        if name == "workers" and str(value).strip().lower() == "auto":
+            return 0
         if hint is int:
             return int(value)
         return hint(value)
@@ -244,8 +248,8 @@ def validate(cfg: Config) -> None:
         )
     if cfg.storage_retry < 0:
         raise ConfigError(f"--storage-retry must not be negative, got {cfg.storage_retry:g}")
-    if cfg.workers <= 0:
-        raise ConfigError(f"--workers must be positive, got {cfg.workers}")
+    if cfg.workers < 0:
+        raise ConfigError(f"--workers must be positive or auto, got {cfg.workers}")
     if cfg.timeout < 0:
         raise ConfigError(f"--timeout must not be negative, got {cfg.timeout:g}")
     if not cfg.accum or any(a <= 0 for a in cfg.accum):

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import timm
+import torch
 from torch import nn
 
 from lrtune.errors import ModelError, first_line
@@ -79,3 +80,15 @@ def _not_fetched(name: str, cfg: timm.models.PretrainedCfg, exc: BaseException) 
 def check_model(name: str, *, num_classes: int, pretrained: bool, weights: str) -> None:
     """Fail fast (before any trial runs) on a bad model name or weights that cannot be had."""
     create_model(name, num_classes=num_classes, pretrained=pretrained, weights=weights)
+
+
+COMPILE_BACKEND: str | None = None  # None: inductor; the tests stand a backend without code generation in on the CPU
+
+
+def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``torch.compile`` for training: static shapes (the loaders drop a last partial batch), so each of the
+    train and eval graphs is captured once and the LR, a Python float the optimizer reads outside the graph,
+    changes without a recapture. ``reduce-overhead`` replays CUDA graphs on CUDA, for launch-bound steps."""
+    if COMPILE_BACKEND is not None:
+        return torch.compile(model, dynamic=False, backend=COMPILE_BACKEND)
+    return torch.compile(model, dynamic=False, mode=None if mode == "default" else mode)

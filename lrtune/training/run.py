@@ -25,7 +25,7 @@ from lrtune.training.loaders import EpochBatches, iter_eval_batches, make_train_
 from lrtune.training.loop import AmpPolicy, Diverged, train_one_epoch, evaluate
 from lrtune.training.metrics import Evaluation
 from lrtune.training.losses import create_loss
-from lrtune.training.models import create_model
+from lrtune.training.models import compile_model, create_model
 from lrtune.training.optimizer import LR_FREE, create_optimizer, for_evaluation, for_training
 from lrtune.training.schedules import create_schedule
 
@@ -117,7 +117,7 @@ def load_training_data(cfg: Config, *, progress: ProgressSink | None = None) -> 
         cache=cfg.cache,
         cache_dir=f"{cfg.studies_dir}/cache",
         skip_bad_images=cfg.skip_bad_images,
-        shared=cfg.workers > 1,  # local workers map one decode instead of each decoding the files
+        shared=cfg.workers != 1,  # local workers (or auto) map one decode instead of each decoding the files
         progress=progress,
     )
     if not cfg.test_fraction:
@@ -218,7 +218,7 @@ class TrainingRun:
         memory_format = torch.channels_last if amp.channels_last else torch.preserve_format
         self.model.to(amp.device, memory_format=memory_format)
         # What trains: the model itself, or its compiled wrapper (same parameters, same state_dict).
-        self.net = torch.compile(self.model, dynamic=False) if cfg.compile else self.model
+        self.net = compile_model(self.model, cfg.compile_mode) if cfg.compile else self.model
         self.augment = augment_path(cfg, data, amp.device)
         self.loader = make_loader(cfg, data, amp.device, self.augment)
         steps_per_epoch = max(1, math.ceil(len(self.loader) / params.accum))

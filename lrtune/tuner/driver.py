@@ -285,6 +285,8 @@ def _search(
         values = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
         pruned = sum(t.state == TrialState.PRUNED for t in finished)
         progress.start(total=cfg.trials, finished=len(finished), pruned=pruned, best=max(values, default=None))
+    if cfg.workers == 0:
+        cfg = resolve_auto_workers(cfg, objective, say)
     try:
         if cfg.workers > 1:
             run_workers(cfg, name, verbosity, signals)
@@ -295,6 +297,33 @@ def _search(
     if signals.flag.signum is None:
         _score(study, cfg, objective, say)
     return study
+
+
+def resolve_auto_workers(cfg: Config, objective: Any, say: Callable[[str], None]) -> Config:
+    """``--workers auto``: a short probe of the baseline's training step on this device, then the count."""
+    import dataclasses
+
+    import torch
+
+    from lrtune.training import memory
+    from lrtune.training.probe import probe_step
+    from lrtune.training.run import Hyperparams, TrainingRun
+    from lrtune.tuner.workers import auto_workers
+
+    device = objective.device
+    if device.type == "cuda":
+        run = TrainingRun(cfg, Hyperparams.from_dict(baseline_params(cfg)), data=objective.data, amp=objective.amp,
+                          seed=cfg.seed)
+        step_s, peak = probe_step(run)
+        del run
+        torch.cuda.empty_cache()
+    else:
+        step_s, peak = 0.0, 0
+    n_gpus = torch.cuda.device_count() if cfg.device in ("auto", "cuda") else 1
+    workers, reason = auto_workers(device_type=device.type, free_bytes=memory.free_bytes(device), peak_bytes=peak,
+                                   step_s=step_s, n_gpus=n_gpus)
+    say(f"--workers auto: {workers} ({reason})")
+    return dataclasses.replace(cfg, workers=workers)
 
 
 def _score(study: optuna.Study, cfg: Config, objective: Any, say: Callable[[str], None]) -> None:

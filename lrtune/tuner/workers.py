@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import queue
@@ -12,8 +13,12 @@ from lrtune import config as config_mod
 from lrtune.config import Config
 from lrtune.errors import LRTuneError, StudyError, first_line
 from lrtune.tuner.interrupt import CatchSignals
+from lrtune.training import memory
 
 SIGNAL_EXIT = {2: 130, 15: 143}
+AUTO_MAX = 8  # --workers auto: at most this many trials share one GPU
+STEP_TARGET_S = 0.05  # and about this much GPU work per step in flight: shorter steps wait on kernel launches
+MEMORY_USE = 0.9  # of the free memory, the rest left to the allocator's slack
 
 
 def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device: str, errors: Any) -> None:
@@ -70,6 +75,27 @@ def worker_devices(device: str, workers: int, n_gpus: int) -> list[str]:
     if device in ("auto", "cuda") and n_gpus > 1:
         return [f"cuda:{index % n_gpus}" for index in range(workers)]
     return [device] * workers
+
+
+def auto_workers(*, device_type: str, free_bytes: int | None, peak_bytes: int, step_s: float,
+                 n_gpus: int = 1) -> tuple[int, str]:
+    """``--workers auto``: how many trials to run at once, and why, from a probe of one trial's step.
+
+    Off CUDA, one. On CUDA, per GPU, as many as its free memory holds at the
+    probe's peak plus the waiting margin, and no more than it takes to keep
+    ``STEP_TARGET_S`` of work per step in flight (a launch-bound model gains
+    from several trials; one that fills the GPU alone does not), at most ``AUTO_MAX``.
+    """
+    if device_type != "cuda" or free_bytes is None:
+        return 1, "one worker: several trials share only a CUDA device"
+    need = max(1, int(peak_bytes * memory.MEMORY_MARGIN))
+    by_memory = max(1, int(free_bytes * MEMORY_USE // need))
+    by_speed = max(1, math.ceil(STEP_TARGET_S / max(step_s, 1e-6)))
+    per_gpu = min(by_memory, by_speed, AUTO_MAX)
+    reason = (f"a step takes {step_s * 1000:.1f} ms and {peak_bytes / 2**30:.2f} GiB at its peak, with "
+              f"{free_bytes / 2**30:.1f} GiB free: {by_speed} for the speed, {by_memory} for the memory, "
+              f"at most {AUTO_MAX}, per GPU")
+    return per_gpu * max(1, n_gpus), reason
 
 
 # What every worker imports: a fork server imports it once, and each worker starts as a fork of it.

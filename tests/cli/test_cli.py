@@ -78,6 +78,14 @@ def test_metric_balanced_accuracy_is_what_the_search_maximizes_prunes_on_and_sho
     assert changed.returncode == 1 and "metric: 'balanced_accuracy' -> 'macro_f1'" in changed.stderr
 
 
+def test_workers_auto_picks_one_worker_on_the_cpu_and_says_why(tmp_path):
+    result = run_cli("search", "--studies-dir", str(tmp_path), "--workers", "auto", "--trials", "2", "--epochs", "1",
+                     "--image-size", "8", "--batch-size", "64")
+    assert result.returncode == 0, result.stderr
+    assert "--workers auto: 1 (one worker: several trials share only a CUDA device)" in result.stderr
+    assert sum(t.state.is_finished() for t in load(tmp_path, "digits-lt-test_resnet").trials) == 2
+
+
 def test_a_training_set_smaller_than_one_batch_skips_the_range_test_and_the_search_goes_on(tmp_path):
     data = _folder(tmp_path / "tiny", ["a", "b"], per_class=12)  # 24 images: 19 train, 5 validation
     studies = str(tmp_path / "s")

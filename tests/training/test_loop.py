@@ -212,3 +212,88 @@ def test_cuda_gets_bf16_where_the_gpu_has_it_else_fp16_with_a_scaler_and_channel
     assert fp16 == AmpPolicy(cuda, amp_dtype=torch.float16, channels_last=True)
     assert amp_policy(cuda, False).amp_dtype is None
     assert amp_policy(torch.device("cpu"), True) == CPU
+
+
+class CountHostSyncs(TorchFunctionMode):
+    """Every call that makes the host wait for the device: reading a value, a copy to the host, a truth test."""
+
+    SYNCS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu, torch.Tensor.__bool__,
+             torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.nonzero}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+        self.host_side = False  # while a host-side loader makes a batch: its tensors are the host's own
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.SYNCS and not self.host_side:
+            self.calls.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+    def host_batches(self, loader):
+        """``loader``'s batches, not counted while they are made (the CPU path's DataLoader lives on the host)."""
+        batches = None
+        while True:
+            self.host_side = True
+            try:
+                batches = batches or iter(loader)
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.host_side = False
+            yield batch
+
+
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_an_epoch_waits_for_the_device_once_at_its_end_on_both_paths(tmp_path, augment):
+    """The loss is summed on the device and read once; nothing in a step reads a value back (the CPU stands in)."""
+    from lrtune.config import Config
+    from lrtune.training.run import Hyperparams, TrainingRun, load_training_data
+
+    cfg = Config(studies_dir=str(tmp_path), image_size=8, batch_size=64, augment=augment, hflip=0.5, crop=0.5)
+    run = TrainingRun(cfg, Hyperparams(lr=1e-3, scheduler="cosine", loss="focal", accum=2),
+                      data=load_training_data(cfg), amp=CPU, seed=0)
+    run.loader.reseed(1)
+
+    class Batches:  # the epoch's batches; the device path's are made on the device and counted like the step
+        def __len__(self):
+            return len(run.loader)
+
+        def __iter__(self):
+            return counted.host_batches(run.loader) if augment == "cpu" else iter(run.loader)
+
+    with CountHostSyncs() as counted:
+        result = train_one_epoch(run.model, Batches(), run.optimizer, run.loss_fn, schedule=run.schedule, step=0,
+                                 accum_steps=2, amp=CPU)
+    assert result.step == math.ceil(len(run.loader) / 2) > 3
+    assert counted.calls == ["item"]
+
+
+def test_a_compiled_model_is_captured_once_however_the_lr_changes_and_accumulates_as_eager(monkeypatch):
+    """The graph path on the CPU: dynamo's capture, without code generation, stands in for inductor's CUDA graphs.
+    Static shapes (no partial batch) and an LR the optimizer reads outside the graph: one capture per mode."""
+    from torch._dynamo.utils import counters
+
+    from lrtune.training import models
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(models, "COMPILE_BACKEND", "eager")
+    eager, compiled = linear_model(), linear_model()
+    net = models.compile_model(compiled, "reduce-overhead")
+    before = counters["stats"]["unique_graphs"]
+    results = []
+    for model in (eager, net):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        schedule = create_schedule("cosine", base_lr=1e-2, steps_per_epoch=3, epochs=2)
+        step = 0
+        for epoch in range(2):
+            result = train_one_epoch(model, batches(6, 4, seed=epoch), opt, nn.CrossEntropyLoss(), schedule=schedule,
+                                     step=step, accum_steps=2, amp=CPU)
+            step = result.step
+            results.append(result)
+        evaluate(model, batches(2, 4), n_classes=5, amp=CPU)
+    assert counters["stats"]["unique_graphs"] - before == 2  # training and evaluation, each captured once
+    assert len(set(results[2].lrs + results[3].lrs)) == 6  # a new LR every step, no recapture
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +90,20 @@ def test_a_bf16_run_trains_under_autocast_without_a_scaler_on_both_paths(digits,
     assert run.scaler is None and run.checkpoint({})["scaler"] == {}
     assert set(seen) == {torch.bfloat16}
     assert run.state.curves["epoch"] == [1, 2] and all(0 <= o.value <= 1 for o in outcomes)
+
+
+def test_compile_wraps_the_model_in_the_mode_asked_for_and_shares_its_weights(digits, monkeypatch):
+    calls = []
+
+    def fake_compile(model, **kwargs):
+        calls.append(kwargs)
+        return torch.nn.Sequential(model)  # a wrapper around the same module, as torch.compile's is
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = Config(batch_size=64, image_size=8, compile=True, compile_mode="reduce-overhead")
+    run = TrainingRun(cfg, PARAMS, data=digits, amp=AmpPolicy(torch.device("cpu")), seed=5)
+    assert calls == [{"dynamic": False, "mode": "reduce-overhead"}]
+    assert run.net[0] is run.model
+    TrainingRun(dataclasses.replace(cfg, compile_mode="default"), PARAMS, data=digits,
+                amp=AmpPolicy(torch.device("cpu")), seed=5)
+    assert calls[-1] == {"dynamic": False, "mode": None}
