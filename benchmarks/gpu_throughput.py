@@ -6,7 +6,9 @@ Prints, for EfficientNet-B0 at 224 px (bf16 autocast, channels_last, fused AdamW
   - a trial from JPEG files (18 classes, long-tailed, 18,900 JPEGs of 384x512, cached at 224 px),
     with and without the first epoch's decode amortized over 10 epochs;
   - --compile: the first epoch's compile cost against the steady-state gain, and what it nets over 10 epochs;
-  - the built-in digits model: 4 concurrent trials on the GPU (``--workers 4``) against one, in total images/s.
+  - the built-in digits model: 4 concurrent trials on the GPU (``--workers 4``) against one, in total images/s;
+  - a search's total training images/s on the JPEG set at batch 64: --workers 1, 2, 4 and 8, each with
+    --compile off and on (--compile-mode reduce-overhead, CUDA graphs), one table.
 
     python benchmarks/gpu_throughput.py --out gpu-results      # on a CUDA machine, a few minutes
     python benchmarks/gpu_throughput.py --smoke                # tiny sizes on the CPU: checks the script runs
@@ -62,13 +64,16 @@ class Sizes:
     digits_trials: int = 4  # per worker
     digits_workers: int = 4
     digits_epochs: int = 10
+    table_workers: tuple[int, ...] = (1, 2, 4, 8)
+    table_epochs: int = 3  # per trial, one trial per worker
+    table_compile: tuple[bool, ...] = (False, True)
 
 
 SMOKE = Sizes(
     device="cpu", model="test_efficientnet", image_size=32, batch=16, images=180, jpeg_shape=(48, 64),
-    ceiling_steps=4, trial_epochs=1, jpeg_epochs=2, compile_epochs=2, digits_trials=1, digits_workers=2,
-    digits_epochs=1,
-)
+    ceiling_steps=4, trial_epochs=1, jpeg_epochs=1, compile_epochs=0, digits_trials=1, digits_workers=2,
+    digits_epochs=1, table_workers=(2,), table_epochs=1, table_compile=(False,),
+)  # compile_epochs 0: no compile on the CPU, where inductor takes minutes; tests/training cover the graph path
 
 
 def sync(device: torch.device) -> None:
@@ -170,25 +175,44 @@ def epoch_times(cfg: Config, data: TrainingData) -> list[float]:
     return times
 
 
-def concurrent_digits(sizes: Sizes, workers: int, root: Path) -> float:
-    """Total training images/s of ``workers`` digits searches sharing the device, over the span of their trials."""
-    studies = root / f"digits-{workers}"
+def search_images_per_s(studies: Path, args: list[str], *, batch: int) -> float:
+    """Total training images/s of one ``lrtune search`` (``args``), over the span of its trials."""
     shutil.rmtree(studies, ignore_errors=True)  # a fresh study: an old one would already be complete
-    trials = sizes.digits_trials * workers
-    cmd = [sys.executable, "-m", "lrtune", "search", "-q", "--studies-dir", str(studies), "--study", "digits",
-           "--device", sizes.device, "--trials", str(trials), "--workers", str(workers), "--pruner", "none",
-           "--epochs", str(sizes.digits_epochs), "--keep", "none"]
+    cmd = [sys.executable, "-m", "lrtune", "search", "-q", "--studies-dir", str(studies), "--study", "s",
+           "--pruner", "none", "--keep", "none", "--lr-range", "off", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode:
-        raise SystemExit(f"digits search with {workers} workers failed: {proc.stderr[-2000:]}")
-    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{studies / 'lrtune.db'}")
+        raise SystemExit(f"search {' '.join(args)} failed: {proc.stderr[-2000:]}")
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{studies / 'lrtune.db'}")
     done = [t for t in study.trials if t.datetime_complete is not None and t.user_attrs.get("curves")]
-    summary = study.user_attrs["dataset"]
-    per_epoch = summary["n_train"] // 32 * 32 if summary["n_train"] > 32 else summary["n_train"]
+    n_train = study.user_attrs["dataset"]["n_train"]
+    per_epoch = n_train // batch * batch if n_train > batch else n_train
     images = sum(len(t.user_attrs["curves"]["epoch"]) * per_epoch for t in done)
     span = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
     return images / span.total_seconds()
+
+
+def concurrent_digits(sizes: Sizes, workers: int, root: Path) -> float:
+    """Total training images/s of ``workers`` digits searches sharing the device, over the span of their trials."""
+    args = ["--device", sizes.device, "--trials", str(sizes.digits_trials * workers), "--workers", str(workers),
+            "--epochs", str(sizes.digits_epochs)]
+    return search_images_per_s(root / f"digits-{workers}", args, batch=32)
+
+
+def concurrency_table(sizes: Sizes, folder: Path, root: Path) -> dict[str, float]:
+    """A search on the JPEG set at ``sizes.batch``: total images/s for each worker count, compile off and on."""
+    table = {}
+    for workers in sizes.table_workers:
+        for compiled in sizes.table_compile:
+            args = ["--data", str(folder), "--model", sizes.model, "--image-size", str(sizes.image_size),
+                    "--batch-size", str(sizes.batch), "--device", sizes.device, "--trials", str(workers),
+                    "--workers", str(workers), "--epochs", str(sizes.table_epochs), "--cache", "disk",
+                    *(["--compile", "--compile-mode", "reduce-overhead"] if compiled else ["--no-compile"])]
+            key = f"workers {workers}, compile {'on' if compiled else 'off'}"
+            table[key] = search_images_per_s(root / f"table-{workers}-{int(compiled)}", args, batch=sizes.batch)
+            print(f"{key}: {table[key]:.0f} images/s", flush=True)
+    return table
 
 
 def describe(device: torch.device) -> dict[str, str]:
@@ -242,6 +266,16 @@ def main() -> None:
           f"{amortized:.0f} images/s = {amortized / top:.3f} with it amortized over {sizes.jpeg_epochs} epochs "
           "(goal >= 0.80)", flush=True)
 
+    if sizes.compile_epochs:
+        compile_gain(sizes, cfg, cached, results)
+    run_digits_and_table(sizes, work, folder, results)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "gpu_throughput.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+def compile_gain(sizes: Sizes, cfg: Config, cached: TrainingData, results: dict) -> None:
+    """The first epoch's compile cost against the steady-state gain, over a 10-epoch trial."""
     plain = epoch_times(replace(cfg, epochs=sizes.compile_epochs), cached)
     compiled = epoch_times(replace(cfg, epochs=sizes.compile_epochs, compile=True), cached)
     steady_plain, steady_compiled = np.median(plain[1:]), np.median(compiled[1:])
@@ -251,13 +285,18 @@ def main() -> None:
           f"{steady_compiled:.2f} s against {steady_plain:.2f} s; over a 10-epoch trial it "
           f"{'saves' if net > 0 else 'costs'} {abs(net):.1f} s", flush=True)
 
+
+def run_digits_and_table(sizes: Sizes, work: Path, folder: Path, results: dict) -> None:
+    """Concurrent digits trials against one; then the JPEG search's table of workers and compile."""
     one = results["digits_1_images_per_s"] = concurrent_digits(sizes, 1, work)
     many = results[f"digits_{sizes.digits_workers}_images_per_s"] = concurrent_digits(sizes, sizes.digits_workers, work)
     print(f"digits: 1 trial {one:.0f} images/s; {sizes.digits_workers} concurrent trials {many:.0f} images/s in total "
           f"= {many / one:.2f}x (goal >= 2.5x at 4)", flush=True)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "gpu_throughput.json").write_text(json.dumps(results, indent=2, default=str))
+    table = results["search_table_images_per_s"] = concurrency_table(sizes, folder, work)
+    print("| workers | compile off | compile on (reduce-overhead) |\n|---|---|---|")
+    for workers in sizes.table_workers:
+        off, on = (table.get(f"workers {workers}, compile {c}") for c in ("off", "on"))
+        print(f"| {workers} | {off:,.0f} | {f'{on:,.0f}' if on is not None else '-'} |", flush=True)
 
 
 if __name__ == "__main__":

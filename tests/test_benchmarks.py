@@ -88,3 +88,26 @@ def test_the_gpu_smoke_script_passes_every_command_on_the_cpu_through_the_device
     assert lines[-1].startswith("PASS  9 steps in ")
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "report.html").is_file()
     assert "images/s" in steps[0] and "images/s" in steps[5]
+
+
+def test_the_seed_job_script_runs_its_search_and_projects_the_full_scale_on_the_cpu(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seed_job.py"), "--smoke", "--work",
+                             str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("photos: 126 written in ")
+    assert "2 trials finished" in lines[1] and "images/s in total" in lines[1]
+    assert lines[2].startswith("full scale, projected: ") and "training images / " in lines[2]
+    record = json.loads((tmp_path / "smoke" / "seed_job.json").read_text())
+    assert record["finished"] == 2 and record["epochs"] == 2 and record["projected_full_s"] > 0
+
+
+def test_the_gpu_throughput_script_runs_every_part_and_its_table_on_the_cpu(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--smoke", "--work",
+                             str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| workers | compile off | compile on (reduce-overhead) |" in result.stdout
+    figures = json.loads((tmp_path / "out" / "gpu_throughput.json").read_text())
+    assert figures["search_table_images_per_s"]["workers 2, compile off"] > 0
+    assert figures["digits_2_images_per_s"] > 0 and figures["jpeg_trial_images_per_s"] > 0
