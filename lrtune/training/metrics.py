@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from lrtune.config import METRICS
 from lrtune.errors import ConfigError
@@ -93,15 +93,13 @@ def metrics(
 
 
 def roc_auc_ovr(targets: np.ndarray, probs: np.ndarray, n_classes: int) -> tuple[float | None, list[int]]:
-    """Macro one-vs-rest ROC-AUC, and the classes left out of the mean: those with no positive or no negative."""
-    scores, left_out = [], []
-    for k in range(n_classes):
-        positive = np.asarray(targets) == k
-        if positive.all() or not positive.any():
-            left_out.append(k)
-            continue
-        scores.append(roc_auc_score(positive, probs[:, k]))
-    return (float(np.mean(scores)) if scores else None), left_out
+    """Macro one-vs-rest ROC-AUC (scikit-learn's, by ranks in one pass), and the classes left out of the mean:
+    those with no positive or no negative."""
+    targets = np.asarray(targets)
+    counts = np.bincount(targets, minlength=n_classes)
+    left_out = [k for k in range(n_classes) if counts[k] in (0, len(targets))]
+    value = float(_auc_rows(targets[None, :], probs[None, :, :], n_classes)[0]) if len(left_out) < n_classes else None
+    return value, left_out
 
 
 def metric_rows(
