@@ -18,15 +18,16 @@ STUDY = ["--trials", "6", "--epochs", "3", "--batch-size", "64", "--image-size",
          "--test-fraction", "0.2", "--baselines", "schedulefree"]
 
 
-def running_checkpoint(folder, timeout=300):
-    """A confirmation run's last.pt, once its first epoch is on disk."""
+def running_checkpoint(folder, proc, timeout=300):
+    """A confirmation run's last.pt, once its first epoch is on disk; None when the command ended first."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         found = sorted((folder / f"{NAME}.confirm" / "trials").glob("*/last.pt"))
         if found:
             return found[0]
-        time.sleep(0.05)
-    raise AssertionError("no confirmation run wrote a checkpoint")
+        time.sleep(0.02)
+    assert proc.poll() is not None, "no confirmation run wrote a checkpoint"
+    return None
 
 
 def test_confirm_ranks_over_seeds_resumes_after_a_kill_and_leaves_the_study_as_it_was(tmp_path):
@@ -39,10 +40,10 @@ def test_confirm_ranks_over_seeds_resumes_after_a_kill_and_leaves_the_study_as_i
 
     proc = launcher.launch(["confirm", *studies, "--top", "2", "--seeds", "2"], env=cli_env(), cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = running_checkpoint(tmp_path)
+    last = running_checkpoint(tmp_path, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=300)
-    on_disk = checkpoints.load(last)["run"]["epoch"] if last.is_file() else 0  # the run may have ended meanwhile
+    on_disk = checkpoints.load(last)["run"]["epoch"] if last is not None and last.is_file() else 0  # or it ended
 
     again = run_cli("confirm", *studies, "--top", "2", "--seeds", "2")
     assert again.returncode == 0, again.stderr
