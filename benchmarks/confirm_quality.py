@@ -8,8 +8,11 @@ mean over the confirmation seeds of its runs' best-epoch weights on the test
 split, so the single-run winner and the confirmed winner are compared on the
 same footing.
 
-    python benchmarks/confirm_quality.py --studies 10 --out benchmarks/results/confirm_quality.json
+    python benchmarks/confirm_quality.py --studies 10 --out confirm_quality.json
     python benchmarks/confirm_quality.py --smoke        # two tiny studies: checks the script runs
+
+Studies can run in several processes (``--first-seed``, ``--rows`` to append
+each study's row to a file) and be summarized together (``--summarize``).
 
 Prints, and writes as JSON: how often the confirmed winner differs from the
 single-run winner; where they differ, the mean test difference (confirmed
@@ -92,12 +95,20 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/lrtune-confirm-quality")
     parser.add_argument("--out", default="")
     parser.add_argument("--smoke", action="store_true", help="two studies of 4 trials, 2 epochs, 8 px")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--rows", default="", help="append each study's row to this JSON-lines file")
+    parser.add_argument("--summarize", default="", help="only summarize the rows of this JSON-lines file")
     args = parser.parse_args()
     trials, epochs, studies, size = (4, 2, 2, 8) if args.smoke else (args.trials, args.epochs, args.studies, 0)
     rows = []
-    for seed in range(studies):
+    if args.summarize:
+        rows = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]
+    for seed in [] if args.summarize else range(args.first_seed, args.first_seed + studies):
         rows.append(study_figures(seed, work=Path(args.work), trials=trials, epochs=epochs, image_size=size))
         print(json.dumps(rows[-1]), flush=True)
+        if args.rows:
+            with open(args.rows, "a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
     summary = summarize(rows)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
