@@ -7,45 +7,35 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import Any
 
 import torch
 
 from lrtune.training import memory
-from lrtune.training.loaders import to_model_input
+from lrtune.training.loop import train_one_epoch
 
 WARMUP_STEPS = 3  # cuDNN autotuning, the allocator, a compile: not what a trial's steady state costs
 STEPS = 10
 
 
-def probe_step(run: object, *, steps: int = STEPS) -> tuple[float, int]:
+def probe_step(run: Any, *, steps: int = STEPS) -> tuple[float, int]:
     """(seconds per optimizer step, peak device memory in bytes) of ``run`` (a fresh ``TrainingRun``), whose
     weights and optimizer the probe changes: throw it away afterwards."""
-    amp, model, optimizer, scaler = run.amp, run.net, run.optimizer, run.scaler  # type: ignore[attr-defined]
-    model.train()
-    memory.peak_bytes(amp.device)  # resets the peak
-    batches = itertools.cycle(list(itertools.islice(iter(run.loader), WARMUP_STEPS + steps)))  # type: ignore[attr-defined]
+    device = run.amp.device
+    batches = list(itertools.islice(itertools.cycle(list(itertools.islice(iter(run.loader), steps))),
+                                    WARMUP_STEPS + steps))
+    memory.peak_bytes(device)  # resets the peak
 
-    def step() -> None:
-        images, targets = next(batches)
-        x = to_model_input(images, amp.device, channels_last=amp.channels_last)
-        with amp.autocast():
-            loss = run.loss_fn(model(x), targets.to(amp.device, non_blocking=True))  # type: ignore[attr-defined]
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def train(part: list[Any]) -> None:
+        train_one_epoch(run.net, part, run.optimizer, run.loss_fn, schedule=run.schedule, step=0, accum_steps=1,
+                        amp=run.amp, scaler=run.scaler)
 
-    for _ in range(WARMUP_STEPS):
-        step()
-    _sync(amp.device)
+    train(batches[:WARMUP_STEPS])
+    _sync(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(amp.device)
-    return (time.perf_counter() - start) / steps, memory.peak_bytes(amp.device)
+    train(batches[WARMUP_STEPS:])  # one step per batch, one read of the loss at the end
+    _sync(device)
+    return (time.perf_counter() - start) / steps, memory.peak_bytes(device)
 
 
 def _sync(device: torch.device) -> None:
