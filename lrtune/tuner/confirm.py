@@ -96,8 +96,9 @@ def run_confirm(
     recovery.recover_orphans(runs)
     waiting = plan(study, runs, cfg, top=top, seeds=seeds)
     folder = study_dir(cfg.studies_dir, runs.study_name)
-    # Every run keeps its best weights until the test split has scored them.
-    run_cfg = dataclasses.replace(cfg, keep="all", trials=len(runs.get_trials(deepcopy=False)), pruner="none")
+    # Every run keeps its best weights until the test split has scored them; the count is the companion's own.
+    run_cfg = dataclasses.replace(cfg, keep="all", trials=10**9, pruner="none")
+    objective = None
     if waiting:
         if progress is not None:
             progress.message(f"confirming {len(candidates(study, top))} configurations with {seeds} seeds each: "
@@ -105,15 +106,19 @@ def run_confirm(
             progress.start(total=waiting, finished=0, pruned=0, best=None)
         objective = Objective(run_cfg, study_dir=folder, stop=stop, progress=progress)
         objective.checkpoint_every_epoch = True  # a crash loses at most the running epoch
-        optimize(runs, objective, dataclasses.replace(run_cfg, trials=10**9), stop=stop, progress=progress,
-                 n_trials=waiting)
+        optimize(runs, objective, run_cfg, stop=stop, progress=progress, n_trials=waiting)
         if stop():
             return study.user_attrs.get(ATTR) or {}
-        if cfg.test_fraction:
-            _score_test(runs, objective, folder)
+    if cfg.test_fraction and _unscored(runs):  # also what a run killed before its scoring left
+        _score_test(runs, objective or Objective(run_cfg, study_dir=folder, stop=stop), folder)
     record = ranking(study, runs, cfg, top=top, seeds=seeds)
     study.set_user_attr(ATTR, record)
     return record
+
+
+def _unscored(runs: optuna.Study) -> bool:
+    scored = runs.user_attrs.get("test_scores") or {}
+    return any(str(t.number) not in scored for t in runs.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def _score_test(runs: optuna.Study, objective: Any, folder: Path) -> None:
