@@ -111,3 +111,45 @@ def test_the_gpu_throughput_script_runs_every_part_and_its_table_on_the_cpu(tmp_
     figures = json.loads((tmp_path / "out" / "gpu_throughput.json").read_text())
     assert figures["search_table_images_per_s"]["workers 2, compile off"] > 0
     assert figures["digits_2_images_per_s"] > 0 and figures["jpeg_trial_images_per_s"] > 0
+
+
+def _confirm_quality():
+    spec = importlib.util.spec_from_file_location("confirm_quality", ROOT / "benchmarks" / "confirm_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_confirmation_summary_pairs_each_study_and_counts_where_the_winners_differ():
+    def row(single, confirmed, single_test, confirmed_test, tuned_test, prodigy, schedulefree):
+        return {"single_run_winner": single, "confirmed_winner": confirmed, "single_test": single_test,
+                "confirmed_test": confirmed_test, "tuned_test": tuned_test, "prodigy_test": prodigy,
+                "schedulefree_test": schedulefree, "search_epochs": 100, "confirm_epochs": 180}
+
+    rows = [row(3, 3, 0.80, 0.80, 0.80, 0.70, 0.75), row(4, 7, 0.80, 0.85, 0.85, 0.90, 0.60),
+            row(5, 2, 0.90, 0.88, 0.90, 0.80, 0.70)]
+    summary = _confirm_quality().summarize(rows)
+    assert summary["studies"] == 3 and summary["winner_differs"] == 2
+    differ = summary["confirmed_minus_single_where_they_differ"]
+    assert differ["n"] == 2 and round(differ["mean"], 6) == 0.015
+    assert (differ["higher"], differ["lower"], differ["equal"]) == (1, 1, 0)
+    assert summary["confirmed_minus_single_over_all"]["equal"] == 1
+    assert [round(d, 6) for d in (summary["tuned_minus_prodigy"]["mean"], summary["tuned_minus_best_lr_free"]["mean"])] \
+        == [round((0.10 - 0.05 + 0.10) / 3, 6), round((0.05 - 0.05 + 0.10) / 3, 6)]
+    assert summary["tuned_minus_best_lr_free"]["lower"] == 1
+    assert summary["confirm_epochs_per_search_epoch"] == 1.8 and summary["search_epochs_per_study"] == 100
+
+
+def test_the_confirmation_benchmark_runs_its_studies_and_summarizes_them_on_the_cpu(tmp_path):
+    out = tmp_path / "out.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "confirm_quality.py"), "--smoke", "--work",
+                             str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads(out.read_text())
+    [row] = record["rows"]
+    assert row["seed"] == 0 and 3 * 2 < row["search_epochs"] <= 4 * 2  # a tuned trial may be pruned after its first epoch
+    # the baseline and the two LR-free trials (never pruned), and the tuned one if it completed: 2 seeds, 2 epochs each
+    assert row["confirm_epochs"] in (3 * 2 * 2, 4 * 2 * 2)
+    assert all(0 <= row[k] <= 1 for k in ("single_test", "confirmed_test", "prodigy_test", "schedulefree_test"))
+    assert record["summary"]["studies"] == 1
+    assert record["summary"]["confirm_epochs_per_search_epoch"] == row["confirm_epochs"] / row["search_epochs"]
