@@ -33,6 +33,9 @@ class RangeTestError(LRTuneError):
     """An LR range test cannot give a curve: the loss is non-finite from its first step."""
 
 
+SIGNAL_EXIT = {2: 130, 15: 143}  # the exit status of a command stopped by SIGINT or SIGTERM, as a shell reports it
+
+
 class SearchInterrupted(LRTuneError):
     """Ctrl-C or SIGTERM stopped a search; running it again resumes where it stopped.
 

@@ -7,12 +7,11 @@ import shlex
 from typing import Sequence
 
 from lrtune.cli.options import resolve_config, verbosity
+from lrtune.cli.output import study_metric
 from lrtune.config import metric_label
-from lrtune.errors import SearchInterrupted
+from lrtune.errors import SIGNAL_EXIT, SearchInterrupted
 from lrtune.formatting import format_against_lr_free, format_confirmed
 from lrtune.progress import ConsoleProgress
-
-SIGNAL_EXIT = {2: 130, 15: 143}
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     cfg = resolve_config(args)
     study = open_study(name=cfg.study or None, storage=cfg.storage or None, studies_dir=cfg.studies_dir)
-    metric = (study.user_attrs.get("config") or {}).get("metric")
+    metric = study_metric(study)
     progress = ConsoleProgress(verbosity=verbosity(args), metric=metric_label(metric))
     try:
         record = confirm(study=study, top=args.top, seeds=args.seeds, device=args.device,

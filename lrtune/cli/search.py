@@ -9,10 +9,9 @@ from typing import Sequence
 from lrtune.cli.options import add_field, given_fields, resolve_config, verbosity
 from lrtune.cli.output import format_summary
 from lrtune.config import metric_label
-from lrtune.errors import SearchInterrupted
+from lrtune.errors import SIGNAL_EXIT, SearchInterrupted
 from lrtune.progress import ConsoleProgress
 
-SIGNAL_EXIT = {2: 130, 15: 143}
 GROUPS = {
     "data": ("data", "data_root", "image_size", "val_fraction", "test_fraction", "cache", "skip_bad_images", "balance",
              "hflip", "affine", "color", "rare_affine", "crop", "augment", "num_workers"),

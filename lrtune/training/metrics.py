@@ -146,11 +146,6 @@ def _auc_rows(targets: np.ndarray, probs: np.ndarray, n_classes: int) -> np.ndar
     return np.divide(sums, counted, out=np.full(targets.shape[0], np.nan), where=counted > 0)
 
 
-def macro_f1_rows(targets: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
-    """Macro-F1 of each row of (R, N) ``targets`` and ``preds``, as ``metrics`` computes it (zero_division=0)."""
-    return metric_rows("macro_f1", targets, preds, n_classes)
-
-
 def bootstrap_scores(
     metric: str,
     targets: np.ndarray,
@@ -178,10 +173,3 @@ def bootstrap_scores(
             chosen = probs[name][picks] if metric == "roc_auc" and probs is not None else None
             scores[name].append(metric_rows(metric, targets[picks], p[picks], n_classes, chosen))
     return {name: np.concatenate(parts) for name, parts in scores.items()}
-
-
-def bootstrap_macro_f1(
-    targets: np.ndarray, preds: dict[str, np.ndarray], n_classes: int, *, resamples: int = 2000, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Macro-F1 of each named prediction on the same ``resamples`` bootstrap resamples."""
-    return bootstrap_scores("macro_f1", targets, preds, n_classes, resamples=resamples, seed=seed)

@@ -11,11 +11,10 @@ from typing import Any
 
 from lrtune import config as config_mod
 from lrtune.config import Config
-from lrtune.errors import LRTuneError, StudyError, first_line
+from lrtune.errors import SIGNAL_EXIT, LRTuneError, StudyError, first_line
 from lrtune.tuner.interrupt import CatchSignals
 from lrtune.training import memory
 
-SIGNAL_EXIT = {2: 130, 15: 143}
 AUTO_MAX = 8  # --workers auto: at most this many trials share one GPU
 STEP_TARGET_S = 0.05  # and about this much GPU work per step in flight: shorter steps wait on kernel launches
 MEMORY_USE = 0.9  # of the free memory, the rest left to the allocator's slack

@@ -22,22 +22,22 @@ def test_metrics_per_class_and_confusion():
 
 
 def test_macro_f1_of_many_rows_agrees_with_scikit_learn():
-    from lrtune.training.metrics import macro_f1_rows
+    from lrtune.training.metrics import metric_rows
 
     rng = np.random.default_rng(3)
     targets = rng.integers(0, 5, size=(4, 60))
     preds = np.where(rng.random((4, 60)) < 0.6, targets, rng.integers(0, 5, size=(4, 60)))
     expected = [metrics(t, p, 7).macro_f1 for t, p in zip(targets, preds)]
-    np.testing.assert_allclose(macro_f1_rows(targets, preds, 7), expected)
+    np.testing.assert_allclose(metric_rows("macro_f1", targets, preds, 7), expected)
 
 
 def test_bootstrap_scores_every_prediction_on_the_same_resamples():
-    from lrtune.training.metrics import bootstrap_macro_f1
+    from lrtune.training.metrics import bootstrap_scores
 
     rng = np.random.default_rng(0)
     targets = rng.integers(0, 4, 200)
     good = np.where(rng.random(200) < 0.9, targets, (targets + 1) % 4)
-    samples = bootstrap_macro_f1(targets, {"good": good, "same": good.copy()}, 4, resamples=300, seed=1)
+    samples = bootstrap_scores("macro_f1", targets, {"good": good, "same": good.copy()}, 4, resamples=300, seed=1)
     assert samples["good"].shape == (300,)
     np.testing.assert_array_equal(samples["good"], samples["same"])  # paired: equal predictions, equal scores
     low, high = np.percentile(samples["good"], [2.5, 97.5])
