@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "STUDIES_DIR/<study>/models/<name>/ (model.safetensors, timm config.json, training.json, curves.json). "
         "Running it again after a crash continues from the last epoch.",
     )
-    train.add_argument("--trial", type=int, metavar="N", help="the trial to retrain [default: the best]")
+    train.add_argument("--trial", type=int, metavar="N",
+                       help="the trial to retrain [default: the confirmed winner, else the best]")
     train.add_argument(
         "--on", choices=("train", "all"), default="train",
         help="train: the training split, so validation judges the model; all: training plus validation images "
@@ -62,7 +63,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     export.add_argument("model", nargs="?", metavar="MODEL", help="for onnx: a model folder [default: the best trial]")
     export.add_argument("--format", choices=("json", "yaml", "toml", "onnx"), required=True)
-    export.add_argument("--trial", type=int, metavar="N", help="the trial [default: the best]")
+    export.add_argument("--trial", type=int, metavar="N",
+                        help="the trial [default: the confirmed winner, else the best]")
     export.add_argument("--out", metavar="FILE", help="output file [default: stdout; for onnx MODEL/model.onnx]")
     export.set_defaults(handler=run_export)
 
@@ -134,14 +136,15 @@ def run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from lrtune.deploy.spec import confirmed_winner
 
     cfg = resolve_config(args)
+    progress = ConsoleProgress(verbosity=verbosity(args))
+    study = _study(cfg) if args.model is None else None
+    winner = confirmed_winner(study) if study is not None and args.trial is None else None
     if args.format != "onnx":
-        if args.model is not None:
+        if study is None:
             raise ConfigError(f"--format {args.format} exports a study's trial; give --study (and --trial), not MODEL")
-        study = _study(cfg)
         text = export_config(study=study, trial=args.trial, format=args.format, out=args.out)
-        winner = confirmed_winner(study) if args.trial is None else None
         if winner is not None:
-            ConsoleProgress(verbosity=verbosity(args)).message(f"exported trial {winner[0]}, {winner[1]}")
+            progress.message(f"exported trial {winner[0]}, {winner[1]}")
         if args.out is None:
             print(text, end="")
         else:
@@ -153,13 +156,16 @@ def run_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
     else:
         if args.out is None:
             raise ConfigError("--format onnx of a study's trial needs --out FILE")
-        model = load_model(study=_study(cfg), trial=args.trial, studies_dir=cfg.studies_dir)
+        trial = winner[0] if winner is not None else args.trial
+        model = load_model(study=study, trial=trial, studies_dir=cfg.studies_dir)
         out = args.out
     result = export_onnx(model=model, out=out)
+    if winner is not None:
+        progress.message(f"exported trial {winner[0]}, {winner[1]}")
     if result.max_abs_diff is None:
-        ConsoleProgress(verbosity=verbosity(args)).message("onnxruntime is not installed: the ONNX file is unchecked")
+        progress.message("onnxruntime is not installed: the ONNX file is unchecked")
     else:
-        ConsoleProgress(verbosity=verbosity(args)).message(
+        progress.message(
             f"onnxruntime agrees with PyTorch: largest logit difference {result.max_abs_diff:.2g}"
         )
     print(result.path)

@@ -75,3 +75,10 @@ def test_confirm_ranks_over_seeds_resumes_after_a_kill_and_leaves_the_study_as_i
     exported = run_cli("export", *studies, "--format", "json")
     assert json.loads(exported.stdout)["trial"]["number"] == winner
     assert f"exported trial {winner}, the confirmed winner" in exported.stderr
+    onnx = run_cli("export", *studies, "--format", "onnx", "--out", str(tmp_path / "winner.onnx"))
+    if (checkpoints.trial_dir(tmp_path / NAME, winner) / checkpoints.BEST).is_file():  # --keep best kept its weights
+        assert onnx.returncode == 0, onnx.stderr
+        assert f"exported trial {winner}, the confirmed winner" in onnx.stderr and (tmp_path / "winner.onnx").is_file()
+    else:  # the single-run best kept weights, not the confirmed winner: export says to retrain it
+        assert onnx.returncode == 1 and onnx.stderr.count("\n") == 1, onnx.stderr
+        assert f"trial {winner} of study" in onnx.stderr and f"lrtune train --trial {winner}" in onnx.stderr
