@@ -69,14 +69,15 @@ def test_pruning_decisions_used_the_other_workers_values(shared):
     used_others = 0
     for trial in pruned:
         step = max(trial.intermediate_values)
-        # The pruner saw the trials complete before this one asked it.
-        seen = [
-            t for t in trials
-            if t.state == TrialState.COMPLETE and t.datetime_complete < trial.datetime_complete and step in t.intermediate_values
-        ]
-        assert len(seen) >= 5  # MedianPruner's startup trials
-        assert trial.intermediate_values[step] < statistics.median(t.intermediate_values[step] for t in seen) + 1e-12
-        used_others += any(t.user_attrs["pid"] != trial.user_attrs["pid"] for t in seen)
+        # The pruner saw the trials complete before it was asked, a moment before this trial ended: the first
+        # of those complete before it ended, in the order they completed, and at least its 5 startup trials.
+        before = sorted((t for t in trials if t.state == TrialState.COMPLETE and step in t.intermediate_values
+                         and t.datetime_complete < trial.datetime_complete), key=lambda t: t.datetime_complete)
+        value = trial.intermediate_values[step]
+        could_have_seen = [before[:k] for k in range(5, len(before) + 1)
+                           if value < statistics.median(t.intermediate_values[step] for t in before[:k]) + 1e-12]
+        assert could_have_seen, f"trial {trial.number} was pruned at epoch {step} above the median of every set"
+        used_others += any(t.user_attrs["pid"] != trial.user_attrs["pid"] for t in could_have_seen[0])
     # Which worker ran which trial depends on scheduling: a worker may prune
     # with its own trials alone before the others have finished any.
     assert used_others >= 1, "no pruning decision saw another worker's trials"
