@@ -88,25 +88,22 @@ def lr_find(
     """
     from lrtune.training.loop import amp_policy, resolve_device
     from lrtune.training.range_test import check_sweep
-    from lrtune.training.run import load_training_data
+    from lrtune.training.run import Hyperparams, load_training_data, thread_guard
+    from lrtune.training.threads import kept_threads
     from lrtune.tuner.lr_range import default_start, run_range_test
+    from lrtune.tuner.space import baseline_params
 
     cfg = config if config is not None else Config()
     config_mod.validate(cfg)
     check_sweep(start=default_start(cfg) if start is None else start, end=end, steps=steps)
     device = resolve_device(cfg.device)
     data = load_training_data(cfg, progress=progress)
-    return run_range_test(
-        cfg,
-        data=data,
-        amp=amp_policy(device, cfg.amp),
-        start=start,
-        end=end,
-        steps=steps,
-        loss=loss,
-        accum=accum,
-        progress=progress,
-    )
+    amp = amp_policy(device, cfg.amp)
+    with kept_threads():
+        say = progress.message if progress is not None else None
+        thread_guard(cfg, Hyperparams.from_dict(baseline_params(cfg)), data=data, amp=amp, say=say)
+        return run_range_test(cfg, data=data, amp=amp, start=start, end=end, steps=steps, loss=loss, accum=accum,
+                              progress=progress)
 
 
 def _storage_url(storage: str | None, studies_dir: str | Path) -> str:

@@ -93,6 +93,7 @@ class Config:
     pruner: str = "median"  # median | hyperband | none
     pruner_warmup: int = 1  # epochs reported before the median pruner may prune
     seed: int = 0  # seeds the split, the sampler and every trial
+    threads: int = 0  # CPU threads of each trial process: auto (or 0) chooses from the cores this process may use (affinity, CPU quota), the workers and loader processes, and a short measurement, and lowers it when another process takes the cores
     workers: int = 1  # local worker processes sharing the study; auto (or 0): on CUDA as many as its free memory and the model's speed call for, else 1
     keep: str = "best"  # best | all | none: which trials keep their final weights
     force: bool = False  # resume even though the stored config differs
@@ -118,13 +119,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # changes what a trial computes, so a study may be resumed with other values.
 RUN_ONLY = frozenset(
     {"trials", "timeout", "study", "storage", "studies_dir", "workers", "keep", "force", "device", "num_workers",
-     "artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace", "compile", "compile_mode"}
+     "artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace", "compile", "compile_mode", "threads"}
 )
 # Fields that belong to one machine: a worker joining a study keeps its own
 # (its data may lie elsewhere), and takes every other field from the study.
 # Data paths may differ as long as the data's classes and counts match.
 MACHINE_LOCAL = frozenset(
-    {"study", "storage", "studies_dir", "workers", "force", "device", "num_workers", "timeout", "data_root",
+    {"study", "storage", "studies_dir", "workers", "threads", "force", "device", "num_workers", "timeout", "data_root",
      "storage_retry", "heartbeat_interval", "heartbeat_grace"}
 )
 
@@ -156,7 +157,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
             return [item_type(item) for item in items if item != ""]
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
-        if name == "workers" and str(value).strip().lower() == "auto":
+        if name in ("workers", "threads") and str(value).strip().lower() == "auto":
             return 0
         if hint is int:
             return int(value)
@@ -250,6 +251,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--storage-retry must not be negative, got {cfg.storage_retry:g}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers must be positive or auto, got {cfg.workers}")
+    if cfg.threads < 0:
+        raise ConfigError(f"--threads must be positive or auto, got {cfg.threads}")
     if cfg.timeout < 0:
         raise ConfigError(f"--timeout must not be negative, got {cfg.timeout:g}")
     if not cfg.accum or any(a <= 0 for a in cfg.accum):

@@ -10,9 +10,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Tiny models run fastest on one thread, and a busy machine's cores stay usable."""
+    """The test process trains on one thread, as the CLI tests' processes do (``helpers.QUICK_ENV``): tiny models
+    run about as fast on one, a step on two collapses when another process takes a core, and values compared
+    across processes need the same count in each. Tests of ``--threads auto`` set their own."""
     import torch
 
     threads = torch.get_num_threads()

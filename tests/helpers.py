@@ -18,7 +18,9 @@ FAST = ["--epochs", "2", "--batch-size", "64"]
 
 # The suite's searches run without the LR range test (a few seconds each) unless
 # a test asks for it: LRTUNE_LR_RANGE=None gives the real default, "auto" or a flag runs it.
-QUICK_ENV = {"LRTUNE_LR_RANGE": "off"}
+# One CPU thread, unless a test asks for --threads auto (LRTUNE_THREADS=None): runs that compare exact values
+# across processes need the same count in each, and one thread never collapses beside other work.
+QUICK_ENV = {"LRTUNE_LR_RANGE": "off", "LRTUNE_THREADS": "1"}
 
 
 def cli_env(**extra: str | None) -> dict[str, str]:

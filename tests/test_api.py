@@ -85,6 +85,33 @@ def test_search_prints_nothing_without_a_sink_and_raises_typed_one_line_errors(t
         lrtune.open_study(name="nope", studies_dir=tmp_path)
 
 
+class Messages(InterruptAt):
+    def __init__(self) -> None:
+        super().__init__(trial=-1, epoch=-1)
+        self.messages: list[str] = []
+
+    def message(self, text):
+        self.messages.append(text)
+
+
+def test_search_chooses_its_threads_says_so_and_leaves_the_callers_count_as_it_was(tmp_path):
+    import torch
+
+    from lrtune.training import threads
+
+    before = torch.get_num_threads()
+    caller = threads.available_cores()[0] + 1  # a count the search never chooses
+    torch.set_num_threads(caller)
+    sink = Messages()
+    try:
+        lrtune.search(config=lrtune.Config(trials=1, epochs=1, studies_dir=str(tmp_path)), progress=sink)
+        assert torch.get_num_threads() == caller
+    finally:
+        torch.set_num_threads(before)
+    chosen = [m for m in sink.messages if m.startswith("threads: ")]
+    assert len(chosen) == 1 and "cores available" in chosen[0], sink.messages
+
+
 def test_the_public_surface_is_keyword_only():
     import inspect
 

@@ -55,6 +55,8 @@ def test_booleans_and_lists_from_strings():
         ({"test_fraction": "-0.1"}, "--test-fraction"),
         ({"test_fraction": "0.2", "keep": "none"}, "--test-fraction scores .* which --keep none throws away"),
         ({"num_workers": "-1"}, "--num-workers must not be negative, got -1"),
+        ({"threads": "-1"}, "--threads must be positive or auto, got -1"),
+        ({"threads": "many"}, "threads = 'many' is not a valid int"),
         ({"warmup_epochs": "-0.5"}, "--warmup-epochs must not be negative"),
         ({"momentum": "1.2"}, "--momentum must be in"),
         ({"diverge_factor": "0.5"}, "--diverge-factor must be greater than 1"),
@@ -63,6 +65,16 @@ def test_booleans_and_lists_from_strings():
 def test_bad_values_name_the_culprit(given, message):
     with pytest.raises(LRTuneError, match=message):
         config.resolve(given, environ={})
+
+
+def test_threads_are_auto_by_default_and_set_by_flag_environment_or_file(tmp_path):
+    assert config.resolve({}, environ={}).threads == 0
+    assert config.resolve({"threads": "auto"}, environ={}).threads == 0
+    assert config.resolve({}, environ={"LRTUNE_THREADS": "3"}).threads == 3
+    (tmp_path / "c.toml").write_text('threads = "auto"\n')
+    assert config.resolve({}, config_file=tmp_path / "c.toml", environ={"LRTUNE_THREADS": "2"}).threads == 2
+    # how many threads this machine uses never changes what a study is, and a joining worker keeps its own
+    assert "threads" in config.RUN_ONLY and "threads" in config.MACHINE_LOCAL
 
 
 def test_equal_lr_bounds_are_allowed():

@@ -16,7 +16,7 @@ GROUPS = {
     "data": ("data", "data_root", "image_size", "val_fraction", "test_fraction", "cache", "skip_bad_images", "balance",
              "hflip", "affine", "color", "rare_affine", "crop", "augment", "num_workers"),
     "model and training": ("model", "pretrained", "weights", "epochs", "batch_size", "optimizer", "weight_decay",
-                           "momentum", "warmup_epochs", "device", "amp", "compile", "compile_mode", "diverge_factor"),
+                           "momentum", "warmup_epochs", "device", "threads", "amp", "compile", "compile_mode", "diverge_factor"),
     "search space": ("lr_min", "lr_max", "schedulers", "losses", "accum", "lr_range", "baselines"),
     "study": ("metric", "trials", "timeout", "sampler", "pruner", "pruner_warmup", "seed", "workers", "keep", "force"),
     "many machines": ("artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace"),

@@ -27,7 +27,8 @@ from lrtune.formatting import format_metric
 from lrtune.progress import ProgressSink
 from lrtune.training import checkpoints
 from lrtune.training.loop import Diverged, amp_policy, resolve_device
-from lrtune.training.run import TrainingData, TrainingRun, load_training_data
+from lrtune.training.run import TrainingData, TrainingRun, load_training_data, thread_guard
+from lrtune.training.threads import kept_threads
 
 SPLITS = ("train", "all")
 
@@ -70,7 +71,17 @@ def retrain(
     data = load_training_data(cfg, progress=progress)
     if on == "all":
         data = TrainingData(data.imageset, np.sort(np.r_[data.train_idx, data.val_idx]), np.empty(0, np.int64))
-    run = TrainingRun(cfg, spec.params, data=data, amp=amp, seed=spec.seed)
+    with kept_threads():
+        say = progress.message if progress is not None else None
+        threads = thread_guard(cfg, spec.params, data=data, amp=amp, say=say)
+        run = TrainingRun(cfg, spec.params, data=data, amp=amp, seed=spec.seed, threads=threads)
+        return _train(run, spec, folder, on=on, n_epochs=n_epochs, epochs=epochs, progress=progress)
+
+
+def _train(run: TrainingRun, spec: TrialSpec, folder: Path, *, on: str, n_epochs: int, epochs: int | None,
+           progress: ProgressSink | None) -> TrainedModel:
+    """Train ``run`` to ``n_epochs`` from where its work folder left it, then write the model folder."""
+    cfg = run.cfg
     if on == "all" and epochs is None:
         run.replayed_metrics = list(spec.val_curve)
     work = folder.with_name(f".{folder.name}.work")

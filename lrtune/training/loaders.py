@@ -252,7 +252,16 @@ def make_train_loader(
         # global RNG, which the model's dropout goes on drawing from.
         generator=torch.Generator() if num_workers > 0 else None,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_one_thread if num_workers > 0 else None,
     ))
+
+
+def _one_thread(worker_id: int) -> None:
+    """A loader process is one of the processes the trial's thread budget counts: one thread each, OpenCV's too
+    (torch already sets its own to one there)."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 class HostLoader:

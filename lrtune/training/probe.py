@@ -1,13 +1,15 @@
-"""A short probe of a run's training step: its time and its peak device memory. Knows nothing of Optuna.
+"""Short probes of a run's training step: its time and peak device memory, and its speed at several thread
+counts. Knows nothing of Optuna.
 
-``--workers auto`` reads it to choose how many trials share a GPU.
+``--workers auto`` reads the first to choose how many trials share a GPU;
+``--threads auto`` reads the second to choose a trial process's CPU threads.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -16,6 +18,9 @@ from lrtune.training.loop import train_one_epoch
 
 WARMUP_STEPS = 3  # cuDNN autotuning, the allocator, a compile: not what a trial's steady state costs
 STEPS = 10
+THREAD_ROUNDS = 2  # each count measured this often, interleaved, its best kept: a short stall elsewhere is not its
+THREAD_SECONDS = 0.15  # each measurement runs steps for about this long (at least one step)
+THREAD_STEPS = 8  # and at most this many
 
 
 def probe_step(run: Any, *, steps: int = STEPS) -> tuple[float, int]:
@@ -25,17 +30,46 @@ def probe_step(run: Any, *, steps: int = STEPS) -> tuple[float, int]:
     batches = list(itertools.islice(itertools.cycle(list(itertools.islice(iter(run.loader), steps))),
                                     WARMUP_STEPS + steps))
     memory.peak_bytes(device)  # resets the peak
-
-    def train(part: list[Any]) -> None:
-        train_one_epoch(run.net, part, run.optimizer, run.loss_fn, schedule=run.schedule, step=0, accum_steps=1,
-                        amp=run.amp, scaler=run.scaler)
-
-    train(batches[:WARMUP_STEPS])
+    _train(run, batches[:WARMUP_STEPS])
     _sync(device)
     start = time.perf_counter()
-    train(batches[WARMUP_STEPS:])  # one step per batch, one read of the loss at the end
+    _train(run, batches[WARMUP_STEPS:])  # one step per batch, one read of the loss at the end
     _sync(device)
     return (time.perf_counter() - start) / steps, memory.peak_bytes(device)
+
+
+def probe_threads(run: Any, counts: list[int], *, apply: Callable[[int], None]) -> dict[int, float]:
+    """Training images per second of ``run`` (a fresh ``TrainingRun``, changed by the probe) at each thread
+    count, ``apply`` setting the count. The batches are drawn once, so the loader's cost is not measured.
+
+    The fewest threads go first and warm up the kernels. A count far slower
+    than the best in the first round (a busy core: its steps can take
+    seconds) is not measured again.
+    """
+    counts = sorted(counts)
+    batches = list(itertools.islice(iter(run.loader), THREAD_STEPS))
+    apply(counts[0])
+    _train(run, batches[:2])  # the first steps allocate and pick kernels
+    rates: dict[int, float] = {}
+    for round_ in range(THREAD_ROUNDS):
+        for count in counts:
+            if round_ and rates[count] < 0.5 * max(rates.values()):
+                continue
+            apply(count)
+            images, start = 0, time.perf_counter()
+            for batch in itertools.cycle(batches):
+                images += _train(run, [batch])
+                elapsed = time.perf_counter() - start
+                if elapsed >= THREAD_SECONDS or images >= THREAD_STEPS * len(batch[1]):
+                    break
+            rates[count] = max(rates.get(count, 0.0), images / elapsed)
+    return rates
+
+
+def _train(run: Any, batches: list[Any]) -> int:
+    result = train_one_epoch(run.net, batches, run.optimizer, run.loss_fn, schedule=run.schedule, step=0,
+                             accum_steps=1, amp=run.amp, scaler=run.scaler)
+    return result.images
 
 
 def _sync(device: torch.device) -> None:

@@ -8,6 +8,7 @@ its checkpoint computes exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -27,7 +28,9 @@ from lrtune.training.metrics import Evaluation
 from lrtune.training.losses import create_loss
 from lrtune.training.models import compile_model, create_model
 from lrtune.training.optimizer import LR_FREE, create_optimizer, for_evaluation, for_training
+from lrtune.training.probe import probe_threads
 from lrtune.training.schedules import create_schedule
+from lrtune.training.threads import ThreadGuard, apply_threads, choose_threads
 
 EVAL_BATCH = 256
 
@@ -165,6 +168,28 @@ def epoch_seed(run_seed: int, epoch: int) -> int:
     return run_seed * 1000 + epoch
 
 
+def thread_guard(
+    cfg: Config, params: Hyperparams, *, data: TrainingData, amp: AmpPolicy, workers: int = 1,
+    say: Callable[[str], None] | None = None,
+) -> ThreadGuard:
+    """This process's CPU threads for runs like ``params``'s: ``cfg.threads``, or chosen (``threads.choose_threads``)
+    by a short probe of such a run's step; set, and when chosen, said in one line through ``say``."""
+    loader_workers = cfg.num_workers if augment_path(cfg, data, amp.device) == "cpu" else 0
+    probe_cfg = dataclasses.replace(cfg, num_workers=0)  # the loader's processes are not what is measured
+
+    def measure(counts: list[int]) -> dict[int, float]:
+        return probe_threads(TrainingRun(probe_cfg, params, data=data, amp=amp, seed=cfg.seed), counts,
+                             apply=apply_threads)
+
+    choice = choose_threads(cfg.threads, workers=max(1, workers), loader_workers=loader_workers,
+                            device_type=amp.device.type, measure=measure)
+    if say is not None and not cfg.threads:  # a count the user set goes unsaid
+        say(f"threads: {choice.threads} ({choice.reason})")
+    guard = ThreadGuard(choice.threads, say=say, fixed=cfg.threads > 0 or amp.device.type != "cpu")
+    guard.start()
+    return guard
+
+
 @dataclass
 class RunState:
     """What a run has done so far; saved at the end of every epoch."""
@@ -210,9 +235,10 @@ class TrainingRun:
         amp: AmpPolicy,
         seed: int,
         should_stop: Callable[[], bool] | None = None,
+        threads: ThreadGuard | None = None,
     ) -> None:
         self.cfg, self.params, self.data, self.amp, self.seed = cfg, params, data, amp, seed
-        self.should_stop = should_stop
+        self.should_stop, self.threads = should_stop, threads
         seed_everything(seed)
         self.model = create_model(cfg.model, num_classes=data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
         memory_format = torch.channels_last if amp.channels_last else torch.preserve_format
@@ -282,8 +308,11 @@ class TrainingRun:
             scaler=self.scaler,
             should_stop=self.should_stop,
         )
-        state.train_seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        state.train_seconds += seconds
         state.train_images += result.images
+        if self.threads is not None:
+            self.threads.observe(result.images, seconds)
         previous = state.curves["train_loss"]
         if previous and result.train_loss > cfg.diverge_factor * min(previous):
             raise Diverged(

@@ -31,6 +31,7 @@ from lrtune.progress import ProgressSink
 from lrtune.storage import CONFIRM_SUFFIX, best_first, study_dir
 from lrtune.storage import trial_role as role
 from lrtune.training import checkpoints
+from lrtune.training.threads import kept_threads
 from lrtune.tuner import recovery
 
 ATTR = "confirmed"
@@ -86,7 +87,7 @@ def run_confirm(
 ) -> dict[str, Any]:
     """Run (or resume) the confirmation of ``study`` and store its ranking on it; returns the record."""
     from lrtune.tuner.driver import optimize
-    from lrtune.tuner.trial import Objective
+    from lrtune.tuner.trial import Objective, use_threads
 
     if top < 1 or seeds < 1:
         raise ConfigError(f"--top and --seeds must be positive, got {top} and {seeds}")
@@ -106,7 +107,9 @@ def run_confirm(
             progress.start(total=waiting, finished=0, pruned=0, best=None)
         objective = Objective(run_cfg, study_dir=folder, stop=stop, progress=progress)
         objective.checkpoint_every_epoch = True  # a crash loses at most the running epoch
-        optimize(runs, objective, run_cfg, stop=stop, progress=progress, n_trials=waiting)
+        with kept_threads():
+            use_threads(objective, say=progress.message if progress is not None else None)
+            optimize(runs, objective, run_cfg, stop=stop, progress=progress, n_trials=waiting)
         if stop():
             return study.user_attrs.get(ATTR) or {}
     if cfg.test_fraction and _unscored(runs):  # also what a run killed before its scoring left

@@ -237,7 +237,9 @@ def run_search(
             if _complete(existing, cfg) and holdout.is_current(existing, cfg):  # before torch, the data or a model
                 say(f"study {name!r} already has {count_finished(existing)} finished trials (--trials {cfg.trials}); nothing to run")
                 return existing
-        with CatchSignals() as signals:
+        from lrtune.training.threads import kept_threads  # imports torch: after the early exit
+
+        with CatchSignals() as signals, kept_threads():  # the caller's thread counts, whatever the search chose
             study = _search(cfg, storage, name, url, progress, verbosity, signals)
             if signals.flag.signum is not None:
                 signame = SIGNAL_NAMES.get(signals.flag.signum, str(signals.flag.signum))
@@ -259,13 +261,14 @@ def _search(
     signals: CatchSignals,
 ) -> optuna.Study:
     from lrtune.tuner import lr_range
-    from lrtune.tuner.trial import Objective  # imports torch, timm and albumentations: after the early exit
+    from lrtune.tuner.trial import Objective, use_threads  # imports torch, timm and albumentations: after the early exit
     from lrtune.tuner.workers import run_workers
     from lrtune.training.loop import Interrupted
 
     say = progress.message if progress is not None else (lambda text: None)
     objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=progress)
     study = prepare_study(cfg, dataset=objective.data.summary(), storage=storage)
+    use_threads(objective, say=say)  # local workers choose their own share when they start
     lr_range.seed_study(study, cfg, data=objective.data, amp=objective.amp, progress=progress)
     recovered = recovery.recover_orphans(study)
     if recovered:

@@ -26,12 +26,13 @@ from lrtune.errors import LRTuneError, StorageError, StudyError, first_line
 from lrtune.progress import ProgressSink
 from lrtune.storage import resilient
 from lrtune.tuner.artifacts import RemoteCheckpoints
-from lrtune.tuner.space import check_space, suggest
+from lrtune.tuner.space import baseline_params, check_space, suggest
 from lrtune.training import checkpoints, memory
 from lrtune.training.loop import Diverged, Interrupted, amp_policy, resolve_device
 from lrtune.training.metrics import confusion
 from lrtune.training.models import check_model
-from lrtune.training.run import Hyperparams, TrainingData, TrainingRun, load_training_data
+from lrtune.training.run import Hyperparams, TrainingData, TrainingRun, load_training_data, thread_guard
+from lrtune.training.threads import ThreadGuard
 
 MAX_LR_POINTS = 500  # per-step LR points kept on a trial
 MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: the fault is not in one trial's parameters
@@ -147,6 +148,7 @@ class Objective:
         self.peak = 0  # the most device memory a trial of this process has reserved
         self.remote = RemoteCheckpoints(cfg.artifacts, self.study_dir.name) if cfg.artifacts else None
         self.checkpoint_every_epoch = False  # else when due: a kill then loses at most 1 / CHECKPOINT_SHARE of the time
+        self.threads: ThreadGuard | None = None  # this process's CPU threads, set by ``use_threads``
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.stop():
@@ -208,7 +210,7 @@ class Objective:
         raise TrialFailed(reason)
 
     def _run(self, trial: optuna.Trial, params: Hyperparams, seed: int, retry_of: int | None) -> float:
-        run = TrainingRun(self.cfg, params, data=self.data, amp=self.amp, seed=seed, should_stop=self.stop)
+        run = TrainingRun(self.cfg, params, data=self.data, amp=self.amp, seed=seed, should_stop=self.stop, threads=self.threads)
         files = TrialFiles(checkpoints.trial_dir(self.study_dir, trial.number))
         if retry_of is not None and take_checkpoint(self.study_dir, self.remote, trial, int(retry_of), files.folder):
             run.restore(checkpoints.load(files.folder / checkpoints.LAST, self.amp.device))
@@ -269,6 +271,14 @@ class Objective:
             return
         files.writer.save(files.folder / checkpoints.BEST, weights_record(trial, run, files))
         run.state.best_saved = True
+
+
+def use_threads(objective: Objective, *, workers: int = 1, say: Callable[[str], None] | None = None) -> None:
+    """Choose this process's CPU threads (``cfg.threads``, or auto from a probe of the baseline's step), with
+    ``workers`` trial processes sharing the cores, and guard every trial of ``objective`` from then on."""
+    cfg = objective.cfg
+    params = Hyperparams.from_dict(baseline_params(cfg))
+    objective.threads = thread_guard(cfg, params, data=objective.data, amp=objective.amp, workers=workers, say=say)
 
 
 def wait_for_room(device: torch.device, need: int, progress: ProgressSink | None) -> None:

@@ -28,18 +28,14 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
     """
     cfg = config_mod.from_dict({**cfg_values, "device": device})
     import optuna
-    import torch
 
     from lrtune.progress import ConsoleProgress
     from lrtune.tuner import recovery, samplers
     from lrtune.tuner.driver import optimize, quiet_optuna
-    from lrtune.tuner.trial import Objective
+    from lrtune.tuner.trial import Objective, use_threads
     from lrtune.storage import count_finished, open_storage, storage_url, study_dir
     from lrtune.training.loop import Interrupted
 
-    if not device.startswith("cuda"):
-        # Workers share the CPU's cores instead of each spawning a thread per core.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
     progress = ConsoleProgress(cfg.trials, verbosity=verbosity, prefix=f"[worker {index}] ",
                                metric=config_mod.metric_label(cfg.metric))
     with quiet_optuna(), CatchSignals() as signals:
@@ -47,6 +43,7 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
             # No sink while the data loads: the parent process showed that already.
             objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=None)
             objective.progress = progress
+            use_threads(objective, workers=cfg.workers, say=progress.message)  # the workers share the cores
             storage = open_storage(storage_url(cfg), heartbeat=recovery.heartbeat(cfg), retry_for=cfg.storage_retry)
             study = optuna.load_study(study_name=name, storage=storage)
             samplers.attach(study, cfg, worker=index)

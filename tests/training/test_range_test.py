@@ -24,7 +24,6 @@ from lrtune.training.run import Hyperparams, TrainingRun, load_training_data
 CPU = AmpPolicy(torch.device("cpu"))
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["cpu", "device"])

@@ -11,7 +11,6 @@ from lrtune.tuner.lr_range import WINDOW, lr_bounds, narrowed_bounds
 from lrtune.tuner.space import suggest
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
