@@ -94,6 +94,7 @@ class Config:
     pruner_warmup: int = 1  # epochs reported before the median pruner may prune
     seed: int = 0  # seeds the split, the sampler and every trial
     threads: int = 0  # CPU threads of each trial process: auto (or 0) chooses from the cores this process may use (affinity, CPU quota), the workers and loader processes, and a short measurement, and lowers it when another process takes the cores
+    fuse: int = 1  # trials trained side by side as one fused model in each worker, one step for all on the same batch; auto: as many as a short probe finds faster (on CUDA also as the free memory holds)
     workers: int = 1  # local worker processes sharing the study; auto (or 0): on CUDA as many as its free memory and the model's speed call for, else 1
     keep: str = "best"  # best | all | none: which trials keep their final weights
     force: bool = False  # resume even though the stored config differs
@@ -119,13 +120,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # changes what a trial computes, so a study may be resumed with other values.
 RUN_ONLY = frozenset(
     {"trials", "timeout", "study", "storage", "studies_dir", "workers", "keep", "force", "device", "num_workers",
-     "artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace", "compile", "compile_mode", "threads"}
+     "artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace", "compile", "compile_mode", "threads",
+     "fuse"}
 )
 # Fields that belong to one machine: a worker joining a study keeps its own
 # (its data may lie elsewhere), and takes every other field from the study.
 # Data paths may differ as long as the data's classes and counts match.
 MACHINE_LOCAL = frozenset(
-    {"study", "storage", "studies_dir", "workers", "threads", "force", "device", "num_workers", "timeout", "data_root",
+    {"study", "storage", "studies_dir", "workers", "threads", "fuse", "force", "device", "num_workers", "timeout", "data_root",
      "storage_retry", "heartbeat_interval", "heartbeat_grace"}
 )
 
@@ -157,8 +159,10 @@ def _convert(name: str, value: Any, source: str) -> Any:
             return [item_type(item) for item in items if item != ""]
         if hint is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
-        if name in ("workers", "threads") and str(value).strip().lower() == "auto":
+        if name in ("workers", "threads", "fuse") and str(value).strip().lower() == "auto":
             return 0
+        if name == "fuse" and str(value).strip() == "0" and source.startswith(("--", "LRTUNE_")):
+            raise ConfigError(f"{source}: fuse must be a positive number of trials or auto, got 0")
         if hint is int:
             return int(value)
         return hint(value)
@@ -251,6 +255,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--storage-retry must not be negative, got {cfg.storage_retry:g}")
     if cfg.workers < 0:
         raise ConfigError(f"--workers must be positive or auto, got {cfg.workers}")
+    if cfg.fuse < 0:
+        raise ConfigError(f"--fuse must be a positive number of trials or auto, got {cfg.fuse}")
     if cfg.threads < 0:
         raise ConfigError(f"--threads must be positive or auto, got {cfg.threads}")
     if cfg.timeout < 0:

@@ -28,7 +28,7 @@ def add_field(parser: argparse._ActionsContainer, name: str) -> None:
     spec = FIELDS[name]
     default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default  # type: ignore[misc]
     shown = ",".join(map(str, default)) if isinstance(default, list) else default
-    if name == "threads" and default == 0:
+    if name in ("threads", "fuse") and default == 0:
         shown = "auto"
     text = f"{HELP.get(name, '')} [default: {shown!s}; env LRTUNE_{name.upper()}]".replace("%", "%%")
     flag = "--" + name.replace("_", "-")

@@ -18,7 +18,7 @@ GROUPS = {
     "model and training": ("model", "pretrained", "weights", "epochs", "batch_size", "optimizer", "weight_decay",
                            "momentum", "warmup_epochs", "device", "threads", "amp", "compile", "compile_mode", "diverge_factor"),
     "search space": ("lr_min", "lr_max", "schedulers", "losses", "accum", "lr_range", "baselines"),
-    "study": ("metric", "trials", "timeout", "sampler", "pruner", "pruner_warmup", "seed", "workers", "keep", "force"),
+    "study": ("metric", "trials", "timeout", "sampler", "pruner", "pruner_warmup", "seed", "workers", "fuse", "keep", "force"),
     "many machines": ("artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace"),
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import torch
 from torch import nn
@@ -85,6 +85,19 @@ class EpochResult:
     images: int = 0  # images trained on
 
 
+@dataclass
+class Learner:
+    """What one model of a step learns with: its optimizer, schedule, loss, accumulation and AMP scaler, and the
+    global optimizer step it is at. A solo run has one; a fused group (``training.fused``) one per slot."""
+
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    schedule: Schedule
+    step: int
+    accum_steps: int
+    scaler: torch.amp.GradScaler | None = None
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -98,52 +111,81 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EpochResult:
-    """Train for one pass over ``loader``, accumulating gradients over ``accum_steps`` micro-batches.
+    """Train one model for one pass over ``loader`` (``train_together`` with one learner); raises ``Diverged``
+    on a non-finite loss."""
+    (result,) = train_together(model, loader, [Learner(optimizer, loss_fn, schedule, step, accum_steps, scaler)],
+                               amp=amp, should_stop=should_stop)
+    if not math.isfinite(result.train_loss):
+        raise Diverged(f"non-finite train loss ({result.train_loss})")
+    return result
 
-    The optimizer steps on every accumulation boundary and once more at the end
-    of the epoch for a partial group, so no gradient is dropped. Each micro-batch
-    loss is divided by the size of its group, so k micro-batches of size b give
-    the same update as one batch of k*b.
+
+def train_together(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    learners: list[Learner],
+    *,
+    amp: AmpPolicy,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[EpochResult]:
+    """Train for one pass over ``loader``, each learner accumulating gradients over its own ``accum_steps``.
+
+    ``model`` gives ``[batch, classes]`` logits for one learner, or ``[K, batch, classes]`` for K (a fused
+    group: K models on the same batch, whose gradients never mix). Each learner's optimizer steps on its own
+    accumulation boundaries and once more at the end of the epoch for a partial group, so no gradient is
+    dropped. Each micro-batch loss is divided by the size of its group, so k micro-batches of size b give the
+    same update as one batch of k*b. A learner's non-finite loss is its own: the caller reads it from its result.
     """
     model.train()
     n_batches = len(loader)  # type: ignore[arg-type]
     device = amp.device
-    loss_sum = torch.zeros((), device=device)
+    loss_sums = torch.zeros(len(learners), device=device)
     n_seen = 0
-    lrs: list[float] = []
-    optimizer.zero_grad(set_to_none=True)
+    lrs: list[list[float]] = [[] for _ in learners]
+    steps = [learner.step for learner in learners]
+    for learner in learners:
+        learner.optimizer.zero_grad(set_to_none=True)
     for i, (images, targets) in enumerate(loader):
         if should_stop is not None and should_stop():
             raise Interrupted
-        group_start = i - i % accum_steps
-        group_size = min(accum_steps, n_batches - group_start)
         x = to_model_input(images, device, channels_last=amp.channels_last)
         y = targets.to(device, non_blocking=True)
+        total = None
         with amp.autocast():
-            loss = loss_fn(model(x), y)
-        scaled = loss / group_size if group_size > 1 else loss
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        loss_sum.add_(loss.detach(), alpha=len(y))
+            logits = model(x)
+            outputs = logits if logits.dim() == 3 else [logits]  # a fused group's, or one model's
+            for j, learner in enumerate(learners):
+                loss = learner.loss_fn(outputs[j], y)
+                group_size = min(learner.accum_steps, n_batches - (i - i % learner.accum_steps))
+                scaled = loss / group_size if group_size > 1 else loss
+                scaled = learner.scaler.scale(scaled) if learner.scaler is not None else scaled
+                total = scaled if total is None else total + scaled
+                loss_sums[j].add_(loss.detach(), alpha=len(y))
+        total.backward()
         n_seen += len(y)
-        if i + 1 - group_start == group_size:
-            lr = schedule.lr(step)
-            set_lr(optimizer, lr)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            lrs.append(lr)
-            step += 1
+        for j, learner in enumerate(learners):
+            group_start = i - i % learner.accum_steps
+            if i + 1 - group_start == min(learner.accum_steps, n_batches - group_start):
+                lrs[j].append(_step(learner, steps[j]))
+                steps[j] += 1
     # The epoch's one CPU-GPU sync point.
-    train_loss = (loss_sum / max(n_seen, 1)).item()
-    if not math.isfinite(train_loss):
-        raise Diverged(f"non-finite train loss ({train_loss})")
-    return EpochResult(train_loss=train_loss, step=step, lrs=lrs, images=n_seen)
+    losses = (loss_sums / max(n_seen, 1)).tolist()
+    return [EpochResult(train_loss=losses[j], step=steps[j], lrs=lrs[j], images=n_seen) for j in range(len(learners))]
 
 
-@torch.inference_mode()
+def _step(learner: Learner, step: int) -> float:
+    """One optimizer step of ``learner`` at its schedule's LR for global step ``step``; returns that LR."""
+    lr = learner.schedule.lr(step)
+    set_lr(learner.optimizer, lr)
+    if learner.scaler is not None:
+        learner.scaler.step(learner.optimizer)
+        learner.scaler.update()
+    else:
+        learner.optimizer.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
 def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -155,19 +197,43 @@ def evaluate(
 
     Predictions and probabilities stay on the device until the pass ends: one copy to the host per pass.
     """
+    (ev,) = evaluate_together(model, batches, n_classes=n_classes, amp=amp, slots=1)
+    assert ev is not None
+    return ev
+
+
+@torch.inference_mode()
+def evaluate_together(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    n_classes: int,
+    amp: AmpPolicy,
+    slots: int,
+    only: Collection[int] | None = None,
+) -> list[Evaluation | None]:
+    """``evaluate`` for a model of ``slots`` outputs (``[slots, batch, classes]``; one: ``[batch, classes]``).
+
+    The metrics of the slots in ``only`` (default: all), None for the others (a diverged slot's outputs are
+    not numbers to score).
+    """
     model.eval()
     device = amp.device
-    loss_sum = torch.zeros((), device=device)
+    loss_sums = torch.zeros(slots, device=device)
     probs, targets = [], []
     for images, labels in batches:
         x = to_model_input(images, device, channels_last=amp.channels_last)
         y = labels.to(device, non_blocking=True)
         with amp.autocast():
             logits = model(x)
-        logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
-        probs.append(torch.softmax(logits, dim=1))
+        logits = (logits if logits.dim() == 3 else logits.unsqueeze(0)).float()
+        for k in range(slots):
+            loss_sums[k] += nn.functional.cross_entropy(logits[k], y, reduction="sum")
+        probs.append(torch.softmax(logits, dim=2))
         targets.append(y)
-    p = torch.cat(probs).cpu().numpy()
+    p = torch.cat(probs, dim=1).cpu().numpy()
     y_true = torch.cat(targets).cpu().numpy()
-    return metrics(y_true, p.argmax(axis=1), n_classes, loss=loss_sum.item() / max(len(y_true), 1), probs=p)
+    losses = (loss_sums / max(len(y_true), 1)).tolist()
+    wanted = set(range(slots) if only is None else only)
+    return [metrics(y_true, p[k].argmax(axis=1), n_classes, loss=losses[k], probs=p[k]) if k in wanted else None
+            for k in range(slots)]

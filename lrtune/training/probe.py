@@ -19,7 +19,7 @@ from lrtune.training.loop import train_one_epoch
 WARMUP_STEPS = 3  # cuDNN autotuning, the allocator, a compile: not what a trial's steady state costs
 STEPS = 10
 THREAD_ROUNDS = 2  # each count measured this often, interleaved, its best kept: a short stall elsewhere is not its
-THREAD_SECONDS = 0.15  # each measurement runs steps for about this long (at least one step)
+THREAD_SECONDS = 0.1  # each measurement runs steps for about this long (at least one step)
 THREAD_STEPS = 8  # and at most this many
 
 

@@ -13,7 +13,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from lrtune.training import checkpoints, memory
 from lrtune.training.datasets import ImageSet, class_counts, load_imageset, split_indices
 from lrtune.training.device_augment import choose_augment, make_device_loader
 from lrtune.training.loaders import EpochBatches, iter_eval_batches, make_train_loader, to_model_input
-from lrtune.training.loop import AmpPolicy, Diverged, train_one_epoch, evaluate
+from lrtune.training.loop import AmpPolicy, Diverged, EpochResult, Learner, evaluate, train_together
 from lrtune.training.metrics import Evaluation
 from lrtune.training.losses import create_loss
 from lrtune.training.models import compile_model, create_model
@@ -239,6 +239,7 @@ class TrainingRun:
     ) -> None:
         self.cfg, self.params, self.data, self.amp, self.seed = cfg, params, data, amp, seed
         self.should_stop, self.threads = should_stop, threads
+        self.group: Any = None  # a ``fused.FusedGroup`` this run trains in, one pass with the others per epoch
         seed_everything(seed)
         self.model = create_model(cfg.model, num_classes=data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
         memory_format = torch.channels_last if amp.channels_last else torch.preserve_format
@@ -291,38 +292,46 @@ class TrainingRun:
 
     def train_epoch(self, epoch: int) -> EpochOutcome:
         """Train and validate one epoch, and record it; raises ``Diverged`` on a runaway loss."""
-        cfg, state = self.cfg, self.state
-        seed_everything(epoch_seed(self.seed, epoch))
-        self.loader.reseed(epoch_seed(self.seed, epoch))
-        for_training(self.optimizer)
+        if self.group is not None:
+            return self.group.train_epoch(self, epoch)
+        self.start_pass(epoch_seed(self.seed, epoch))
         started = time.perf_counter()
-        result = train_one_epoch(
-            self.net,
-            self.loader,
-            self.optimizer,
-            self.loss_fn,
-            schedule=self.schedule,
-            step=state.step,
-            accum_steps=self.params.accum,
-            amp=self.amp,
-            scaler=self.scaler,
-            should_stop=self.should_stop,
-        )
+        (result,) = train_together(self.net, self.loader, [self.learner()], amp=self.amp, should_stop=self.should_stop)
         seconds = time.perf_counter() - started
-        state.train_seconds += seconds
-        state.train_images += result.images
         if self.threads is not None:
             self.threads.observe(result.images, seconds)
-        previous = state.curves["train_loss"]
-        if previous and result.train_loss > cfg.diverge_factor * min(previous):
-            raise Diverged(
-                f"train loss {result.train_loss:.4g} at epoch {epoch} is over "
-                f"{cfg.diverge_factor:g}x its best ({min(previous):.4g})"
-            )
+        self.check_loss(epoch, result)
         # Schedule-Free evaluates, checkpoints and keeps its averaged weights from here to the next epoch.
         for_evaluation(self.optimizer, self.model, self.loader,
                        lambda images: to_model_input(images, self.amp.device, channels_last=self.amp.channels_last))
-        ev = self._validate()
+        return self.record_epoch(epoch, result, seconds, self._validate())
+
+    def start_pass(self, seed: int) -> None:
+        """Seed everything and this run's batches from ``seed`` (a fused group's pass seeds its own loader)."""
+        seed_everything(seed)
+        self.loader.reseed(seed)
+        for_training(self.optimizer)
+
+    def learner(self) -> Learner:
+        """What this run's model learns with, at the step the run is at."""
+        return Learner(self.optimizer, self.loss_fn, self.schedule, self.state.step, self.params.accum, self.scaler)
+
+    def check_loss(self, epoch: int, result: EpochResult) -> None:
+        """Raise ``Diverged`` on a non-finite epoch loss, or one over ``diverge_factor`` times the run's best."""
+        if not math.isfinite(result.train_loss):
+            raise Diverged(f"non-finite train loss ({result.train_loss})")
+        previous = self.state.curves["train_loss"]
+        if previous and result.train_loss > self.cfg.diverge_factor * min(previous):
+            raise Diverged(
+                f"train loss {result.train_loss:.4g} at epoch {epoch} is over "
+                f"{self.cfg.diverge_factor:g}x its best ({min(previous):.4g})"
+            )
+
+    def record_epoch(self, epoch: int, result: EpochResult, seconds: float, ev: Evaluation | None) -> EpochOutcome:
+        """Step the schedule on the epoch's validation value and record the epoch: curves, LRs, the best epoch."""
+        cfg, state = self.cfg, self.state
+        state.train_seconds += seconds
+        state.train_images += result.images
         if ev is not None:
             self.schedule.epoch_end(ev.value(cfg.metric))
         elif self.replayed_metrics and epoch <= len(self.replayed_metrics):
@@ -346,13 +355,11 @@ class TrainingRun:
             state.best_saved = False
         return EpochOutcome(epoch, value, improved)
 
+    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter_eval_batches(self.data.imageset, self.data.val_idx, max(self.cfg.batch_size, EVAL_BATCH))
+
     def _validate(self) -> Evaluation | None:
         """Metrics on the validation images; None when the run has none (trained on all data)."""
         if not len(self.data.val_idx):
             return None
-        return evaluate(
-            self.net,
-            iter_eval_batches(self.data.imageset, self.data.val_idx, max(self.cfg.batch_size, EVAL_BATCH)),
-            n_classes=self.data.n_classes,
-            amp=self.amp,
-        )
+        return evaluate(self.net, self.val_batches(), n_classes=self.data.n_classes, amp=self.amp)

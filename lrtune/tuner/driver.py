@@ -182,6 +182,18 @@ def optimize(
     )
 
 
+def run_trials(study: optuna.Study, objective: Any, cfg: Config, *, stop: Callable[[], bool],
+               progress: ProgressSink | None, say: Callable[[str], None], worker: int = 0) -> None:
+    """This process's trials: one at a time, or ``--fuse``'s group of them side by side."""
+    from lrtune.tuner.fusion import optimize_fused, resolve_fuse
+
+    k = resolve_fuse(cfg, objective, study, say)
+    if k > 1:
+        optimize_fused(study, objective, cfg, k, stop=stop, progress=progress, worker=worker)
+    else:
+        optimize(study, objective, cfg, stop=stop, progress=progress)
+
+
 @contextlib.contextmanager
 def quiet_optuna() -> Iterator[None]:
     """Optuna's own log lines and experimental warnings off, unless its verbosity was raised to DEBUG."""
@@ -294,7 +306,7 @@ def _search(
         if cfg.workers > 1:
             run_workers(cfg, name, verbosity, signals)
         else:
-            optimize(study, objective, cfg, stop=signals.flag, progress=progress)
+            run_trials(study, objective, cfg, stop=signals.flag, progress=progress, say=say)
     except Interrupted:
         pass
     if signals.flag.signum is None:

@@ -16,7 +16,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import optuna
 import torch
@@ -32,6 +32,7 @@ from lrtune.training.loop import Diverged, Interrupted, amp_policy, resolve_devi
 from lrtune.training.metrics import confusion
 from lrtune.training.models import check_model
 from lrtune.training.run import Hyperparams, TrainingData, TrainingRun, load_training_data, thread_guard
+from lrtune.training.fused import FusedGroup, fusable
 from lrtune.training.threads import ThreadGuard
 
 MAX_LR_POINTS = 500  # per-step LR points kept on a trial
@@ -149,6 +150,7 @@ class Objective:
         self.remote = RemoteCheckpoints(cfg.artifacts, self.study_dir.name) if cfg.artifacts else None
         self.checkpoint_every_epoch = False  # else when due: a kill then loses at most 1 / CHECKPOINT_SHARE of the time
         self.threads: ThreadGuard | None = None  # this process's CPU threads, set by ``use_threads``
+        self.group: FusedGroup | None = None  # with --fuse: where this process's trials train together
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.stop():
@@ -157,7 +159,7 @@ class Objective:
             wait_for_room(self.device, int(self.peak * memory.MEMORY_MARGIN), self.progress)
         with params_together(trial):
             params = suggest(trial, self.cfg)
-        seed, retry_of = _start(trial, self.cfg, params)
+        seed, retry_of = _start(trial, self.cfg, params, {"fused_group": self.group.name} if self.group else {})
         failure = None
         try:
             try:
@@ -223,10 +225,11 @@ class Objective:
         if self.cfg.keep != "none" and state.best and state.best.get("epoch") == state.epoch and not state.best_saved:
             files.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         try:
-            for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
-                self._epoch(trial, run, files, epoch)
+            with _fused(self.group, run, self.progress):
+                for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
+                    self._epoch(trial, run, files, epoch)
             if files.best_weights is not None and not state.best_saved:
-                self._save_best(trial, run, files)
+                save_best(trial, run, files)
         finally:
             _finish(trial, run, files)
         return state.best_value
@@ -245,7 +248,7 @@ class Objective:
         if not outcome.improved and files.best_weights is not None and not run.state.best_saved:
             # last.pt is about to move past the best epoch: persist its weights first.
             # The writer keeps order, so best.pt is on disk before that last.pt.
-            self._save_best(trial, run, files)
+            save_best(trial, run, files)
         last, prunes = epoch == self.cfg.epochs, _prunes(trial)
         due = not last and (self.checkpoint_every_epoch or files.checkpoint_due())
         if prunes or due:
@@ -259,18 +262,35 @@ class Objective:
         if prunes and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-    def _save_best(self, trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
-        """Queue best.pt, unless ``keep=best`` and a finished trial already does at least as well.
 
-        Such weights would be deleted as soon as this trial ends, and a later
-        epoch that does better is kept by then.
-        """
-        scored = self.cfg.test_fraction and trial.user_attrs.get("baseline")  # the test split scores the baseline too
-        if self.cfg.keep == "best" and not scored and not _may_beat_study(trial, run.state.best_value):
-            files.best_weights = None
-            return
-        files.writer.save(files.folder / checkpoints.BEST, weights_record(trial, run, files))
-        run.state.best_saved = True
+
+@contextlib.contextmanager
+def _fused(group: FusedGroup | None, run: TrainingRun, say: ProgressSink | None) -> Iterator[None]:
+    """Within, ``run`` trains in ``group`` (one pass with the group's other runs per epoch), if it can fuse."""
+    reason = fusable([run]) if group is not None else None
+    if group is None or reason is not None:
+        if reason is not None and say is not None:
+            say.message(f"a trial runs unfused: {reason}")
+        yield
+        return
+    run.group = group
+    with group.member(run):
+        yield
+
+
+def save_best(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
+    """Queue best.pt, unless ``keep=best`` and a finished trial already does at least as well.
+
+    Such weights would be deleted as soon as this trial ends, and a later
+    epoch that does better is kept by then.
+    """
+    cfg = run.cfg
+    scored = cfg.test_fraction and trial.user_attrs.get("baseline")  # the test split scores the baseline too
+    if cfg.keep == "best" and not scored and not _may_beat_study(trial, run.state.best_value):
+        files.best_weights = None
+        return
+    files.writer.save(files.folder / checkpoints.BEST, weights_record(trial, run, files))
+    run.state.best_saved = True
 
 
 def use_threads(objective: Objective, *, workers: int = 1, say: Callable[[str], None] | None = None) -> None:
@@ -291,12 +311,12 @@ def wait_for_room(device: torch.device, need: int, progress: ProgressSink | None
         )
 
 
-def _start(trial: optuna.Trial, cfg: Config, params: Hyperparams) -> tuple[int, int | None]:
+def _start(trial: optuna.Trial, cfg: Config, params: Hyperparams, extra: dict) -> tuple[int, int | None]:
     """Record who runs the trial and with which seed; returns the seed and the trial it retries, if any."""
     seed = int(trial.user_attrs.get("seed", cfg.seed * 100_003 + trial.number))
     retry_of = trial.user_attrs.get("retry_of")
     set_user_attrs(trial, {"seed": seed, "host": socket.gethostname(), "pid": os.getpid(),
-                           "effective_batch": cfg.batch_size * params.accum})
+                           "effective_batch": cfg.batch_size * params.accum, **extra})
     return seed, retry_of
 
 

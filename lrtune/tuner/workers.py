@@ -31,7 +31,7 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
 
     from lrtune.progress import ConsoleProgress
     from lrtune.tuner import recovery, samplers
-    from lrtune.tuner.driver import optimize, quiet_optuna
+    from lrtune.tuner.driver import quiet_optuna, run_trials
     from lrtune.tuner.trial import Objective, use_threads
     from lrtune.storage import count_finished, open_storage, storage_url, study_dir
     from lrtune.training.loop import Interrupted
@@ -48,7 +48,8 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
             study = optuna.load_study(study_name=name, storage=storage)
             samplers.attach(study, cfg, worker=index)
             if count_finished(study) < cfg.trials:
-                optimize(study, objective, cfg, stop=signals.flag, progress=progress)
+                run_trials(study, objective, cfg, stop=signals.flag, progress=progress, say=progress.message,
+                           worker=index)
         except Interrupted:
             pass
         except LRTuneError as exc:

@@ -1,0 +1,267 @@
+"""K runs of one architecture trained side by side in one step. Knows nothing of Optuna.
+
+Each slot is an ordinary ``TrainingRun``: its own model (a plain timm module,
+so its ``state_dict`` is what a solo run saves), optimizer, schedule, loss,
+accumulation, AMP scaler and state. ``FusedModel`` stacks the slots'
+parameters and buffers on a leading slot dimension and runs the forward of all
+K as one vmapped call (``torch.func``: a convolution of K slots becomes one
+grouped convolution), so one step trains every slot on the same batch. The
+gradients of one slot come from its own loss only, so a slot never changes
+another: a slot at LR 0 keeps its weights, a slot whose loss turns NaN is
+dropped and the others go on.
+
+What the group shares: the batches. Every pass over the training data draws
+its order and augmentation from the group's seed and pass number, so a slot's
+own seed sets its initial weights (and its dropout), not its data order. A
+slot's epoch is the group's pass it trained in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import threading
+import time
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from lrtune.errors import ConfigError
+from lrtune.training import memory
+from lrtune.training.loop import Diverged, evaluate_together, train_together
+from lrtune.training.run import EpochOutcome, TrainingRun, epoch_seed
+from lrtune.training.threads import ThreadGuard
+
+
+class FusedModel(nn.Module):
+    """The forward of K modules of one architecture as one call: ``[batch, ...] -> [K, batch, classes]``.
+
+    The slots stay ordinary modules with their own parameters; each call
+    stacks them (autograd carries each slot's gradient back to its own
+    parameters) and writes the buffers a training forward updated (BatchNorm's
+    running statistics) back to each slot.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not models:
+            raise ConfigError("a fused group needs at least one model")
+        self.slots = nn.ModuleList(models)
+        # The architecture without weights: functional_call runs it on the stacked ones.
+        object.__setattr__(self, "_shape", copy.deepcopy(models[0]).to("meta"))
+        self._names = [name for name, _ in models[0].named_parameters()]
+        self._buffer_names = [name for name, _ in models[0].named_buffers()]
+        self._call = vmap(self._one, in_dims=(0, 0, None), randomness="different")
+        self.relink()
+
+    def relink(self) -> None:
+        """Read the slots' parameters and buffers again (after a slot's module was replaced)."""
+        self._params = [list(slot.parameters()) for slot in self.slots]
+        self._buffers_of = [list(slot.buffers()) for slot in self.slots]
+
+    def set_slots(self, models: Sequence[nn.Module]) -> None:
+        """Train ``models`` from now on: the same architecture, any number of them."""
+        self.slots = nn.ModuleList(models)
+        self.relink()
+
+    def _one(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self._shape, (params, buffers), (x,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._shape.train(self.training)
+        params = {name: torch.stack([p[i] for p in self._params]) for i, name in enumerate(self._names)}
+        buffers = {name: torch.stack([b[i] for b in self._buffers_of]) for i, name in enumerate(self._buffer_names)}
+        out = self._call(params, buffers, x)
+        if self.training and buffers:
+            with torch.no_grad():
+                stacked = [buffers[name][k] for k in range(len(self.slots)) for name in self._buffer_names]
+                torch._foreach_copy_([b for slot in self._buffers_of for b in slot], stacked)
+        return out
+
+
+def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threads: ThreadGuard | None = None,
+               should_stop: Callable[[], bool] | None = None) -> list[EpochOutcome | Diverged]:
+    """One epoch of every run (each at its own next epoch) on the same batches, drawn from ``seed``: ``net``
+    holds the runs' models as its slots. A run whose loss diverges gets ``Diverged`` as its outcome, the others
+    their ``EpochOutcome``. The batches are the first run's loader's."""
+    first = runs[0]
+    for run in runs:
+        run.start_pass(seed)
+    started = time.perf_counter()
+    results = train_together(net if len(runs) > 1 else first.net, first.loader, [run.learner() for run in runs],
+                             amp=first.amp, should_stop=should_stop)
+    seconds = time.perf_counter() - started
+    if threads is not None:
+        threads.observe(sum(result.images for result in results), seconds)
+    outcomes: list[EpochOutcome | Diverged | None] = []
+    for run, result in zip(runs, results):
+        try:
+            run.check_loss(run.state.epoch + 1, result)
+            outcomes.append(None)
+        except Diverged as exc:
+            outcomes.append(exc)
+    healthy = [k for k, outcome in enumerate(outcomes) if outcome is None]
+    evaluations: list = [None] * len(runs)
+    if len(first.data.val_idx) and healthy:
+        evaluations = evaluate_together(net if len(runs) > 1 else first.net, first.val_batches(),
+                                        n_classes=first.data.n_classes, amp=first.amp, slots=len(runs), only=healthy)
+    for k in healthy:
+        run = runs[k]
+        outcomes[k] = run.record_epoch(run.state.epoch + 1, results[k], seconds, evaluations[k])
+    return outcomes  # type: ignore[return-value]
+
+
+class FusedGroup:
+    """Where the runs of several threads (one trial each) meet to train one pass together.
+
+    Each of ``size`` threads runs within ``thread()`` for as long as it may bring runs,
+    registers its run with ``member(run)``, and its ``TrainingRun.train_epoch``
+    calls ``train_epoch(run, epoch)``, which returns once a pass has trained
+    that epoch. A pass starts when every registered run has arrived and every
+    thread has a run (or a thread between trials has kept the others waiting
+    ``GRACE_S``): the last to arrive trains it for all, so a run that ends
+    frees its slot for the next trial at once, and no run waits for another's
+    last epochs.
+    """
+
+    GRACE_S = 2.0
+
+    def __init__(self, *, name: str, seed: int, size: int, threads: ThreadGuard | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
+        self.name, self.seed, self.passes = name, seed, 0
+        self.threads, self.should_stop = threads, should_stop
+        self.cond = threading.Condition()
+        self.live = size  # threads that may still bring a run
+        self.members: list[TrainingRun] = []
+        self.arrived: set[int] = set()  # ids of the members waiting for a pass
+        self.results: dict[int, EpochOutcome | BaseException] = {}
+        self.changed = time.monotonic()
+        self.net: FusedModel | None = None
+
+    @contextlib.contextmanager
+    def thread(self) -> Iterator[None]:
+        """One of the ``size`` threads, for as long as it may bring runs."""
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.live -= 1
+                self.cond.notify_all()
+
+    @contextlib.contextmanager
+    def member(self, run: TrainingRun) -> Iterator[None]:
+        with self.cond:
+            self.members.append(run)
+            self.changed = time.monotonic()
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.members.remove(run)
+                self.arrived.discard(id(run))
+                self.results.pop(id(run), None)
+                self.changed = time.monotonic()
+                self.cond.notify_all()
+
+    def train_epoch(self, run: TrainingRun, epoch: int) -> EpochOutcome:
+        with self.cond:
+            if run.state.epoch + 1 != epoch:
+                raise ValueError(f"a fused run trains its next epoch ({run.state.epoch + 1}), not {epoch}")
+            self.arrived.add(id(run))
+            self.cond.notify_all()
+            while id(run) not in self.results:
+                if self._ready():
+                    self._pass()
+                else:
+                    self.cond.wait(timeout=0.05)
+            outcome = self.results.pop(id(run))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _ready(self) -> bool:
+        everyone = all(id(run) in self.arrived for run in self.members)
+        waited = time.monotonic() - self.changed >= self.GRACE_S
+        return everyone and (len(self.members) >= self.live or waited)
+
+    def _pass(self) -> None:
+        """Train one pass of every member, holding the lock: the others are waiting for it anyway."""
+        runs = list(self.members)
+        self.passes += 1
+        try:
+            if self.net is None:
+                self.net = FusedModel([run.model for run in runs])
+            else:
+                self.net.set_slots([run.model for run in runs])
+            outcomes: list = train_pass(self.net, runs, seed=epoch_seed(self.seed, self.passes),
+                                        threads=self.threads, should_stop=self.should_stop)
+        except BaseException as exc:  # an interrupt, or a fault of the pass: every member's trial hears it
+            outcomes = [exc] * len(runs)
+        for run, outcome in zip(runs, outcomes):
+            self.results[id(run)] = outcome
+            self.arrived.discard(id(run))
+        self.cond.notify_all()
+
+
+def fusable(runs: Sequence[TrainingRun]) -> str | None:
+    """Why these runs cannot train fused (None when they can): a GradScaler, an LR-free optimizer, a compiled
+    model, or a model that ``FusedModel`` cannot run."""
+    for run in runs:
+        if run.params.optimizer:
+            return f"the LR-free baseline {run.params.optimizer} runs alone"
+        if run.scaler is not None:
+            return "fp16's gradient scaler runs alone"
+        if run.cfg.compile:
+            return "a compiled model runs alone"
+    return None
+
+
+def check_fusion(runs: Sequence[TrainingRun]) -> str | None:
+    """Why ``runs`` (fresh runs of one config, thrown away afterwards) cannot train fused, or None: one fused
+    step on one batch, against ``FusedModel``'s view of the model."""
+    reason = fusable(runs)
+    if reason is not None:
+        return reason
+    first = runs[0]
+    batch = [next(iter(first.loader))]
+    try:
+        train_together(FusedModel([run.model for run in runs]), batch, [run.learner() for run in runs],
+                       amp=first.amp)
+    except Exception as exc:  # what vmap or functional_call cannot run: the model runs unfused
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"{first.cfg.model} does not fuse ({type(exc).__name__}: {text})"
+    return None
+
+
+PROBE_BATCHES = 4  # batches each count of --fuse auto's probe trains on, after one to warm up
+
+
+def probe_fused(make_runs: Callable[[int], list[TrainingRun]], counts: Sequence[int], *,
+                free_bytes: int | None = None) -> dict[int, tuple[float, int]]:
+    """Training images per second of ``k`` fused runs (fresh ones from ``make_runs(k)``, thrown away after) and
+    their peak device memory, for each of ``counts`` in order; a count whose projected peak would not fit in
+    ``free_bytes`` (on CUDA) is not tried, nor any after it."""
+    measured: dict[int, tuple[float, int]] = {}
+    for k in counts:
+        if measured and free_bytes is not None:
+            last = max(measured)
+            if measured[last][1] / last * k * memory.MEMORY_MARGIN > free_bytes:
+                break
+        runs = make_runs(k)
+        first = runs[0]
+        net = FusedModel([run.model for run in runs]) if k > 1 else first.net
+        batches = list(itertools.islice(iter(first.loader), PROBE_BATCHES + 1))
+        learners = [run.learner() for run in runs]
+        train_together(net, batches[:1], learners, amp=first.amp)
+        memory.peak_bytes(first.amp.device)  # resets the peak
+        if first.amp.device.type == "cuda":
+            torch.cuda.synchronize(first.amp.device)
+        started = time.perf_counter()
+        results = train_together(net, batches[1:], learners, amp=first.amp)
+        seconds = time.perf_counter() - started
+        measured[k] = (k * results[0].images / seconds, memory.peak_bytes(first.amp.device))
+        del runs, net, learners
+    return measured

@@ -1,0 +1,140 @@
+"""``--fuse K``: a worker trains K trials side by side as one fused model.
+
+Each of K threads runs trials as a worker does (``driver.optimize``: Optuna
+asks, the objective trains, reports, prunes and checkpoints, Optuna tells);
+their runs meet in one ``FusedGroup``, which trains one pass of every run
+at a time on the same batches. A trial that ends frees its thread, which asks
+for the next one at once. Nothing else differs from a solo trial: each trial
+has its own parameters, seed, checkpoints and retry, and its ``fused_group``
+attribute names the group it trained in.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+import optuna
+
+from lrtune.config import Config
+from lrtune.progress import ProgressSink
+from lrtune.storage import count_finished
+from lrtune.training.loop import Interrupted
+
+AUTO_COUNTS = (1, 2, 4, 8)  # --fuse auto measures these, in order
+AUTO_GAIN = 1.10  # and stops growing K when the next count is not at least this much faster
+
+
+def resolve_fuse(cfg: Config, objective: Any, study: optuna.Study, say: Callable[[str], None]) -> int:
+    """How many trials this worker trains side by side: ``cfg.fuse`` or auto's pick, at most the trials left,
+    and 1 when the model or the options cannot fuse; said in one line whenever it is not 1."""
+    from lrtune.training.fused import check_fusion, probe_fused
+    from lrtune.training.run import Hyperparams, TrainingRun
+    from lrtune.tuner.space import baseline_params
+
+    if cfg.fuse == 1:
+        return 1
+    params = Hyperparams.from_dict(baseline_params(cfg))
+
+    def runs(k: int) -> list[TrainingRun]:
+        return [TrainingRun(cfg, params, data=objective.data, amp=objective.amp, seed=cfg.seed + i) for i in range(k)]
+
+    flag = "--fuse auto" if cfg.fuse == 0 else f"--fuse {cfg.fuse}"
+    reason = check_fusion(runs(2))
+    if reason is not None:
+        say(f"{flag}: trials run one at a time: {reason}")
+        return 1
+    k, why = cfg.fuse, ""
+    if cfg.fuse == 0:
+        k, why = auto_fuse(probe_fused(runs, AUTO_COUNTS, free_bytes=_free(objective)))
+    left = max(1, cfg.trials - count_finished(study))
+    if k > left:
+        why = f"{why}; " if why else ""
+        why += f"{left} trial{'s' if left > 1 else ''} left to run"
+        k = left
+    say(f"{flag}: {k} trial{'s' if k > 1 else ''} side by side in one fused step" + (f" ({why})" if why else ""))
+    return k
+
+
+def _free(objective: Any) -> int | None:
+    from lrtune.training import memory
+
+    return memory.free_bytes(objective.device)
+
+
+def auto_fuse(measured: dict[int, tuple[float, int | None]]) -> tuple[int, str]:
+    """``--fuse auto``'s pick from the probe's images/s (and what stopped it) at each count: grow K while the
+    next count is at least ``AUTO_GAIN`` times faster."""
+    counts = sorted(measured)
+    pick = counts[0]
+    for k in counts[1:]:
+        if measured[k][0] < AUTO_GAIN * measured[pick][0]:
+            break
+        pick = k
+    shown = ", ".join(f"{measured[k][0]:,.0f} at {k}" for k in counts)
+    stopped = [k for k in AUTO_COUNTS if k not in measured]
+    note = f"; {stopped[0]} would not fit the free memory" if stopped and stopped[0] > counts[-1] else ""
+    return pick, f"images/s: {shown}; each step up must gain {AUTO_GAIN - 1:.0%}{note}"
+
+
+def optimize_fused(
+    study: optuna.Study, objective: Any, cfg: Config, k: int, *, stop: Callable[[], bool],
+    progress: ProgressSink | None, worker: int = 0,
+) -> None:
+    """Run trials in ``k`` threads whose runs train together, until the study holds ``cfg.trials`` finished ones
+    (counting the trials running here), the timeout passes or a stop. A thread's error stops the others at
+    their next batch (their trials are queued to continue, as on Ctrl-C) and is raised here."""
+    from lrtune.training.fused import FusedGroup
+    from lrtune.tuner.driver import optimize
+
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    running = [0]
+    deadline = time.monotonic() + cfg.timeout if cfg.timeout else None
+
+    def halted() -> bool:
+        return stop() or bool(errors)
+
+    group = FusedGroup(name=f"{socket.gethostname()}:{os.getpid()}:{worker}", seed=cfg.seed * 1000 + worker, size=k,
+                       threads=objective.threads, should_stop=halted)
+    objective.group = group
+
+    def ticket() -> bool:
+        """One more trial may start: the finished ones and those running here stay within the budget."""
+        with lock:
+            if halted() or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            if count_finished(study) + running[0] >= cfg.trials:
+                return False
+            running[0] += 1
+            return True
+
+    def work() -> None:
+        with group.thread():
+            while ticket():
+                try:
+                    optimize(study, objective, cfg, stop=halted, progress=progress, n_trials=1)
+                except Interrupted:
+                    return
+                except BaseException as exc:  # the first error stops every thread, and the search reports it
+                    errors.append(exc)
+                    return
+                finally:
+                    with lock:
+                        running[0] -= 1
+
+    threads = [threading.Thread(target=work, name=f"lrtune-fused-{i}", daemon=True) for i in range(k)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        objective.group = None
+    if errors:
+        raise errors[0]
+    if stop():
+        raise Interrupted

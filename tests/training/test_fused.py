@@ -1,0 +1,247 @@
+"""Slots trained side by side in one step: each trains what it would alone, and never another slot."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from lrtune.config import Config
+from lrtune.training.fused import FusedGroup, FusedModel, fusable, train_pass
+from lrtune.training.loop import AmpPolicy, Diverged, train_together
+from lrtune.training.run import Hyperparams, TrainingRun, epoch_seed, load_training_data, seed_everything
+
+CPU = AmpPolicy(torch.device("cpu"))
+SLOTS = [  # different LR, loss, accumulation and schedule in each slot
+    Hyperparams(lr=3e-3, scheduler="cosine", loss="ce", accum=1),
+    Hyperparams(lr=1e-2, scheduler="step", loss="focal", accum=2, step_size=1, step_gamma=0.5),
+    Hyperparams(lr=5e-4, scheduler="plateau", loss="label_smoothing", accum=3, plateau_patience=0),
+]
+SEEDS = [11, 12, 13]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return load_training_data(Config(studies_dir=str(tmp_path_factory.mktemp("s")), image_size=8))
+
+
+def _cfg(augment: str, **changes) -> Config:
+    values = {"augment": augment, "batch_size": 64, "image_size": 8, "epochs": 3, "warmup_epochs": 0.5,
+              "weight_decay": 0.05, **changes}
+    return Config(**values)
+
+
+class Passes:
+    """Runs and their fused model, trained one pass at a time as a ``FusedGroup``'s pass trains its members."""
+
+    def __init__(self, runs, seed):
+        self.runs, self.seed, self.passes = list(runs), seed, 0
+        self.net = FusedModel([run.model for run in self.runs])
+        self.loader = self.runs[0].loader
+
+    def train_pass(self):
+        self.passes += 1
+        return train_pass(self.net, self.runs, seed=epoch_seed(self.seed, self.passes))
+
+    def replace(self, index, run):
+        self.runs[index] = run
+        self.net.set_slots([r.model for r in self.runs])
+
+
+def _runs(cfg, digits, params=SLOTS, seeds=SEEDS):
+    return [TrainingRun(cfg, p, data=digits, amp=CPU, seed=s) for p, s in zip(params, seeds)]
+
+
+def _close(a: dict, b: dict) -> None:
+    for key, value in a.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        else:
+            assert torch.equal(b[key], value), key
+
+
+def _fused_and_solo(cfg, digits, n_batches):
+    """The slots trained fused on the first ``n_batches`` of a pass, and each trained alone on the same ones."""
+    runs = _runs(cfg, digits)
+    seed_everything(epoch_seed(99, 1))
+    runs[0].loader.reseed(epoch_seed(99, 1))
+    batches = list(itertools.islice(iter(runs[0].loader), n_batches))
+    train_together(FusedModel([run.model for run in runs]), batches, [run.learner() for run in runs], amp=CPU)
+    solos = _runs(cfg, digits)
+    for solo in solos:
+        train_together(solo.net, batches, [solo.learner()], amp=CPU)
+    return runs, solos
+
+
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_each_slot_trains_what_it_trains_alone_to_float32_round_off(digits, augment):
+    """Six batches: each slot steps at its own accumulation (6, 3 and 2 steps), LR (with warmup and its own
+    schedule), loss and weight decay, and updates its BatchNorm statistics; SGD's step is linear in the
+    gradient, so the slot's weights match its solo run's to float32 round-off."""
+    runs, solos = _fused_and_solo(_cfg(augment, optimizer="sgd"), digits, 6)
+    for run, solo in zip(runs, solos):
+        _close(solo.model.state_dict(), run.model.state_dict())
+        assert run.optimizer.state_dict()["state"].keys() == solo.optimizer.state_dict()["state"].keys()
+    assert [len(run.optimizer.state_dict()["state"]) > 0 for run in runs] == [True] * 3
+
+
+def test_with_adamw_each_slot_is_within_a_step_of_its_solo_run(digits):
+    """AdamW divides each gradient by its running RMS plus 1e-8: where a gradient is as small as that, its
+    float32 round-off (about 1e-6 of the largest) moves the step by up to the LR. So the weights agree to
+    round-off except where the gradient is that small, and everywhere within a step's size."""
+    cfg = _cfg("cpu")
+    runs, solos = _fused_and_solo(cfg, digits, 1)  # one optimizer step of the slot without accumulation
+    run, solo, lr = runs[0], solos[0], runs[0].schedule.lr(0)
+    diffs = torch.cat([(p - q).abs().flatten() for p, q in zip(run.model.parameters(), solo.model.parameters())])
+    assert diffs.max() <= 2 * lr
+    assert (diffs <= 1e-6).float().mean() > 0.99
+
+
+def _solo_pass(run: TrainingRun, seed: int, batches: list) -> None:
+    run.start_pass(seed)
+    (result,) = train_together(run.net, batches, [run.learner()], amp=CPU)
+    run.record_epoch(run.state.epoch + 1, result, 1.0, run._validate())
+
+
+def test_over_a_pass_the_slots_curves_agree_with_their_solo_runs(digits):
+    """A whole pass through the group (schedules stepped on the slot's own validation value, curves recorded):
+    the same LRs, and validation macro-F1 within 0.02, a few of the 147 images (AdamW's round-off above)."""
+    cfg = _cfg("cpu")
+    group = Passes(_runs(cfg, digits), seed=99)
+    seed_everything(epoch_seed(99, 1))
+    group.loader.reseed(epoch_seed(99, 1))
+    batches = list(group.loader)
+    outcomes = group.train_pass()
+    assert [o.epoch for o in outcomes] == [1, 1, 1]
+    for run, params, seed in zip(group.runs, SLOTS, SEEDS):
+        solo = TrainingRun(cfg, params, data=digits, amp=CPU, seed=seed)
+        _solo_pass(solo, epoch_seed(99, 1), batches)
+        assert run.state.step == solo.state.step and run.state.curves["epoch"] == [1]
+        assert [lr for _, lr in run.state.lr_steps] == pytest.approx([lr for _, lr in solo.state.lr_steps])
+        assert run.state.curves["val_f1"] == pytest.approx(solo.state.curves["val_f1"], abs=0.02)
+
+
+def test_a_slot_at_lr_0_keeps_its_weights_bit_for_bit(digits):
+    group = Passes(_runs(_cfg("cpu"), digits), seed=3)
+    group.runs[1].schedule.lr = lambda step: 0.0  # a schedule cannot start at 0: the slot's LR is held there
+    before = {k: v.clone() for k, v in group.runs[1].model.named_parameters()}
+    others = {k: v.clone() for k, v in group.runs[0].model.named_parameters()}
+    group.train_pass()
+    after = dict(group.runs[1].model.named_parameters())
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weight decay too is scaled by the LR
+    assert any(not torch.equal(others[k], v) for k, v in group.runs[0].model.named_parameters())
+
+
+def test_a_slot_whose_loss_turns_nan_is_diverged_and_the_others_are_untouched(digits):
+    cfg = _cfg("cpu")
+    group = Passes(_runs(cfg, digits), seed=5)
+    reference = Passes(_runs(cfg, digits), seed=5)
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, logits, targets):
+            return torch.nn.functional.cross_entropy(logits, targets) * float("nan")
+
+    group.runs[1].loss_fn = NaNLoss()
+    outcomes = group.train_pass()
+    expected = reference.train_pass()
+    assert isinstance(outcomes[1], Diverged) and "non-finite train loss" in str(outcomes[1])
+    for k in (0, 2):
+        assert outcomes[k].value == expected[k].value
+        assert all(torch.equal(v, reference.runs[k].model.state_dict()[name])
+                   for name, v in group.runs[k].model.state_dict().items())  # weights and BatchNorm statistics
+    assert not all(torch.isfinite(p).all() for p in group.runs[1].model.parameters())
+
+
+def test_a_new_run_takes_a_slot_and_trains_from_its_own_first_epoch(digits):
+    cfg = _cfg("cpu")
+    group = Passes(_runs(cfg, digits), seed=7)
+    group.train_pass()
+    newcomer = TrainingRun(cfg, SLOTS[0], data=digits, amp=CPU, seed=21)
+    group.replace(1, newcomer)
+    outcomes = group.train_pass()
+    assert [o.epoch for o in outcomes] == [2, 1, 2]
+    assert group.net.slots[1] is newcomer.model and newcomer.state.curves["epoch"] == [1]
+
+
+def test_threads_meet_in_a_group_and_one_pass_trains_every_run_that_arrived(digits):
+    """Three threads each train their own run through ``TrainingRun.train_epoch``; one leaves after an epoch.
+    Every epoch is a pass of the group, and the runs train what the same passes train without threads."""
+    import threading
+
+    cfg = _cfg("cpu")
+    group = FusedGroup(name="test", seed=4, size=3)
+    runs = _runs(cfg, digits)
+    reference = Passes(_runs(cfg, digits), seed=4)
+    epochs = [3, 1, 3]
+    errors = []
+
+    def work(run, n):
+        with group.thread(), group.member(run):
+            run.group = group
+            try:
+                for epoch in range(1, n + 1):
+                    run.train_epoch(epoch)
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(run, n)) for run, n in zip(runs, epochs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors and group.passes == 3
+    reference.train_pass()
+    reference.replace(1, reference.runs[2])  # as the group: the second run left after its first epoch
+    reference.runs, reference.net = [reference.runs[0], reference.runs[2]], FusedModel(
+        [reference.runs[0].model, reference.runs[2].model])
+    reference.train_pass()
+    reference.train_pass()
+    for run, expected in zip([runs[0], runs[2]], reference.runs):
+        assert run.state.curves == expected.state.curves
+        _close(expected.model.state_dict(), run.model.state_dict())
+
+
+def test_a_fused_model_gives_each_slot_its_own_logits():
+    torch.manual_seed(0)
+    import timm
+
+    models = [timm.create_model("test_resnet", num_classes=4) for _ in range(3)]
+    fused = FusedModel(models).eval()
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        out = fused(x)
+        assert out.shape == (3, 5, 4)
+        for k, model in enumerate(models):
+            torch.testing.assert_close(out[k], model.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_what_cannot_fuse_says_why(digits):
+    cfg = _cfg("cpu")
+    assert fusable(_runs(cfg, digits)) is None
+    baseline = TrainingRun(cfg, Hyperparams.from_dict({"optimizer": "prodigy"}), data=digits, amp=CPU, seed=1)
+    assert fusable([baseline]) == "the LR-free baseline prodigy runs alone"
+    fp16 = TrainingRun(cfg, SLOTS[0], data=digits, amp=AmpPolicy(torch.device("cpu"), amp_dtype=torch.float16),
+                       seed=1)
+    assert fusable([fp16]) == "fp16's gradient scaler runs alone"
+
+
+def test_auto_grows_k_while_the_next_count_gains_a_tenth():
+    from lrtune.tuner.fusion import auto_fuse
+
+    k, why = auto_fuse({1: (1000.0, 0), 2: (1500.0, 0), 4: (1600.0, 0), 8: (2500.0, 0)})
+    assert k == 2 and why == "images/s: 1,000 at 1, 1,500 at 2, 1,600 at 4, 2,500 at 8; each step up must gain 10%"
+    assert auto_fuse({1: (1000.0, 0), 2: (900.0, 0)})[0] == 1
+    k, why = auto_fuse({1: (100.0, 10), 2: (300.0, 20)})
+    assert k == 2 and why.endswith("4 would not fit the free memory")
+
+
+def test_the_probe_measures_each_count_and_stops_before_one_that_would_not_fit(digits):
+    from lrtune.training.fused import probe_fused
+
+    cfg = _cfg("cpu")
+    measured = probe_fused(lambda k: _runs(cfg, digits, [SLOTS[0]] * k, list(range(k))), [1, 2, 4])
+    assert sorted(measured) == [1, 2, 4] and all(rate > 0 for rate, _ in measured.values())
+    tight = probe_fused(lambda k: _runs(cfg, digits, [SLOTS[0]] * k, list(range(k))), [1, 2], free_bytes=-1)
+    assert sorted(tight) == [1]
