@@ -364,19 +364,21 @@ for _name in [*dir(RDBStorage), *BACKEND_CALLS]:
         setattr(ResilientStorage, _name, _retried(_name))
 
 
-def _engine_kwargs(url: str) -> dict[str, Any]:
+def _engine_kwargs(url: str, trials: int = 1) -> dict[str, Any]:
     if url.startswith("sqlite:"):
         return {"connect_args": {"timeout": 120}}
-    # At most POOL_SIZE connections per process, each checked before use.
-    return {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": 0, "pool_recycle": POOL_RECYCLE}
+    # At most POOL_SIZE connections per trial running at once in this process, each checked before use.
+    return {"pool_pre_ping": True, "pool_size": POOL_SIZE * trials, "max_overflow": 0, "pool_recycle": POOL_RECYCLE}
 
 
-def open_storage(url: str, *, heartbeat: Heartbeat | None = None, retry_for: float = RETRY_FOR) -> RDBStorage:
+def open_storage(url: str, *, heartbeat: Heartbeat | None = None, retry_for: float = RETRY_FOR,
+                 trials: int = 1) -> RDBStorage:
     """Open (creating if needed) the study database at ``url``.
 
     A server database (PostgreSQL, MySQL) is reached through at most
-    ``POOL_SIZE`` connections per process; while it is unreachable every call
-    is retried with backoff for ``retry_for`` seconds, then raises ``StorageError``.
+    ``POOL_SIZE`` connections per process and trial it runs at once (``trials``: ``--fuse``'s group);
+    while it is unreachable every call is retried with backoff for ``retry_for`` seconds, then raises
+    ``StorageError``.
     """
     if url.startswith("sqlite:"):
         _prepare_sqlite(url)
@@ -389,7 +391,7 @@ def open_storage(url: str, *, heartbeat: Heartbeat | None = None, retry_for: flo
         }
 
     def create() -> RDBStorage:
-        return ResilientStorage(url, engine_kwargs=_engine_kwargs(url), **extra)
+        return ResilientStorage(url, engine_kwargs=_engine_kwargs(url, trials), **extra)
 
     try:
         storage = retrying(create, url=url, retry_for=retry_for)

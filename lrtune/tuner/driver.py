@@ -22,6 +22,7 @@ from lrtune.config import Config
 from lrtune.errors import SearchInterrupted, StudyError
 from lrtune.progress import ConsoleProgress, ProgressSink
 from lrtune.tuner import holdout, recovery, samplers
+from lrtune.tuner.fusion import fused_trials
 from lrtune.tuner.interrupt import CatchSignals
 from lrtune.tuner.space import baseline_params
 from lrtune.storage import (
@@ -238,7 +239,8 @@ def run_search(
     url = storage_url(cfg)
     with quiet_optuna():
         samplers.check_names(cfg)
-        storage = open_storage(url, heartbeat=recovery.heartbeat(cfg), retry_for=cfg.storage_retry)
+        storage = open_storage(url, heartbeat=recovery.heartbeat(cfg), retry_for=cfg.storage_retry,
+                               trials=fused_trials(cfg))
         if name in study_names(storage):
             existing = optuna.load_study(study_name=name, storage=storage)
             if given is not None:

@@ -22,10 +22,14 @@ import optuna
 from lrtune.config import Config
 from lrtune.progress import ProgressSink
 from lrtune.storage import count_finished
-from lrtune.training.loop import Interrupted
 
 AUTO_COUNTS = (1, 2, 4, 8)  # --fuse auto measures these, in order
 AUTO_GAIN = 1.10  # and stops growing K when the next count is not at least this much faster
+
+
+def fused_trials(cfg: Config) -> int:
+    """The most trials this process may run at once with ``cfg.fuse``."""
+    return max(AUTO_COUNTS) if cfg.fuse == 0 else cfg.fuse
 
 
 def resolve_fuse(cfg: Config, objective: Any, study: optuna.Study, say: Callable[[str], None]) -> int:
@@ -88,6 +92,7 @@ def optimize_fused(
     (counting the trials running here), the timeout passes or a stop. A thread's error stops the others at
     their next batch (their trials are queued to continue, as on Ctrl-C) and is raised here."""
     from lrtune.training.fused import FusedGroup
+    from lrtune.training.loop import Interrupted
     from lrtune.tuner.driver import optimize
 
     errors: list[BaseException] = []

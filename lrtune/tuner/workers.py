@@ -32,6 +32,7 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
     from lrtune.progress import ConsoleProgress
     from lrtune.tuner import recovery, samplers
     from lrtune.tuner.driver import quiet_optuna, run_trials
+    from lrtune.tuner.fusion import fused_trials
     from lrtune.tuner.trial import Objective, use_threads
     from lrtune.storage import count_finished, open_storage, storage_url, study_dir
     from lrtune.training.loop import Interrupted
@@ -44,7 +45,8 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
             objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=None)
             objective.progress = progress
             use_threads(objective, workers=cfg.workers, say=progress.message)  # the workers share the cores
-            storage = open_storage(storage_url(cfg), heartbeat=recovery.heartbeat(cfg), retry_for=cfg.storage_retry)
+            storage = open_storage(storage_url(cfg), heartbeat=recovery.heartbeat(cfg),
+                                   retry_for=cfg.storage_retry, trials=fused_trials(cfg))
             study = optuna.load_study(study_name=name, storage=storage)
             samplers.attach(study, cfg, worker=index)
             if count_finished(study) < cfg.trials:

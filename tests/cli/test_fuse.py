@@ -94,3 +94,22 @@ def test_a_bad_fuse_is_one_line(tmp_path, value, message):
     done = run_cli("search", "--studies-dir", str(tmp_path), "--fuse", value)
     assert done.returncode == 1 and done.stderr.startswith("lrtune: error: ") and message in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_auto_measures_the_counts_and_says_what_it_picked(tmp_path):
+    done = run_cli("search", "--studies-dir", str(tmp_path), "--fuse", "auto", "--trials", "3", "--epochs", "1",
+                   "--batch-size", "64")
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stderr.splitlines() if line.startswith("--fuse auto: "))
+    assert "images/s: " in line and " at 1, " in line and "each step up must gain 10%" in line, line
+    assert len(finished(load(tmp_path, NAME))) == 3
+
+
+def test_each_of_two_local_workers_trains_its_own_group(tmp_path):
+    done = run_cli("search", "--studies-dir", str(tmp_path), "--workers", "2", "--fuse", "2", "--trials", "6",
+                   "--epochs", "2", "--batch-size", "64")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("--fuse 2: 2 trials side by side in one fused step") == 2
+    study = load(tmp_path, NAME)
+    groups = {t.user_attrs.get("fused_group") for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")}
+    assert len(finished(study)) >= 6 and len(groups) == 2 and None not in groups

@@ -120,7 +120,7 @@ def test_out_of_memory_fails_the_trial_with_its_reason_then_stops_a_doomed_study
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(run_mod, "train_one_epoch", oom)
+    monkeypatch.setattr(run_mod, "train_together", oom)
     for number in range(2):
         trial = optuna.trial.FixedTrial(PARAMS, number=number)
         with pytest.raises(TrialFailed, match="out of memory"):
