@@ -9,7 +9,8 @@ Variants:
 - `auto`: the default, `--threads auto`;
 - `--workers 2`: two local worker processes, threads auto;
 - `--workers 2, one thread each`: `--workers 2 --threads 1`, how local workers ran before `--threads auto`
-  (a core's share each).
+  (a core's share each);
+- `--fuse 4`: four trials side by side in one fused step, threads auto.
 
 Alone rows run `--runs` times, interleaved, and the table gives their median;
 each variant's busy rows are divided by its own alone median. A row that runs
@@ -38,6 +39,7 @@ VARIANTS = {
     "auto": [],
     "--workers 2": ["--workers", "2"],
     "--workers 2, one thread each": ["--workers", "2", "--threads", "1"],
+    "--fuse 4": ["--fuse", "4"],
 }
 
 

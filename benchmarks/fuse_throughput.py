@@ -39,7 +39,7 @@ from lrtune.tuner.space import baseline_params  # noqa: E402
 
 CASES = [("test_resnet", 0), ("test_efficientnet", 64)]
 FUSES = ["test_resnet", "test_efficientnet", "resnet18", "efficientnet_b0", "mobilenetv3_small_100",
-         "convnext_atto", "vit_tiny_patch16_224"]
+         "convnext_atto"]
 
 
 def throughput(model: str, image_size: int, counts: list[int], work: Path, rounds: int) -> dict[int, float]:
@@ -89,7 +89,8 @@ def search(k: int, trials: int, work: Path, extra: list[str]) -> dict:
     states = [t.state.name for t in study.trials]
     return {"fuse": k, "seconds": round(seconds, 1), "exit": proc.returncode, "peak_rss_gib": round(peak[0] / 2**30, 2),
             "best": study.best_value if any(s == "COMPLETE" for s in states) else None,
-            "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "stderr": err[-500:]}
+            "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
+            "epochs": sum(len(t.intermediate_values) for t in study.trials), "stderr": err[-500:]}
 
 
 def main() -> int:
@@ -98,6 +99,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--threads", default="auto", help="--threads of the searches")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fuse-"))
@@ -109,8 +111,8 @@ def main() -> int:
                             for m, s in cases}
     record["fuses"] = {m: fuses(m, work) for m in (FUSES[:1] if args.smoke else FUSES)}
     if args.searches or args.smoke:
-        record["searches"] = [search(k, 3 if args.smoke else args.trials, work,
-                                     ["--epochs", "1"] if args.smoke else []) for k in counts]
+        extra = ["--threads", args.threads] + (["--epochs", "1"] if args.smoke else [])
+        record["searches"] = [search(k, 3 if args.smoke else args.trials, work, extra) for k in counts]
     print("| model | " + " | ".join(f"K={k}" for k in counts) + " |")
     print("|---|" + "---|" * len(counts))
     for case, rates in record["throughput"].items():
@@ -119,7 +121,7 @@ def main() -> int:
         print(f"{model}: {verdict}")
     for row in record.get("searches", []):
         print(f"--fuse {row['fuse']}: {row['seconds']} s, peak RSS {row['peak_rss_gib']} GiB, best {row['best']}, "
-              f"{row['complete']} complete / {row['pruned']} pruned")
+              f"{row['complete']} complete / {row['pruned']} pruned, {row['epochs']} epochs")
     out = args.out or work / "fuse_throughput.json"
     out.write_text(json.dumps(record, indent=1))
     print(f"written to {out}", file=sys.stderr)

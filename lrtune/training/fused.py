@@ -108,9 +108,11 @@ def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threa
     if len(first.data.val_idx) and healthy:
         evaluations = evaluate_together(net if len(runs) > 1 else first.net, first.val_batches(),
                                         n_classes=first.data.n_classes, amp=first.amp, slots=len(runs), only=healthy)
-    for k in healthy:
+    for k in healthy:  # each run's time is its share of the pass: what it would have taken of the machine alone
         run = runs[k]
-        outcomes[k] = run.record_epoch(run.state.epoch + 1, results[k], seconds, evaluations[k])
+        outcomes[k] = run.record_epoch(run.state.epoch + 1, results[k], seconds / len(runs), evaluations[k])
+    for run in runs:
+        run.sharing = len(runs)
     return outcomes  # type: ignore[return-value]
 
 
@@ -120,14 +122,13 @@ class FusedGroup:
     Each of ``size`` threads runs within ``thread()`` for as long as it may bring runs,
     registers its run with ``member(run)``, and its ``TrainingRun.train_epoch``
     calls ``train_epoch(run, epoch)``, which returns once a pass has trained
-    that epoch. A pass starts when every registered run has arrived and every
-    thread has a run (or a thread between trials has kept the others waiting
-    ``GRACE_S``): the last to arrive trains it for all, so a run that ends
-    frees its slot for the next trial at once, and no run waits for another's
-    last epochs.
+    that epoch. ``serve``, on one more thread, trains a pass when every
+    registered run has arrived and every thread has a run (or a thread between
+    trials has kept the others waiting ``GRACE_S``): a run that ends frees its
+    slot for the next trial at once, and no run waits for another's last epochs.
     """
 
-    GRACE_S = 2.0
+    GRACE_S = 0.5
 
     def __init__(self, *, name: str, seed: int, size: int, threads: ThreadGuard | None = None,
                  should_stop: Callable[[], bool] | None = None) -> None:
@@ -167,20 +168,32 @@ class FusedGroup:
                 self.cond.notify_all()
 
     def train_epoch(self, run: TrainingRun, epoch: int) -> EpochOutcome:
+        """Wait for a pass that trains ``run``'s next epoch (``serve`` trains it), and return its outcome."""
         with self.cond:
             if run.state.epoch + 1 != epoch:
                 raise ValueError(f"a fused run trains its next epoch ({run.state.epoch + 1}), not {epoch}")
             self.arrived.add(id(run))
             self.cond.notify_all()
             while id(run) not in self.results:
-                if self._ready():
-                    self._pass()
-                else:
-                    self.cond.wait(timeout=0.05)
+                self.cond.wait()
             outcome = self.results.pop(id(run))
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    def serve(self) -> None:
+        """Train every pass on this thread until all ``size`` threads have ended.
+
+        One thread trains them all: torch's OpenMP threads belong to the thread
+        that calls them, and passes on several threads would keep several teams
+        of them spinning on the same cores.
+        """
+        with self.cond:
+            while self.live > 0:
+                if self.members and self._ready():
+                    self._pass()
+                else:
+                    self.cond.wait(timeout=0.05)
 
     def _ready(self) -> bool:
         everyone = all(id(run) in self.arrived for run in self.members)

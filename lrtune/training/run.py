@@ -240,6 +240,7 @@ class TrainingRun:
         self.cfg, self.params, self.data, self.amp, self.seed = cfg, params, data, amp, seed
         self.should_stop, self.threads = should_stop, threads
         self.group: Any = None  # a ``fused.FusedGroup`` this run trains in, one pass with the others per epoch
+        self.sharing = 1  # the runs its last epoch's pass trained: its share of that time is 1 / sharing
         seed_everything(seed)
         self.model = create_model(cfg.model, num_classes=data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
         memory_format = torch.channels_last if amp.channels_last else torch.preserve_format

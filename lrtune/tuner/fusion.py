@@ -135,6 +135,7 @@ def optimize_fused(
     try:
         for thread in threads:
             thread.start()
+        group.serve()  # the passes train on this thread, as a solo search's epochs do
         for thread in threads:
             thread.join()
     finally:

@@ -244,7 +244,7 @@ class Objective:
         """
         started = time.perf_counter()
         outcome = run.train_epoch(epoch)
-        files.since_checkpoint += time.perf_counter() - started
+        files.since_checkpoint += (time.perf_counter() - started) / run.sharing  # a fused run's share of the pass
         if not outcome.improved and files.best_weights is not None and not run.state.best_saved:
             # last.pt is about to move past the best epoch: persist its weights first.
             # The writer keeps order, so best.pt is on disk before that last.pt.

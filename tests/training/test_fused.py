@@ -189,6 +189,7 @@ def test_threads_meet_in_a_group_and_one_pass_trains_every_run_that_arrived(digi
     threads = [threading.Thread(target=work, args=(run, n)) for run, n in zip(runs, epochs)]
     for thread in threads:
         thread.start()
+    group.serve()  # returns once every thread has ended
     for thread in threads:
         thread.join(timeout=600)
     assert not errors and group.passes == 3
