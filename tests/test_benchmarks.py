@@ -155,16 +155,14 @@ def test_the_confirmation_benchmark_runs_its_studies_and_summarizes_them_on_the_
     assert record["summary"]["confirm_epochs_per_search_epoch"] == row["confirm_epochs"] / row["search_epochs"]
 
 
-def test_the_busy_machine_benchmark_times_each_variant_alone_and_beside_a_busy_process(tmp_path):
+def test_the_busy_machine_benchmark_times_a_search_alone_and_beside_a_busy_process(tmp_path):
     out = tmp_path / "busy.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "busy_machine.py"), "--smoke", "--work",
                              str(tmp_path), "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("| variant | busy processes | wall time | × its alone time | runs |")
     record = json.loads(out.read_text())
-    assert {(row["variant"], row["busy"]) for row in record["rows"]} == {
-        (variant, busy) for variant in ("one thread per core", "auto", "--workers 2", "--workers 2, one thread each",
-                                        "--fuse 4") for busy in (0, 1)}
+    assert [(row["variant"], row["busy"]) for row in record["rows"]] == [("auto", 0), ("auto", 1)]
     assert all(row["exit"] == 0 for row in record["rows"])
     auto = next(row for row in record["rows"] if row["variant"] == "auto" and row["busy"] == 1)
     assert any(line.startswith("threads: ") for line in auto["threads"])  # what auto chose, as it said it
