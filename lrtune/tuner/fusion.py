@@ -59,7 +59,8 @@ def resolve_fuse(cfg: Config, objective: Any, study: optuna.Study, say: Callable
         why = f"{why}; " if why else ""
         why += f"{left} trial{'s' if left > 1 else ''} left to run"
         k = left
-    say(f"{flag}: {k} trial{'s' if k > 1 else ''} side by side in one fused step" + (f" ({why})" if why else ""))
+    what = f"{k} trials side by side in one fused step" if k > 1 else "1, trials run one at a time"
+    say(f"{flag}: {what}" + (f" ({why})" if why else ""))
     return k
 
 
