@@ -106,9 +106,9 @@ def _solo_pass(run: TrainingRun, seed: int, batches: list) -> None:
 
 
 def test_over_a_pass_the_slots_curves_agree_with_their_solo_runs(digits):
-    """A whole pass through the group (schedules stepped on the slot's own validation value, curves recorded):
-    the same LRs, and validation macro-F1 within 0.02, a few of the 147 images (AdamW's round-off above)."""
-    cfg = _cfg("cpu")
+    """A whole pass through the group (schedules stepped on the slot's own validation value, curves recorded),
+    with SGD: the same LRs, and validation values within 0.01 (round-off may flip a prediction at a tie)."""
+    cfg = _cfg("cpu", optimizer="sgd")
     group = Passes(_runs(cfg, digits), seed=99)
     seed_everything(epoch_seed(99, 1))
     group.loader.reseed(epoch_seed(99, 1))
@@ -120,7 +120,8 @@ def test_over_a_pass_the_slots_curves_agree_with_their_solo_runs(digits):
         _solo_pass(solo, epoch_seed(99, 1), batches)
         assert run.state.step == solo.state.step and run.state.curves["epoch"] == [1]
         assert [lr for _, lr in run.state.lr_steps] == pytest.approx([lr for _, lr in solo.state.lr_steps])
-        assert run.state.curves["val_f1"] == pytest.approx(solo.state.curves["val_f1"], abs=0.02)
+        assert run.state.curves["val_f1"] == pytest.approx(solo.state.curves["val_f1"], abs=0.01)
+        assert run.state.curves["val_loss"] == pytest.approx(solo.state.curves["val_loss"], rel=1e-3)
 
 
 def test_a_slot_at_lr_0_keeps_its_weights_bit_for_bit(digits):
