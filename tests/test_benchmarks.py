@@ -178,3 +178,13 @@ def test_the_fuse_benchmark_measures_each_count_and_runs_its_searches(tmp_path):
     assert record["fuses"] == {"test_resnet": "fuses"}
     assert [row["fuse"] for row in record["searches"]] == [1, 2] and all(row["exit"] == 0 for row in record["searches"])
     assert all(row["complete"] + row["pruned"] == 3 for row in record["searches"])
+
+
+def test_the_fuse_quality_benchmark_pairs_each_seed_with_and_without_fusing(tmp_path):
+    out = tmp_path / "quality.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuse_quality.py"), "--smoke", "--fuse", "2",
+                             "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads(out.read_text())
+    assert [(row["seed"], row["fuse"]) for row in record["rows"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert record["summary"]["pairs"] == 2 and 0 <= record["summary"]["fused_higher"] <= 2
