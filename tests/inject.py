@@ -3,18 +3,31 @@
     python tests/inject.py nan-above-lr=0.05 search ...   # every trial with lr > 0.05 gets a NaN loss
     python tests/inject.py oom-trial=2 search ...          # trial 2 meets a CUDA out-of-memory error
     python tests/inject.py die-after-upload=1 search ...   # SIGKILL once trial 1 has uploaded a checkpoint
+    python tests/inject.py die-after-checkpoint=0 search ... # SIGKILL once trial 0's last.pt is on disk
+    python tests/inject.py enospc-checkpoint=2 search ...    # the disk is full from the 2nd checkpoint write on
+    python tests/inject.py enospc-storage=5 search ...       # the database's disk is full from its 5th write on
+    python tests/inject.py heartbeat-enospc=1 search ...     # the heartbeat thread's writes meet a full disk
+    python tests/inject.py memory-error-trial=1 search ...   # trial 1's first step raises MemoryError
+    python tests/inject.py vanish-db-after-trial=0 search ... # the database file is deleted as trial 0 ends
 """
 
+import errno
 import os
 import signal
+import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from sqlalchemy import exc as sa_exc  # noqa: E402
+
+from lrtune.storage import backend as backend_mod  # noqa: E402
 from lrtune.tuner import artifacts as artifacts_mod  # noqa: E402
+from lrtune.training import checkpoints as checkpoints_mod  # noqa: E402
 from lrtune.tuner import trial as trial_mod  # noqa: E402
 from lrtune.training import run as run_mod  # noqa: E402
 from lrtune.cli import main  # noqa: E402
@@ -56,6 +69,73 @@ elif fault == "die-after-upload":
             os.kill(os.getpid(), signal.SIGKILL)
 
     artifacts_mod.RemoteCheckpoints.upload_last = upload_last
+elif fault == "die-after-checkpoint":
+    real_keep = trial_mod.TrialFiles.keep
+
+    def keep(self, run, *, due, **kwargs):
+        real_keep(self, run, due=due, **kwargs)
+        if due and self.folder.name == value:
+            self.writer.wait()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trial_mod.TrialFiles.keep = keep
+elif fault == "enospc-checkpoint":
+    real_torch_save = torch.save
+    saves = [0]
+
+    def save(state, path, *args, **kwargs):
+        saves[0] += 1
+        if saves[0] >= int(value):
+            Path(path).write_bytes(b"partial")  # what a write cut short by a full disk leaves
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_torch_save(state, path, *args, **kwargs)
+
+    checkpoints_mod.torch.save = save
+elif fault in ("enospc-storage", "heartbeat-enospc"):
+    real_autocommitted = backend_mod._Statements._autocommitted
+    writes = [0]
+
+    def full(conn):
+        raise sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    def autocommitted(self, run):
+        on_heartbeat = "heartbeat" in threading.current_thread().name
+        if fault == "heartbeat-enospc" and on_heartbeat:
+            return real_autocommitted(self, full)
+        if fault == "enospc-storage" and not on_heartbeat:
+            writes[0] += 1
+            if writes[0] >= int(value):
+                return real_autocommitted(self, full)
+        return real_autocommitted(self, run)
+
+    backend_mod._Statements._autocommitted = autocommitted
+elif fault == "memory-error-trial":
+    real_run = trial_mod.Objective._run
+    real_train_epoch = run_mod.TrainingRun.train_epoch
+    current = {}
+
+    def run(self, trial, *args, **kwargs):
+        current["trial"] = trial.number
+        return real_run(self, trial, *args, **kwargs)
+
+    def train_epoch(self, epoch):
+        if current.get("trial") == int(value):
+            raise MemoryError()
+        return real_train_epoch(self, epoch)
+
+    trial_mod.Objective._run = run
+    run_mod.TrainingRun.train_epoch = train_epoch
+elif fault == "vanish-db-after-trial":
+    real_call = trial_mod.Objective.__call__
+
+    def call(self, trial):
+        result = real_call(self, trial)
+        if trial.number == int(value):
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.cfg.studies_dir}/lrtune.db{suffix}").unlink(missing_ok=True)
+        return result
+
+    trial_mod.Objective.__call__ = call
 else:
     raise SystemExit(f"unknown fault {fault!r}")
 

@@ -188,3 +188,13 @@ def test_the_fuse_quality_benchmark_pairs_each_seed_with_and_without_fusing(tmp_
     record = json.loads(out.read_text())
     assert [(row["seed"], row["fuse"]) for row in record["rows"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert record["summary"]["pairs"] == 2 and 0 <= record["summary"]["fused_higher"] <= 2
+
+
+def test_the_checkpoint_size_benchmark_writes_a_trials_files_and_its_estimate_holds(tmp_path):
+    out = tmp_path / "sizes.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "checkpoint_size.py"), "--smoke", "--out",
+                             str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "test_resnet" and row["best_pt"] < row["last_pt"]
+    assert 0.9 < row["estimated_last_pt"] / row["last_pt"] < 1.1  # what the warning before a search counts on

@@ -10,12 +10,13 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import traceback
 from typing import Sequence
 
 from lrtune.cli import confirm, deploy, lr_find, read, search
 from lrtune.cli.options import common_parser, verbosity
-from lrtune.errors import LRTuneError, first_line
+from lrtune.errors import LRTuneError, first_line, is_no_space
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -41,9 +42,12 @@ def abort(text: str, code: int = EXIT_ERROR) -> int:
     return code
 
 
-def _configure_process(level: int) -> None:
-    """The command line owns its process: no update checks, and library logs only when asked for."""
+def _configure_process(level: int, debug: bool = False) -> None:
+    """The command line owns its process: no update checks, library logs only when asked for, and a thread's
+    error as one line (its traceback with ``--debug``)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for updates on import otherwise
+    if not debug:
+        threading.excepthook = _thread_error
     if level >= 3:
         import optuna
 
@@ -55,6 +59,14 @@ def _configure_process(level: int) -> None:
         logging.getLogger("timm").setLevel(logging.ERROR)
 
 
+def _thread_error(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    print(f"lrtune: error in {name}: {type(args.exc_value).__name__}: {first_line(args.exc_value)} "
+          "(run with --debug for the traceback)", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -62,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    _configure_process(verbosity(args))
+    _configure_process(verbosity(args), bool(getattr(args, "debug", False)))
     try:
         return args.handler(args, argv)
     except LRTuneError as exc:
@@ -76,4 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
             return EXIT_ERROR
+        if is_no_space(exc):
+            return abort(f"no space left on a disk: {first_line(exc)}")
         return abort(f"unexpected {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)")

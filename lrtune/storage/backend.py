@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,42 +19,16 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
-from lrtune.errors import StorageError, first_line
-from lrtune.storage import statements
+from lrtune.errors import LRTuneError, StorageError, first_line, is_no_space, no_space
+from lrtune.storage import sqlite, statements
+from lrtune.storage.sqlite import sqlite_path
 
 
 def mask_url(url: str) -> str:
     """The URL with any password replaced by ``***``, fit for logs and reports."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
-def sqlite_path(url: str) -> str | None:
-    """The file behind a ``sqlite:///`` URL; None for memory databases and other storages."""
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url.removeprefix("sqlite:///")
-    return None if not path or path == ":memory:" or path.startswith("file:") else path
-
-
-def _prepare_sqlite(url: str) -> None:
-    """Create the file's folder and switch the database to WAL.
-
-    WAL lets readers (``lrtune report``) work while a search writes, and lets
-    several local workers share one file without "database is locked".
-    """
-    path = sqlite_path(url)
-    if path is None:
-        return
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path, timeout=60) as conn:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-    except (sqlite3.Error, OSError) as exc:
-        raise StorageError(f"cannot open storage {url}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -88,11 +61,13 @@ def _connection_lost(exc: BaseException) -> bool:
     return False
 
 
-def retrying(call: Callable[[], Any], *, url: str, retry_for: float, sleep: Callable[[float], None] = time.sleep) -> Any:
-    """``call()``, tried again with backoff while the database is unreachable, for up to ``retry_for`` s.
+def retrying(call: Callable[[], Any], *, url: str, retry_for: float, sleep: Callable[[float], None] = time.sleep,
+             say: Callable[[str], None] | None = None) -> Any:
+    """``call()``, tried again with backoff while the database is unreachable or locked, for up to ``retry_for`` s.
 
-    Then a one-line ``StorageError`` (password masked). Errors that are not a
-    lost connection go through at once.
+    Then a one-line ``StorageError`` (password masked). ``say`` hears one line
+    when the wait begins. A full disk is not a blip: it raises ``NoSpaceError``
+    at once. Other errors that are not a lost connection go through at once.
     """
     deadline = time.monotonic() + retry_for
     delay = BACKOFF_FIRST
@@ -100,11 +75,18 @@ def retrying(call: Callable[[], Any], *, url: str, retry_for: float, sleep: Call
         try:
             return call()
         except Exception as exc:
+            if is_no_space(exc):
+                path = sqlite_path(url)
+                raise no_space(Path(path).parent if path else mask_url(url), what="the study database",
+                               fix="free space there, or pick another --storage or --studies-dir") from exc
             if not _connection_lost(exc):
                 raise
+            cause = scrub(first_line(_root(exc)), url)
             if time.monotonic() + delay > deadline:
-                cause = scrub(first_line(_root(exc)), url)
-                raise StorageError(f"storage {mask_url(url)} unreachable for {retry_for:g} s: {cause}") from None
+                what = "locked by another process" if "locked" in cause else "unreachable"
+                raise StorageError(f"storage {mask_url(url)} {what} for {retry_for:g} s: {cause}") from None
+            if say is not None and delay == BACKOFF_FIRST:
+                say(f"storage {mask_url(url)}: {cause}; waiting for it, for up to {retry_for:g} s (--storage-retry)")
             sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
@@ -125,6 +107,7 @@ class _Statements(RDBStorage):
     """What ``ResilientStorage`` runs its calls on: one statement on its own, or Optuna's call; each retried."""
 
     retry_for: float = RETRY_FOR
+    say: Callable[[str], None] | None = None  # hears one line when a wait for the database begins
 
     def _upsert_unfinished(self, model: Any, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> bool:
         """Insert ``rows`` of ``model`` or update them on ``keys``, if their trial is unfinished, in one statement.
@@ -153,7 +136,7 @@ class _Statements(RDBStorage):
             with self.engine.connect() as conn:
                 return run(conn.execution_options(isolation_level="AUTOCOMMIT", preserve_rowcount=True))
 
-        return retrying(connected, url=self.url, retry_for=self.retry_for)
+        return retrying(connected, url=self.url, retry_for=self.retry_for, say=self.say)
 
     def _check_param(self, trial_id: int, name: str, distribution: Any, previous: Any) -> Any:
         """Parameter ``name``'s distribution in the study (``previous``, or read with the trial's state in one
@@ -178,7 +161,7 @@ class _Statements(RDBStorage):
     def _optuna(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Optuna's own ``name``, retried."""
         method = getattr(super(), name)
-        return retrying(lambda: method(*args, **kwargs), url=self.url, retry_for=self.retry_for)
+        return retrying(lambda: method(*args, **kwargs), url=self.url, retry_for=self.retry_for, say=self.say)
 
 
 class ResilientStorage(_Statements):
@@ -194,6 +177,7 @@ class ResilientStorage(_Statements):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._held: dict[int, list[tuple[dict[str, Any], Any]]] = {}  # by trial: parameters ``params_together`` holds
+        self.heartbeat_fault: BaseException | None = None  # what stopped the heartbeat thread's writes
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Set several user attributes of an unfinished trial at once."""
@@ -272,10 +256,21 @@ class ResilientStorage(_Statements):
         return self._optuna("set_trial_state_values", trial_id, state, values)  # False, or Optuna's error
 
     def record_heartbeat(self, trial_id: int) -> None:
+        """As Optuna's, in one statement; a fault (a full disk, a storage gone) is kept for the trial's own thread
+        to raise (``raise_heartbeat_fault``), never a traceback from Optuna's heartbeat thread."""
         insert = statements.INSERTS.get(self.engine.dialect.name)
-        if insert is None:
-            return self._optuna("record_heartbeat", trial_id)
-        self._execute(statements.heartbeat(insert), {"trial": trial_id})
+        try:
+            if self.heartbeat_fault is None:
+                self._execute(statements.heartbeat(insert), {"trial": trial_id}) if insert else self._optuna(
+                    "record_heartbeat", trial_id)
+        except Exception as exc:
+            self.heartbeat_fault = exc
+
+    def raise_heartbeat_fault(self) -> None:
+        """Raise, on the caller's thread, the fault that stopped the heartbeats, if any."""
+        fault = self.heartbeat_fault
+        if fault is not None:
+            raise fault
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         """As Optuna's, in one query."""
@@ -366,22 +361,22 @@ for _name in [*dir(RDBStorage), *BACKEND_CALLS]:
 
 def _engine_kwargs(url: str, trials: int = 1) -> dict[str, Any]:
     if url.startswith("sqlite:"):
-        return {"connect_args": {"timeout": 120}}
+        return sqlite.engine_kwargs()
     # At most POOL_SIZE connections per trial running at once in this process, each checked before use.
     return {"pool_pre_ping": True, "pool_size": POOL_SIZE * trials, "max_overflow": 0, "pool_recycle": POOL_RECYCLE}
 
 
 def open_storage(url: str, *, heartbeat: Heartbeat | None = None, retry_for: float = RETRY_FOR,
-                 trials: int = 1) -> RDBStorage:
+                 trials: int = 1, say: Callable[[str], None] | None = None) -> RDBStorage:
     """Open (creating if needed) the study database at ``url``.
 
     A server database (PostgreSQL, MySQL) is reached through at most
     ``POOL_SIZE`` connections per process and trial it runs at once (``trials``: ``--fuse``'s group);
-    while it is unreachable every call is retried with backoff for ``retry_for`` seconds, then raises
-    ``StorageError``.
+    while it is unreachable (or locked) every call is retried with backoff for ``retry_for`` seconds, then
+    raises ``StorageError``; ``say`` hears one line when such a wait begins.
     """
     if url.startswith("sqlite:"):
-        _prepare_sqlite(url)
+        sqlite.prepare(url)
     extra: dict[str, Any] = {}
     if heartbeat is not None:
         extra = {
@@ -394,21 +389,15 @@ def open_storage(url: str, *, heartbeat: Heartbeat | None = None, retry_for: flo
         return ResilientStorage(url, engine_kwargs=_engine_kwargs(url, trials), **extra)
 
     try:
-        storage = retrying(create, url=url, retry_for=retry_for)
-    except StorageError:
+        storage = retrying(create, url=url, retry_for=retry_for, say=say)
+    except LRTuneError:
         raise
     except Exception as exc:  # SQLAlchemy and drivers raise many types for a bad URL
         raise StorageError(f"cannot open storage {mask_url(url)}: {scrub(first_line(exc), url)}") from None
-    storage.retry_for = retry_for
+    storage.retry_for, storage.say = retry_for, say
     if url.startswith("sqlite:"):
-        # WAL with synchronous=NORMAL: a commit survives any crash of the process,
-        # and costs half as much as with a sync of the file on every commit.
-        event.listen(storage.engine, "connect", _sqlite_normal_sync)
+        sqlite.guard(storage.engine, url)
         storage.engine.dispose()
     return storage
-
-
-def _sqlite_normal_sync(connection: Any, record: Any) -> None:
-    connection.execute("PRAGMA synchronous=NORMAL")
 
 

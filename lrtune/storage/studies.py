@@ -15,7 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrtune.config import DIGITS_SETS, Config
 from lrtune.errors import StorageError
-from lrtune.storage.backend import mask_url, open_storage, resilient, sqlite_path
+from lrtune.storage.backend import mask_url, open_storage, resilient
+from lrtune.storage.sqlite import sqlite_path
 
 DB_NAME = "lrtune.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

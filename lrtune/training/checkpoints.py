@@ -3,13 +3,17 @@
 ``last.pt`` is the end-of-epoch state a retried trial continues from;
 ``best.pt`` holds the weights of the trial's best epoch. Both are written to a
 temporary name and renamed, so a crash never leaves half a file, and both load
-with ``torch.load(weights_only=True)``.
+with ``torch.load(weights_only=True)``. A write that fails removes its
+temporary file; ``sweep`` removes those of processes that died mid-write, and
+``set_aside`` moves a checkpoint that cannot be read out of the way.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
+import socket
 import shutil
 import sys
 import threading
@@ -18,7 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 import torch
+
+from lrtune.errors import LRTuneError, first_line, is_no_space, no_space
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -29,11 +36,42 @@ def trial_dir(study_dir: Path, number: int) -> Path:
     return study_dir / "trials" / str(number)
 
 
+UNREADABLE = "unreadable"  # under the study's folder: checkpoints that could not be read, set aside
+TEMPORARY = re.compile(r"^\.(.+)\.(\d+)(?:@(.+))?\.tmp$")  # what ``save`` writes before the rename: pid@host
+
+
+class UnreadableCheckpoint(LRTuneError):
+    """A checkpoint cannot be read back: torn, truncated, or not a checkpoint of this model."""
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write ``state`` to ``path`` through a temporary file, removed if the write fails.
+
+    A full disk raises ``NoSpaceError``, naming the folder and the checkpoint's size.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}@{socket.gethostname()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and is_no_space(exc):
+            raise no_space(path.parent, what=f"its {path.name}", need=state_bytes(state),
+                           fix="free space there, or point --studies-dir at a larger disk (--keep best keeps fewer "
+                               "weights)") from exc
+        raise
+
+
+def state_bytes(tree: Any) -> int:
+    """The bytes of every tensor in nested dicts and lists: about what ``save`` writes."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(state_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(state_bytes(v) for v in tree)
+    return 0
 
 
 @functools.cache
@@ -151,6 +189,53 @@ def _lower_priority() -> None:
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_checked(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """``load``, where a file that cannot be read (torn, truncated, not a checkpoint) raises ``UnreadableCheckpoint``."""
+    try:
+        state = load(path, device)
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:
+        raise UnreadableCheckpoint(f"{path}: {first_line(exc)}") from exc
+    if not isinstance(state, dict):
+        raise UnreadableCheckpoint(f"{path}: holds a {type(state).__name__}, not a checkpoint")
+    return state
+
+
+def set_aside(study_dir: Path, path: Path, number: int) -> Path:
+    """Move the checkpoint ``path`` of trial ``number`` to the study's ``unreadable/`` folder (never deleted)."""
+    folder = study_dir / UNREADABLE
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = folder / f"trial-{number}-{stamp}-{path.name}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"trial-{number}-{stamp}-{n}-{path.name}"
+    os.replace(path, target)
+    return target
+
+
+def sweep(study_dir: Path) -> list[Path]:
+    """Remove the temporary files that processes of this host which no longer run left in the trials' folders."""
+    removed, host = [], socket.gethostname()
+    for tmp in (study_dir / "trials").glob("*/.*.tmp"):
+        match = TEMPORARY.match(tmp.name)
+        if match and match.group(3) in (None, host) and not _alive(int(match.group(2))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def adopt(study_dir: Path, old: int, new: int) -> bool:

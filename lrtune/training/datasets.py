@@ -7,6 +7,7 @@ memory-mapped from ``cache_dir``.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import math
@@ -24,7 +25,7 @@ from PIL import Image, ImageOps
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from lrtune.config import DIGITS_SETS
-from lrtune.errors import ConfigError, DataError
+from lrtune.errors import ConfigError, DataError, is_no_space, no_space
 from lrtune.progress import ProgressSink
 from lrtune.training.builtin_sets import load_digit_set
 
@@ -368,7 +369,8 @@ def _write_cache(
     tmp_meta = meta_file.with_name(f"{meta_file.name}.{tag}")
     shape = (len(listing.files), image_size, image_size, 3)
     try:
-        images = np.memmap(tmp_array, np.uint8, "w+", shape=shape)
+        _reserve(tmp_array, math.prod(shape))
+        images = np.memmap(tmp_array, np.uint8, "r+", shape=shape)
         ok = _decode_into(images, listing, skip_bad_images, progress)
         imageset = _assemble(listing, images, ok)
         meta = {
@@ -390,6 +392,24 @@ def _write_cache(
     finally:
         tmp_array.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Create ``path`` with ``size`` bytes allocated on disk, so that writing through a memory map never meets a
+    full disk (a process writing to a mapped page the disk has no room for is killed by SIGBUS)."""
+    with open(path, "wb") as file:
+        try:
+            if hasattr(os, "posix_fallocate") and size:
+                os.posix_fallocate(file.fileno(), 0, size)
+            else:
+                file.truncate(size)
+        except OSError as exc:
+            if is_no_space(exc):
+                raise no_space(path.parent, what="the image cache", need=size,
+                               fix="free space there, point --studies-dir at a larger disk, or use --cache memory") from None
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            file.truncate(size)  # a file system without fallocate: a sparse file, as before
 
 
 def _open_cached(array_file: Path, meta_file: Path) -> ImageSet | None:

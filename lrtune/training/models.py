@@ -77,9 +77,11 @@ def _not_fetched(name: str, cfg: timm.models.PretrainedCfg, exc: BaseException) 
     )
 
 
-def check_model(name: str, *, num_classes: int, pretrained: bool, weights: str) -> None:
-    """Fail fast (before any trial runs) on a bad model name or weights that cannot be had."""
-    create_model(name, num_classes=num_classes, pretrained=pretrained, weights=weights)
+def check_model(name: str, *, num_classes: int, pretrained: bool, weights: str) -> int:
+    """Fail fast (before any trial runs) on a bad model name or weights that cannot be had; returns the bytes of
+    the model's weights and buffers."""
+    model = create_model(name, num_classes=num_classes, pretrained=pretrained, weights=weights)
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 COMPILE_BACKEND: str | None = None  # None: inductor; the tests stand a backend without code generation in on the CPU

@@ -21,7 +21,7 @@ from lrtune import config as config_mod
 from lrtune.config import Config
 from lrtune.errors import SearchInterrupted, StudyError
 from lrtune.progress import ConsoleProgress, ProgressSink
-from lrtune.tuner import holdout, recovery, samplers
+from lrtune.tuner import faults, holdout, recovery, samplers
 from lrtune.tuner.fusion import fused_trials
 from lrtune.tuner.interrupt import CatchSignals
 from lrtune.tuner.space import baseline_params
@@ -169,18 +169,26 @@ def optimize(
             study.stop()
 
     pop_waiting_by_id(study)
-    study.optimize(
-        objective,
-        n_trials=n_trials,
-        timeout=cfg.timeout or None,
-        catch=(TrialFailed,),
-        callbacks=[
-            report_trial(progress),
-            keep_weights(cfg, study_dir(cfg.studies_dir, study.study_name)),
-            stop_at(cfg.trials),
-            stop_when_asked,
-        ],
-    )
+    try:
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=cfg.timeout or None,
+            catch=(TrialFailed,),
+            callbacks=[
+                report_trial(progress),
+                keep_weights(cfg, study_dir(cfg.studies_dir, study.study_name)),
+                stop_at(cfg.trials),
+                stop_when_asked,
+            ],
+        )
+    except Exception as exc:
+        # A fault of the machine (a full disk, a storage gone) also breaks Optuna's own bookkeeping of the trial
+        # after it: the fault is what to report.
+        fault = getattr(objective, "fault", None) or faults.fatal_cause(exc)
+        if fault is not None and fault is not exc:
+            raise fault from None
+        raise
 
 
 def run_trials(study: optuna.Study, objective: Any, cfg: Config, *, stop: Callable[[], bool],
@@ -240,7 +248,7 @@ def run_search(
     with quiet_optuna():
         samplers.check_names(cfg)
         storage = open_storage(url, heartbeat=recovery.heartbeat(cfg), retry_for=cfg.storage_retry,
-                               trials=fused_trials(cfg))
+                               trials=fused_trials(cfg), say=say)
         if name in study_names(storage):
             existing = optuna.load_study(study_name=name, storage=storage)
             if given is not None:
@@ -287,6 +295,8 @@ def _search(
     recovered = recovery.recover_orphans(study)
     if recovered:
         say(f"re-queued trial(s) {', '.join(map(str, recovered))} left running by a dead process")
+    checkpoints.sweep(objective.study_dir)
+    faults.check_free_space(cfg, Path(cfg.studies_dir), objective.model_bytes, say)
     done = count_finished(study)
     if done >= cfg.trials:
         say(f"study {name!r} already has {done} finished trials (--trials {cfg.trials}); nothing to run")

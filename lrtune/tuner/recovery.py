@@ -11,12 +11,17 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from lrtune.config import Config
-from lrtune.tuner.trial import retry_attrs
+from lrtune.tuner import faults
 from lrtune.storage import Heartbeat
 
+
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue a failed trial again with the same parameters; the retry continues its checkpoint."""
-    study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial, trial.user_attrs.get("seed")))
+    """Queue a trial whose process died again with the same parameters (the retry continues its checkpoint),
+    unless a retry of it is queued already; a death counts as a fault of the machine (``faults.MAX_FAULTS``)."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if any(t.user_attrs.get("retry_of") == trial.number for t in waiting):
+        return
+    faults.retry(study, trial, trial.user_attrs.get("seed"), fault=True)
 
 
 def heartbeat(cfg: Config) -> Heartbeat:
@@ -49,12 +54,15 @@ def recover_orphans(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _owner_is_dead(trial):
             continue
+        spent = faults.retry_attrs(trial, None, fault=True).get("faults", 0) >= faults.MAX_FAULTS
+        reason = "worker died" + (f" ({faults.MAX_FAULTS} faults of the machine: counted as failed)" if spent else "")
         try:
-            storage.set_trial_user_attr(trial._trial_id, "reason", "worker died")
+            storage.set_trial_user_attr(trial._trial_id, "reason", reason)
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue
-        retry_trial(study, trial)
-        recovered.append(trial.number)
+        if not spent:
+            retry_trial(study, trial)
+            recovered.append(trial.number)
     return recovered

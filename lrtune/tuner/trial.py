@@ -22,9 +22,10 @@ import optuna
 import torch
 
 from lrtune.config import CURVE_KEYS, Config, effective_image_size
-from lrtune.errors import LRTuneError, StorageError, StudyError, first_line
+from lrtune.errors import LRTuneError, StudyError, first_line
 from lrtune.progress import ProgressSink
 from lrtune.storage import resilient
+from lrtune.tuner import faults
 from lrtune.tuner.artifacts import RemoteCheckpoints
 from lrtune.tuner.space import baseline_params, check_space, suggest
 from lrtune.training import checkpoints, memory
@@ -62,19 +63,6 @@ def thin(points: list[list[float]], limit: int = MAX_LR_POINTS) -> list[list[flo
     stride = math.ceil(len(points) / limit)
     kept = points[::stride]
     return kept if kept[-1] == points[-1] else kept + [points[-1]]
-
-
-CARRIED = ("lr_free", "confirm_of", "seed_index")  # what a trial is, which its retry is too
-
-
-def retry_attrs(trial: optuna.Trial | optuna.trial.FrozenTrial, seed: int | None) -> dict:
-    """The user attributes of a queued retry: the trial it continues, its seed, and what the trial is (an LR-free
-    baseline, a confirmation run)."""
-    attrs: dict = {"retry_of": trial.number}
-    if seed is not None:
-        attrs["seed"] = seed
-    attrs.update({key: trial.user_attrs[key] for key in CARRIED if key in trial.user_attrs})
-    return attrs
 
 
 @dataclass
@@ -144,13 +132,15 @@ class Objective:
         self.device = resolve_device(cfg.device)
         self.amp = amp_policy(self.device, cfg.amp)
         self.data = data or load_training_data(cfg, progress=progress)
-        check_model(cfg.model, num_classes=self.data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
+        self.model_bytes = check_model(cfg.model, num_classes=self.data.n_classes, pretrained=cfg.pretrained,
+                                       weights=cfg.weights)
         self.consecutive_failures = 0
         self.peak = 0  # the most device memory a trial of this process has reserved
         self.remote = RemoteCheckpoints(cfg.artifacts, self.study_dir.name) if cfg.artifacts else None
         self.checkpoint_every_epoch = False  # else when due: a kill then loses at most 1 / CHECKPOINT_SHARE of the time
         self.threads: ThreadGuard | None = None  # this process's CPU threads, set by ``use_threads``
         self.group: FusedGroup | None = None  # with --fuse: where this process's trials train together
+        self.fault: BaseException | None = None  # a fault of the machine that stopped this process's trials
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.stop():
@@ -160,7 +150,7 @@ class Objective:
         with params_together(trial):
             params = suggest(trial, self.cfg)
         seed, retry_of = _start(trial, self.cfg, params, {"fused_group": self.group.name} if self.group else {})
-        failure = None
+        failure, requeued = None, False
         try:
             try:
                 value = self._run(trial, params, seed, retry_of)
@@ -168,9 +158,7 @@ class Objective:
                 self.peak = max(self.peak, memory.peak_bytes(self.device))
         except (Interrupted, KeyboardInterrupt):
             trial.set_user_attr("reason", "interrupted")
-            study = getattr(trial, "study", None)
-            if study is not None:
-                study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial, seed))
+            _retry(trial, seed, fault=False)
             raise
         except optuna.TrialPruned as exc:
             trial.set_user_attr("reason", str(exc))
@@ -181,43 +169,50 @@ class Objective:
             trial.set_user_attr("reason", reason)
             remove_files(self.study_dir, self.remote, trial)
             raise optuna.TrialPruned(reason) from None
-        except StorageError:  # the database is gone: keep the checkpoint for the retry that recovery queues
+        except faults.FATAL as exc:  # a full disk, a storage gone: the search stops; the trial continues later
+            self.fault = exc
+            _retry(trial, seed, fault=False, reason=first_line(exc))
             raise
         except LRTuneError:  # a fault of the setup, not of this trial: it would fail every trial
             remove_files(self.study_dir, self.remote, trial)
             raise
         except torch.cuda.OutOfMemoryError as exc:
             failure = f"out of memory: {first_line(exc)}"
-        except Exception as exc:
-            failure = f"{type(exc).__name__}: {first_line(exc)}".removesuffix(f": {type(exc).__name__}")
+        except Exception as exc:  # an OSError is the machine's: the trial runs again from its checkpoint
+            requeued = isinstance(exc, OSError) and _retry(trial, seed, fault=True)
+            failure = faults.failure(exc, requeued=requeued)
         if failure is not None:
             # Outside the except clause the failed run's frames, and with them its
             # model and optimizer, are no longer held by the traceback.
-            self._fail(trial, failure)
+            self._fail(trial, failure, keep_files=requeued)
         self.consecutive_failures = 0
         if self.remote is not None:
             self.remote.upload_best(trial, checkpoints.trial_dir(self.study_dir, trial.number) / checkpoints.BEST)
         remove_files(self.study_dir, self.remote, trial, keep_best=self.cfg.keep != "none")
         return value
 
-    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+    def _fail(self, trial: optuna.Trial, reason: str, *, keep_files: bool = False) -> None:
+        """Record the trial as failed for ``reason`` (its files kept for its retry with ``keep_files``)."""
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         trial.set_user_attr("reason", reason)
-        remove_files(self.study_dir, self.remote, trial)
+        if not keep_files:
+            remove_files(self.study_dir, self.remote, trial)
         self.consecutive_failures += 1
         if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
             raise StudyError(f"{self.consecutive_failures} trials in a row failed; the last: {reason}")
         raise TrialFailed(reason)
 
     def _run(self, trial: optuna.Trial, params: Hyperparams, seed: int, retry_of: int | None) -> float:
-        run = TrainingRun(self.cfg, params, data=self.data, amp=self.amp, seed=seed, should_stop=self.stop, threads=self.threads)
+        def fresh() -> TrainingRun:
+            return TrainingRun(self.cfg, params, data=self.data, amp=self.amp, seed=seed, should_stop=self.stop,
+                               threads=self.threads)
+
+        run = fresh()
         files = TrialFiles(checkpoints.trial_dir(self.study_dir, trial.number))
         if retry_of is not None and take_checkpoint(self.study_dir, self.remote, trial, int(retry_of), files.folder):
-            run.restore(checkpoints.load(files.folder / checkpoints.LAST, self.amp.device))
-            _report(trial, run, files)
-            trial.set_user_attr("resumed_at_epoch", run.state.epoch + 1)
+            run = resumed(trial, run, files, study_dir=self.study_dir, fresh=fresh, progress=self.progress)
         # The best epoch's weights stay in memory (the copy packed for its last.pt)
         # and are written to best.pt only when a later epoch stops matching them
         # (or at the end): until then the epoch's last.pt holds the same weights.
@@ -242,6 +237,9 @@ class Objective:
         retry still continues from the last checkpoint and replays the same epochs.
         A pruned trial's values are all written (``_finish``) before Optuna records it.
         """
+        backend = resilient(getattr(trial, "storage", None))
+        if backend is not None:  # a full disk or a lost storage, met by the heartbeat thread
+            backend.raise_heartbeat_fault()
         started = time.perf_counter()
         outcome = run.train_epoch(epoch)
         files.since_checkpoint += (time.perf_counter() - started) / run.sharing  # a fused run's share of the pass
@@ -276,6 +274,41 @@ def _fused(group: FusedGroup | None, run: TrainingRun, say: ProgressSink | None)
     run.group = group
     with group.member(run):
         yield
+
+
+def resumed(trial: optuna.Trial, run: TrainingRun, files: TrialFiles, *, study_dir: Path,
+            fresh: Callable[[], TrainingRun], progress: ProgressSink | None) -> TrainingRun:
+    """``run`` continued from the trial's ``last.pt``; when that cannot be read (torn, truncated, another model's),
+    the file is set aside, the trial says so, and a ``fresh()`` run starts again from epoch 0."""
+    path = files.folder / checkpoints.LAST
+    try:
+        run.restore(checkpoints.load_checked(path, run.amp.device))
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:
+        aside = checkpoints.set_aside(study_dir, path, trial.number)
+        trial.set_user_attr("checkpoint_set_aside", str(aside))
+        if progress is not None:
+            progress.message(f"trial {trial.number}: its checkpoint cannot be read ({first_line(exc)}); moved to "
+                             f"{aside}, and the trial starts again from epoch 0")
+        return fresh()
+    _report(trial, run, files)
+    trial.set_user_attr("resumed_at_epoch", run.state.epoch + 1)
+    return run
+
+
+def _retry(trial: optuna.Trial, seed: int, *, fault: bool, reason: str | None = None) -> bool:
+    """Queue the running trial to run again (``faults.retry``); False when it is not, or the storage cannot
+    take it (then the next search's recovery queues it)."""
+    study = getattr(trial, "study", None)
+    if study is None:
+        return False
+    try:
+        if reason is not None:
+            trial.set_user_attr("reason", reason)
+        return faults.retry(study, trial, seed, fault=fault)
+    except Exception:
+        return False
 
 
 def save_best(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:

@@ -46,7 +46,7 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
             objective.progress = progress
             use_threads(objective, workers=cfg.workers, say=progress.message)  # the workers share the cores
             storage = open_storage(storage_url(cfg), heartbeat=recovery.heartbeat(cfg),
-                                   retry_for=cfg.storage_retry, trials=fused_trials(cfg))
+                                   retry_for=cfg.storage_retry, trials=fused_trials(cfg), say=progress.message)
             study = optuna.load_study(study_name=name, storage=storage)
             samplers.attach(study, cfg, worker=index)
             if count_finished(study) < cfg.trials:

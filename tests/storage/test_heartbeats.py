@@ -149,5 +149,5 @@ def test_lrtunes_retry_carries_retry_of_and_the_seed(url):
     study = silent_trials(storage, 1)
     optuna.storages.fail_stale_trials(study)
     (retry,) = study.get_trials(states=(TrialState.WAITING,))
-    assert retry.user_attrs == {"retry_of": 0, "seed": 0}
+    assert retry.user_attrs == {"retry_of": 0, "seed": 0, "faults": 1}  # a death is a fault of the machine
     assert retry.system_attrs["fixed_params"] == study.trials[0].params

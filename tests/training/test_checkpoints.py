@@ -5,6 +5,7 @@ import threading
 import pytest
 import torch
 
+from lrtune.errors import NoSpaceError
 from lrtune.training import checkpoints
 
 
@@ -85,3 +86,69 @@ def test_the_writer_thread_yields_the_cpu_to_training_but_the_process_does_not()
     thread.join()
     assert seen["writer"] == 19
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+def test_a_write_on_a_full_disk_says_where_and_how_much_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def full(state, path, *args, **kwargs):
+        open(path, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.torch, "save", full)
+    state = {"model": {"w": torch.zeros(1000)}}  # 4 kB
+    with pytest.raises(NoSpaceError) as caught:
+        checkpoints.save(tmp_path / "trials" / "0" / "last.pt", state)
+    assert str(caught.value).startswith(f"no space left under {tmp_path / 'trials' / '0'} for its last.pt (")
+    assert "it needs about 4.0 kB" in str(caught.value)
+    assert list((tmp_path / "trials" / "0").iterdir()) == []
+
+
+def test_any_failed_write_removes_its_temporary_file(tmp_path, monkeypatch):
+    def broken(state, path, *args, **kwargs):
+        open(path, "wb").write(b"partial")
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(checkpoints.torch, "save", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        checkpoints.save(tmp_path / "last.pt", {"x": torch.ones(2)})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "not a dict"])
+def test_a_checkpoint_that_cannot_be_read_is_named_and_can_be_set_aside(tmp_path, damage):
+    path = tmp_path / "trials" / "3" / "last.pt"
+    checkpoints.save(path, {"model": checkpoints.pack({"w": torch.randn(10_000)})})
+    if damage == "truncated":
+        with open(path, "r+b") as file:
+            file.truncate(1000)
+    elif damage == "random":
+        path.write_bytes(os.urandom(5000))
+    else:
+        torch.save([1, 2, 3], path)
+    with pytest.raises(checkpoints.UnreadableCheckpoint, match=f"^{path}: "):
+        checkpoints.load_checked(path)
+    size = path.stat().st_size
+    aside = checkpoints.set_aside(tmp_path, path, 3)
+    assert not path.exists() and aside.parent == tmp_path / checkpoints.UNREADABLE
+    assert aside.name.startswith("trial-3-") and aside.stat().st_size == size
+    path.write_bytes(b"again")
+    assert checkpoints.set_aside(tmp_path, path, 3) != aside  # a second one never replaces the first
+
+
+def test_sweep_removes_only_the_temporary_files_of_dead_processes_of_this_host(tmp_path):
+    import socket
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    folder = tmp_path / "trials" / "2"
+    folder.mkdir(parents=True)
+    host = socket.gethostname()
+    dead = folder / f".last.pt.{proc.pid}@{host}.tmp"
+    old_style = folder / f".best.pt.{proc.pid}.tmp"
+    alive = folder / f".last.pt.{os.getpid()}@{host}.tmp"
+    elsewhere = folder / f".last.pt.{proc.pid}@another-host.tmp"
+    keep = folder / "last.pt"
+    for path in (dead, old_style, alive, elsewhere, keep):
+        path.write_bytes(b"x")
+    assert sorted(checkpoints.sweep(tmp_path)) == sorted([dead, old_style])
+    assert sorted(folder.iterdir()) == sorted([alive, elsewhere, keep])

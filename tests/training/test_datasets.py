@@ -357,3 +357,20 @@ def test_a_split_among_some_images_keeps_to_them_and_names_its_part() -> None:
         assert set(imageset.groups[a]).isdisjoint(imageset.groups[b])
     with pytest.raises(LRTuneError, match="with a test fraction of 0.9"):
         split_indices(synthetic([0, 0, 0, 1, 1, 1]), val_fraction=0.9, seed=0, part="test")
+
+
+def test_the_image_cache_reserves_its_space_first_and_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    from lrtune.errors import NoSpaceError
+    from lrtune.training import datasets as datasets_mod
+
+    path = tmp_path / "cache" / "x.u8.tmp"
+    path.parent.mkdir()
+    datasets_mod._reserve(path, 3 * 2**20)
+    assert path.stat().st_size == 3 * 2**20 and path.stat().st_blocks * 512 >= 3 * 2**20  # allocated, not sparse
+
+    def full(fd, offset, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(datasets_mod.os, "posix_fallocate", full)
+    with pytest.raises(NoSpaceError, match=f"^no space left under {path.parent} for the image cache .*--cache memory$"):
+        datasets_mod._reserve(path, 3 * 2**20)
