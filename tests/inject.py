@@ -8,6 +8,7 @@
     python tests/inject.py enospc-storage=5 search ...       # the database's disk is full from its 5th write on
     python tests/inject.py heartbeat-enospc=1 search ...     # the heartbeat thread's writes meet a full disk
     python tests/inject.py memory-error-trial=1 search ...   # trial 1's first step raises MemoryError
+    python tests/inject.py eio-trial=1 search ...            # trial 1 meets an I/O error in its 2nd epoch
     python tests/inject.py vanish-db-after-trial=0 search ... # the database file is deleted as trial 0 ends
 """
 
@@ -125,6 +126,15 @@ elif fault == "memory-error-trial":
 
     trial_mod.Objective._run = run
     run_mod.TrainingRun.train_epoch = train_epoch
+elif fault == "eio-trial":
+    real_epoch = trial_mod.Objective._epoch
+
+    def epoch(self, trial, run, files, number):
+        if trial.number == int(value) and number == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_epoch(self, trial, run, files, number)
+
+    trial_mod.Objective._epoch = epoch
 elif fault == "vanish-db-after-trial":
     real_call = trial_mod.Objective.__call__
 

@@ -5,6 +5,7 @@ search finishes with the exact budget, nothing left running, and its baseline co
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -96,6 +97,42 @@ def test_a_cpu_memory_error_fails_only_that_trial_and_the_search_goes_on(tmp_pat
     study = whole(tmp_path)
     assert study.trials[1].state.name == "FAIL"
     assert study.trials[1].user_attrs["reason"] == "out of memory on the CPU (MemoryError)"
+
+
+def test_an_io_error_in_a_trial_queues_it_to_continue_from_its_checkpoint(tmp_path, augment):
+    result = search(tmp_path, inject="eio-trial=1")
+    assert result.returncode == 0, result.stderr
+    study = whole(tmp_path)
+    failed = study.trials[1]
+    assert failed.state.name == "FAIL"
+    assert failed.user_attrs["reason"].startswith("OSError: [Errno 5] Input/output error (a fault of the machine")
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 1)
+    assert retry.state.name in ("COMPLETE", "PRUNED") and retry.user_attrs["faults"] == 1
+    assert retry.user_attrs["resumed_at_epoch"] == 2  # from trial 1's checkpoint of epoch 1
+
+
+@pytest.mark.path("cpu")
+def test_a_lock_another_process_holds_is_waited_out_with_one_line(tmp_path, augment):
+    first = search(tmp_path, "--trials", "1", "--epochs", "1")
+    assert first.returncode == 0, first.stderr
+    holder = subprocess.Popen([sys.executable, "-c", LOCK, str(tmp_path / "lrtune.db"), "25"], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    result = search(tmp_path, "--trials", "3", "--epochs", "1")
+    assert holder.wait() == 0
+    assert result.returncode == 0, result.stderr
+    assert "database is locked; waiting for it, for up to 120 s (--storage-retry)" in result.stderr
+    whole(tmp_path, trials=3, epochs=1)
+
+
+LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
 
 
 @pytest.mark.trains_nothing

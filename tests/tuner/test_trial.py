@@ -285,3 +285,28 @@ def test_a_trials_parameters_are_written_in_one_statement(tmp_path, monkeypatch)
     study.optimize(make(tmp_path), n_trials=1)
     assert len(inserts) == 1, inserts
     assert study.get_trials()[0].params == PARAMS
+
+
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_another_models_checkpoint_is_set_aside_and_the_retry_trains_as_a_fresh_trial(tmp_path, augment):
+    reference = optuna.trial.FixedTrial(PARAMS, number=1)
+    reference.set_user_attr("seed", 5)
+    expected = make(tmp_path / "a", augment=augment)(reference)
+
+    objective = make(tmp_path / "b", augment=augment)
+    other = torch.nn.Linear(3, 2)  # a checkpoint of another model, where trial 0's last.pt belongs
+    state = {"model": checkpoints.pack(other.state_dict()), "optimizer": checkpoints.pack({}), "schedule": {},
+             "scaler": {}, "run": {}}
+    checkpoints.save(checkpoints.trial_dir(objective.study_dir, 0) / checkpoints.LAST, state)
+    said = []
+    objective.progress = type("Sink", (), {"message": staticmethod(said.append),
+                                           "epoch": staticmethod(lambda *a: None)})()
+    retry = optuna.trial.FixedTrial(PARAMS, number=1)
+    retry.set_user_attr("retry_of", 0)
+    retry.set_user_attr("seed", 5)
+    assert objective(retry) == expected  # the same trial, from epoch 0
+    (aside,) = (objective.study_dir / checkpoints.UNREADABLE).iterdir()
+    assert retry.user_attrs["checkpoint_set_aside"] == str(aside)
+    assert "resumed_at_epoch" not in retry.user_attrs
+    (line,) = said
+    assert line.startswith("trial 1: its checkpoint cannot be read (") and line.endswith("starts again from epoch 0")
