@@ -83,6 +83,12 @@ class Config:
     accum: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # gradient accumulation steps
     lr_range: str = "auto"  # auto | off: an LR range test, once per study, narrows the LR range and queues its suggestion
     baselines: list[str] = field(default_factory=list)  # LR-free optimizers run as one fixed trial each beside the LR baseline: prodigy, schedulefree
+    space: str = "auto"  # auto | lr-only | finetune: the fine-tune space adds the body's LRs, warmup epochs and head-only epochs to a model that starts from weights; auto: lr-only
+    body_lrs: str = "ratio"  # ratio | layer-decay: in the fine-tune space, the body's LR as one share of the head's, or decayed layer by layer from the head down
+    body_ratio: list[float] = field(default_factory=lambda: [0.01, 1.0])  # range of the body's LR as a share of the head's (log-uniform), within (0, 1]
+    layer_decay: list[float] = field(default_factory=lambda: [0.5, 1.0])  # range of the LR decay factor per layer group, within (0, 1]
+    warmup_max: float = 2.0  # the fine-tune space searches warmup epochs from 0 to this
+    head_epochs: int = -1  # the fine-tune space searches epochs training the head alone from 0 to this; -1: 2, at most --epochs - 1
     # --- study ----------------------------------------------------------------
     trials: int = 50  # total finished (complete or pruned) trials the study should hold
     timeout: float = 0.0  # seconds for this run; 0: no limit
@@ -114,6 +120,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_range": ("auto", "off"),
     "metric": tuple(METRICS),
     "compile_mode": ("default", "reduce-overhead", "max-autotune"),
+    "space": ("auto", "lr-only", "finetune"),
+    "body_lrs": ("ratio", "layer-decay"),
 }
 
 # Fields that only say how or where this run happens; changing them never
@@ -267,7 +275,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError("--schedulers must name at least one scheduler")
     if not cfg.losses:
         raise ConfigError("--losses must name at least one loss")
-    for name in ("num_workers", "pruner_warmup", "weight_decay", "warmup_epochs"):
+    for name in ("body_ratio", "layer_decay"):
+        bounds = getattr(cfg, name)
+        if len(bounds) != 2 or not 0 < bounds[0] <= bounds[1] <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a range LOW,HIGH within (0, 1], got "
+                              f"{','.join(f'{b:g}' for b in bounds)}")
+    if cfg.head_epochs >= cfg.epochs:
+        raise ConfigError(f"--head-epochs {cfg.head_epochs} must be less than --epochs {cfg.epochs}: the body must "
+                          "train at least one epoch")
+    if cfg.head_epochs < -1:
+        raise ConfigError(f"--head-epochs must not be negative, got {cfg.head_epochs}")
+    if cfg.space == "finetune" and not cfg.pretrained:
+        raise ConfigError("--space finetune tunes the LRs of a model that starts from weights: add --pretrained "
+                          "(and --weights FILE), or use --space lr-only")
+    for name in ("num_workers", "pruner_warmup", "weight_decay", "warmup_epochs", "warmup_max"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name):g}")
     if not 0 <= cfg.momentum < 1:
@@ -278,6 +299,16 @@ def validate(cfg: Config) -> None:
         p = getattr(cfg, name)
         if not (0 <= p <= 1 or (name == "hflip" and p == -1)):
             raise ConfigError(f"{name} must be a probability between 0 and 1, got {p:g}")
+
+
+def finetune_space(cfg: Config) -> bool:
+    """True when the search space holds the fine-tune dimensions (``space``; auto: lr-only)."""
+    return cfg.space == "finetune" and cfg.pretrained
+
+
+def head_epochs_max(cfg: Config) -> int:
+    """The most epochs the fine-tune space trains the head alone: ``head_epochs``, or 2 and less than ``epochs``."""
+    return cfg.head_epochs if cfg.head_epochs >= 0 else min(2, cfg.epochs - 1)
 
 
 def effective_image_size(cfg: Config) -> int:

@@ -156,3 +156,17 @@ def format_against_lr_free(values: list[tuple[int, str, float]], record: Any, me
     return [f"tuned winner, trial {best[0]}: {label} {format_metric(best[2])} against the best LR-free baseline, "
             f"{other[1]} (trial {other[0]}): {format_metric(other[2])}; gain {best[2] - other[2]:+.4f} "
             "(single runs: `lrtune confirm` gives it an interval)"]
+
+
+def body_lr(params: Mapping[str, Any], lr_scales: Any = None) -> str:
+    """A fine-tune's body LR beside its head's (``lr``): one value for a ratio, the range of its layer groups
+    for a layer decay; "" when the whole model trains at ``lr``."""
+    lr = params.get("lr")
+    if not isinstance(lr, (int, float)):
+        return ""
+    if isinstance(params.get("body_ratio"), (int, float)):
+        return format_value(lr * params["body_ratio"])
+    if isinstance(params.get("layer_decay"), (int, float)) and isinstance(lr_scales, list) and len(lr_scales) > 1:
+        body = lr_scales[:-1]
+        return f"{format_value(lr * min(body))} to {format_value(lr * max(body))}"
+    return ""

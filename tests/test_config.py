@@ -60,6 +60,15 @@ def test_booleans_and_lists_from_strings():
         ({"warmup_epochs": "-0.5"}, "--warmup-epochs must not be negative"),
         ({"momentum": "1.2"}, "--momentum must be in"),
         ({"diverge_factor": "0.5"}, "--diverge-factor must be greater than 1"),
+        ({"body_ratio": "0,1"}, r"--body-ratio must be a range LOW,HIGH within \(0, 1\], got 0,1"),
+        ({"body_ratio": "0.1,2"}, r"--body-ratio must be a range LOW,HIGH within \(0, 1\], got 0.1,2"),
+        ({"layer_decay": "0.9,0.5"}, r"--layer-decay must be a range LOW,HIGH within \(0, 1\], got 0.9,0.5"),
+        ({"layer_decay": "0.5"}, r"--layer-decay must be a range LOW,HIGH"),
+        ({"head_epochs": "3", "epochs": "3"}, "--head-epochs 3 must be less than --epochs 3"),
+        ({"space": "finetune"}, "--space finetune tunes the LRs of a model that starts from weights: add --pretrained"),
+        ({"space": "wide"}, "unknown space 'wide'"),
+        ({"body_lrs": "both"}, "unknown body_lrs 'both'"),
+        ({"warmup_max": "-1"}, "--warmup-max must not be negative"),
     ],
 )
 def test_bad_values_name_the_culprit(given, message):

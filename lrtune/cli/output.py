@@ -17,6 +17,7 @@ from lrtune.formatting import (
     format_scores,
     format_test_split,
     format_value,
+    body_lr,
     ordered_scores,
     table,
 )
@@ -29,6 +30,9 @@ TUNED = ("lr", "scheduler", "loss", "accum")
 def trial_row(t: FrozenTrial) -> list[str]:
     p = t.params
     extras = {k: v for k, v in sorted(p.items()) if k not in TUNED}
+    body = body_lr(p, t.user_attrs.get("lr_scales"))
+    if body:  # a fine-tune: lr is the head's
+        extras = {"body_lr": body, **extras}
     epochs = len(t.user_attrs.get("curves", {}).get("epoch", [])) or len(t.intermediate_values)
     return [
         str(t.number),

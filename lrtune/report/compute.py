@@ -13,7 +13,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from lrtune.config import CURVE_KEYS, metric_label
-from lrtune.formatting import format_against_lr_free, format_confirmed, format_test_split, ordered_scores
+from lrtune.formatting import body_lr, format_against_lr_free, format_confirmed, format_test_split, ordered_scores
 from lrtune.report.lr_range import LRRangeData, lr_range_data, lr_range_skipped
 from lrtune.report.values import finite_float, int_or_none, is_positive_number
 from lrtune.report.notes import add_notes
@@ -59,6 +59,12 @@ class TrialSummary:
     reason: str
     baseline: bool
     retry_of: int | None
+    lr_scales: list[float] = field(default_factory=list)  # a fine-tune's LR share per layer group, the head last
+
+    @property
+    def body_lr(self) -> str:
+        """A fine-tune's body LR (the head's is ``lr``), or ""."""
+        return body_lr(self.params, self.lr_scales)
 
     @property
     def run_seconds(self) -> float | None:
@@ -239,6 +245,7 @@ def summarize_trial(trial: FrozenTrial, metric: str = "macro_f1") -> TrialSummar
         reason=str(attrs.get("reason", "")),
         baseline=attrs.get("baseline") is True,
         retry_of=int_or_none(attrs.get("retry_of")),
+        lr_scales=[float(x) for x in attrs.get("lr_scales") or [] if isinstance(x, (int, float))],
     )
 
 

@@ -11,7 +11,14 @@ from typing import Any, Callable, NamedTuple
 from lrtune.formatting import format_duration
 from lrtune.report.compute import STATES, TOP_LR_TRIALS, ReportData, TrialSummary
 from lrtune.report.figures_lr_range import draw_lr_range
-from lrtune.report.figures_params import draw_effective_lr, draw_importance, draw_lr, draw_lr_steps, draw_parallel
+from lrtune.report.figures_params import (
+    draw_effective_lr,
+    draw_importance,
+    draw_lr,
+    draw_lr_by_depth,
+    draw_lr_steps,
+    draw_parallel,
+)
 from lrtune.report.plotting import (
     CURVE_DASH,
     STATE_COLORS,
@@ -339,6 +346,12 @@ FIGURES = [
         "Parallel coordinates",
         "Each line is a completed trial; drag along an axis to filter.",
         draw_parallel,
+    ),
+    Figure(
+        "lr-by-depth",
+        "Best trial: LR by depth",
+        "A fine-tune's LR per layer group: the body's share of the head's LR, at the start of the schedule.",
+        draw_lr_by_depth,
     ),
     Figure(
         "per-class",

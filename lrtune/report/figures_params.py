@@ -244,3 +244,18 @@ def _choice_dimension(completed: list[TrialSummary], name: str) -> dict[str, Any
         "ticktext": [plot_text(level) for level in levels],
         "range": [-0.25, len(levels) - 0.75] if len(levels) > 1 else [-1, 1],
     }
+
+
+def draw_lr_by_depth(data: ReportData) -> Any:
+    """The best trial's LR per layer group, from the first layers to the head (a fine-tune only)."""
+    best = data.best
+    if best is None or len(best.lr_scales) < 2 or not isinstance(best.params.get("lr"), (int, float)):
+        return None
+    import plotly.graph_objects as go
+
+    lr = float(best.params["lr"])
+    names = [f"layers {i}" for i in range(len(best.lr_scales) - 1)] + ["head"]
+    lrs = [lr * scale for scale in best.lr_scales]
+    fig = go.Figure(go.Bar(x=names, y=lrs, hovertemplate="%{x}<br>lr %{y:.3e}<extra></extra>"))
+    return layout(fig, xaxis_title=f"trial {best.number}'s layer groups, from the input to the head",
+                  yaxis_title="learning rate", yaxis=log_axis(lrs))

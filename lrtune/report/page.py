@@ -25,7 +25,7 @@ from lrtune.storage import study_dir
 
 PLOTLYJS_MODES = ("inline", "cdn")
 REPORT_NAME = "report.html"
-TOP_COLUMNS = ("Rank", "Trial", "Macro-F1", "LR", "Scheduler", "Loss", "Accum", "Eff. batch", "Best epoch", "Duration")
+TOP_COLUMNS = ("Rank", "Trial", "Macro-F1", "LR (head)", "Scheduler", "Loss", "Accum", "Eff. batch", "Best epoch", "Duration")
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
@@ -339,7 +339,7 @@ def _top_table(data: ReportData) -> str:
             "<tr>"
             f'<td class="num">{rank}</td><td class="num">#{t.number}{marker}</td>'
             f'<td class="num">{format_metric(t.value)}</td>'
-            f'<td class="num">{e(format_value(t.params.get("lr", "")))}</td>'
+            f'<td class="num">{e(format_value(t.params.get("lr", "")))}{_body(t)}</td>'
             f'<td>{e(format_value(t.params.get("scheduler", "")))}</td>'
             f'<td>{e(format_value(t.params.get("loss", "")))}</td>'
             f'<td class="num">{e(format_value(t.params.get("accum", "")))}</td>'
@@ -349,6 +349,11 @@ def _top_table(data: ReportData) -> str:
             "</tr>"
         )
     return f'<table id="top-trials">{header}{"".join(rows)}</table>'
+
+
+def _body(t: Any) -> str:
+    """A fine-tune's body LR under the head's, in the LR cell."""
+    return f"<br>body {html.escape(t.body_lr)}" if t.body_lr else ""
 
 
 def _stopped_table(data: ReportData) -> str:

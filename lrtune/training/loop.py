@@ -176,7 +176,7 @@ def train_together(
 def _step(learner: Learner, step: int) -> float:
     """One optimizer step of ``learner`` at its schedule's LR for global step ``step``; returns that LR."""
     lr = learner.schedule.lr(step)
-    set_lr(learner.optimizer, lr)
+    set_lr(learner.optimizer, lr, step)
     if learner.scaler is not None:
         learner.scaler.step(learner.optimizer)
         learner.scaler.update()

@@ -63,11 +63,13 @@ def create_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     total_steps: int = 0,
+    groups: list[dict[str, Any]] | None = None,
 ) -> torch.optim.Optimizer:
     """The fused step does the same update as the default per-parameter loop,
     several times faster (about 8x for AdamW on a small model on the CPU).
 
-    ``total_steps`` sizes an LR-free optimizer's own warmup.
+    ``total_steps`` sizes an LR-free optimizer's own warmup; ``groups`` (``param_groups``) give parts of the
+    model their own share of the LR.
     """
     if name in LR_FREE:
         return _lr_free(model, name, lr=lr, weight_decay=weight_decay, total_steps=total_steps)
@@ -75,11 +77,54 @@ def create_optimizer(
         raise ConfigError(f"unknown optimizer {name!r} (valid: {', '.join(OPTIMIZERS)})")
     device = next(model.parameters()).device.type
     fused = {"fused": True} if device in FUSED_DEVICES else {}
+    params: Any = groups if groups is not None else model.parameters()
     if name == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay, **fused
+            params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay, **fused
         )
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
+
+
+def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The classifier's parameters (timm's ``get_classifier``); the rest of the model is its body."""
+    classifier = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+    if not isinstance(classifier, torch.nn.Module) or not list(classifier.parameters()):
+        raise ConfigError(f"{type(model).__name__} has no classifier head to tell from its body")
+    return list(classifier.parameters())
+
+
+def param_groups(model: torch.nn.Module, *, body_ratio: float = 1.0, layer_decay: float = 1.0, joins_at: int = 0,
+                 ramp: int = 0) -> list[dict[str, Any]] | None:
+    """The optimizer's groups of a fine-tune: the head at the LR (``lr_scale`` 1), the body at ``body_ratio`` of
+    it, or each of timm's layer groups at ``layer_decay`` to the power of its distance from the head. A body
+    that joins after ``joins_at`` steps (head-only epochs) ramps up over ``ramp`` steps from then. None when
+    every parameter trains at the LR."""
+    if body_ratio == 1.0 and layer_decay == 1.0:
+        return None
+    head = head_parameters(model)
+    ids = {id(p) for p in head}
+    body: list[dict[str, Any]]
+    if layer_decay != 1.0:
+        from timm.optim._param_groups import param_groups_layer_decay
+
+        decayed = param_groups_layer_decay(model, weight_decay=0.0, layer_decay=layer_decay,
+                                           weight_decay_exclude_1d=False)
+        body = [{"params": kept, "lr_scale": g["lr_scale"]} for g in decayed
+                if (kept := [p for p in g["params"] if id(p) not in ids])]
+    else:
+        body = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr_scale": body_ratio}]
+    for group in body:
+        group.update(joins_at=joins_at, ramp=ramp if joins_at else 0)
+    return [*body, {"params": head, "lr_scale": 1.0, "head": True}]
+
+
+def train_body(model: torch.nn.Module, on: bool) -> None:
+    """Let the body (all but the head) train, or hold it still: its parameters get no gradient, so the optimizer
+    leaves them and their state as they are."""
+    ids = {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        if id(p) not in ids:
+            p.requires_grad_(on)
 
 
 def _lr_free(model: torch.nn.Module, name: str, *, lr: float, weight_decay: float, total_steps: int) -> Any:

@@ -27,7 +27,7 @@ from lrtune.training.loop import AmpPolicy, Diverged, EpochResult, Learner, eval
 from lrtune.training.metrics import Evaluation
 from lrtune.training.losses import create_loss
 from lrtune.training.models import compile_model, create_model
-from lrtune.training.optimizer import LR_FREE, create_optimizer, for_evaluation, for_training
+from lrtune.training.optimizer import LR_FREE, create_optimizer, for_evaluation, for_training, param_groups, train_body
 from lrtune.training.probe import probe_threads
 from lrtune.training.schedules import create_schedule
 from lrtune.training.threads import ThreadGuard, apply_threads, choose_threads
@@ -54,12 +54,18 @@ class Hyperparams:
     focal_gamma: float = 2.0
     smoothing: float = 0.1
     optimizer: str = ""
+    # A fine-tune's: the body's LR as a share of the head's, or decayed per layer group from the head down;
+    # warmup epochs (negative: the config's); epochs training the head alone before the body joins.
+    body_ratio: float = 1.0
+    layer_decay: float = 1.0
+    warmup_epochs: float = -1.0
+    head_epochs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The parameters, without an empty optimizer and without the fine-tune ones at their defaults."""
         values = asdict(self)
-        if not values["optimizer"]:
-            del values["optimizer"]
-        return values
+        defaults = {f.name: f.default for f in fields(self) if f.name in FINETUNE or f.name == "optimizer"}
+        return {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Hyperparams":
@@ -71,6 +77,9 @@ class Hyperparams:
         recipe = LR_FREE.get(str(values.get("optimizer", "")))
         base = {"lr": recipe.lr, "scheduler": recipe.scheduler, "loss": "ce", "accum": 1} if recipe else {}
         return cls(**{**base, **{k: v for k, v in values.items() if k in known}})
+
+
+FINETUNE = ("body_ratio", "layer_decay", "warmup_epochs", "head_epochs")
 
 
 @dataclass
@@ -250,16 +259,20 @@ class TrainingRun:
         self.augment = augment_path(cfg, data, amp.device)
         self.loader = make_loader(cfg, data, amp.device, self.augment)
         steps_per_epoch = max(1, math.ceil(len(self.loader) / params.accum))
+        warmup_steps = round((cfg.warmup_epochs if params.warmup_epochs < 0 else params.warmup_epochs) * steps_per_epoch)
+        groups = param_groups(self.model, body_ratio=params.body_ratio, layer_decay=params.layer_decay,
+                              joins_at=params.head_epochs * steps_per_epoch, ramp=warmup_steps)
         self.optimizer = create_optimizer(
             self.model, name=params.optimizer or cfg.optimizer, lr=params.lr, weight_decay=cfg.weight_decay,
-            momentum=cfg.momentum, total_steps=steps_per_epoch * cfg.epochs,
+            momentum=cfg.momentum, total_steps=steps_per_epoch * cfg.epochs, groups=groups,
         )
+        self.lr_scales = [group["lr_scale"] for group in groups or []]  # the LR's share, from the first layers to the head
         self.schedule = create_schedule(
             params.scheduler,
             base_lr=params.lr,
             steps_per_epoch=steps_per_epoch,
             epochs=cfg.epochs,
-            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            warmup_steps=warmup_steps,
             step_size=params.step_size,
             step_gamma=params.step_gamma,
             factor=params.plateau_factor,
@@ -312,6 +325,8 @@ class TrainingRun:
         seed_everything(seed)
         self.loader.reseed(seed)
         for_training(self.optimizer)
+        if self.params.head_epochs:  # the head alone for its first epochs, then the body joins
+            train_body(self.model, self.state.epoch >= self.params.head_epochs)
 
     def learner(self) -> Learner:
         """What this run's model learns with, at the step the run is at."""

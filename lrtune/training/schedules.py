@@ -197,7 +197,12 @@ def create_schedule(
     )
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set `lr` on every param group."""
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, step: int | None = None) -> None:
+    """Set `lr` on every param group, times the group's `lr_scale` where it has one (a fine-tune's body and
+    head); at global step `step`, a group that joined late (`joins_at`) ramps up over its `ramp` steps."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        scale = group.get("lr_scale", 1.0)
+        joins, ramp = group.get("joins_at", 0), group.get("ramp", 0)
+        if step is not None and ramp and step < joins + ramp:
+            scale *= max(0, step - joins + 1) / ramp
+        group["lr"] = lr * scale

@@ -53,7 +53,7 @@ def run_range_test(
     progress: ProgressSink | None = None,
 ) -> RangeTestResult:
     """A range test on the search's data, model and batch, with the baseline's loss and accumulation by default."""
-    from lrtune.tuner.space import baseline_params, check_space
+    from lrtune.tuner.space import baseline_params, check_space, range_test_body
 
     check_space(cfg)
     base = baseline_params(cfg)
@@ -62,7 +62,7 @@ def run_range_test(
     if accum <= 0:
         raise ConfigError(f"--accum must be a positive number of micro-batches, got {accum}")
     start = default_start(cfg) if start is None else start
-    params = Hyperparams(lr=start, scheduler="cosine", loss=loss, accum=int(accum))
+    params = Hyperparams(lr=start, scheduler="cosine", loss=loss, accum=int(accum), **range_test_body(cfg))
     run = TrainingRun(cfg, params, data=data, amp=amp, seed=cfg.seed)
 
     def count(done: int, total: int) -> None:
@@ -113,8 +113,13 @@ def seed_study(
     stored = study.user_attrs.get(ATTR)
     if isinstance(stored, dict):
         return stored
+    from lrtune.tuner.space import range_test_body
+
     say = progress.message if progress is not None else (lambda text: None)
-    say("running the LR range test once for this study (--lr-range auto)")
+    body = range_test_body(cfg)
+    held = (f", sweeping the head's LR with the body at {body['body_ratio']:.2g} times it" if "body_ratio" in body
+            else f", sweeping the head's LR with a layer decay of {body['layer_decay']:.2g}" if body else "")
+    say(f"running the LR range test once for this study (--lr-range auto){held}")
     try:
         result = run_range_test(cfg, data=data, amp=amp, steps=STEPS, progress=progress)
     except TooFewImages as exc:
@@ -128,7 +133,7 @@ def seed_study(
     record["bounds"] = list(narrowed_bounds(cfg, record["suggestion"], baseline_lr))
     study.set_user_attr(ATTR, record)
     if record["suggestion"] is not None:
-        params = {**baseline, "lr": record["suggestion"]} if baseline else None
+        params = {**baseline, **body, "lr": record["suggestion"]} if baseline else None
         if params:
             # Workers starting together on a new study may each run the test: one queued trial is enough.
             study.enqueue_trial(params, user_attrs={"lr_range": True}, skip_if_exists=True)

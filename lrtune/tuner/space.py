@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
 
-from lrtune.config import Config
+from lrtune.config import Config, finetune_space, head_epochs_max
 from lrtune.errors import ConfigError
 from lrtune.training.losses import LOSSES
 from lrtune.tuner.lr_range import lr_bounds
@@ -57,14 +58,46 @@ def suggest(trial: optuna.Trial, cfg: Config) -> Hyperparams:
         extra["focal_gamma"] = trial.suggest_float("focal_gamma", *FOCAL_GAMMA)
     elif loss == "label_smoothing":
         extra["smoothing"] = trial.suggest_float("smoothing", *SMOOTHING)
+    if finetune_space(cfg):
+        extra.update(_finetune(trial, cfg))
     return Hyperparams(lr=lr, scheduler=scheduler, loss=loss, accum=int(accum), **extra)
 
 
+def _finetune(trial: optuna.Trial, cfg: Config) -> dict[str, Any]:
+    """The fine-tune's dimensions: the body's LRs (``lr`` is the head's), warmup epochs, head-only epochs."""
+    extra: dict[str, Any] = {}
+    if cfg.body_lrs == "ratio":
+        extra["body_ratio"] = trial.suggest_float("body_ratio", *cfg.body_ratio, log=True)
+    else:
+        extra["layer_decay"] = trial.suggest_float("layer_decay", *cfg.layer_decay)
+    extra["warmup_epochs"] = trial.suggest_float("warmup_epochs", 0.0, cfg.warmup_max)
+    extra["head_epochs"] = trial.suggest_int("head_epochs", 0, head_epochs_max(cfg))
+    return extra
+
+
+def range_test_body(cfg: Config) -> dict[str, float]:
+    """Where the range test holds the body while it sweeps the head's LR: the middle of the searched range
+    (geometric for the ratio); nothing outside the fine-tune space."""
+    if not finetune_space(cfg):
+        return {}
+    if cfg.body_lrs == "ratio":
+        low, high = cfg.body_ratio
+        return {"body_ratio": math.sqrt(low * high)}
+    low, high = cfg.layer_decay
+    return {"layer_decay": (low + high) / 2}
+
+
 def baseline_params(cfg: Config) -> dict[str, Any]:
-    """BASELINE moved into the configured space where the space excludes it."""
-    return {
+    """BASELINE moved into the configured space where the space excludes it. In the fine-tune space, the
+    baseline fine-tunes as a user would without a search: one LR for all, the config's warmup, no head-only
+    epochs."""
+    params = {
         "lr": min(max(BASELINE["lr"], cfg.lr_min), cfg.lr_max),
         "scheduler": BASELINE["scheduler"] if BASELINE["scheduler"] in cfg.schedulers else cfg.schedulers[0],
         "loss": BASELINE["loss"] if BASELINE["loss"] in cfg.losses else cfg.losses[0],
         "accum": BASELINE["accum"] if BASELINE["accum"] in cfg.accum else min(cfg.accum),
     }
+    if finetune_space(cfg):
+        body = {"body_ratio": cfg.body_ratio[1]} if cfg.body_lrs == "ratio" else {"layer_decay": cfg.layer_decay[1]}
+        params.update(body, warmup_epochs=min(cfg.warmup_epochs, cfg.warmup_max), head_epochs=0)
+    return params

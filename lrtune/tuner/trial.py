@@ -460,6 +460,8 @@ def publish(trial: optuna.Trial, run: TrainingRun, extra: dict | None = None) ->
     if state.best_preds:
         best["confusion"] = confusion(data.val_targets, state.best_preds, data.n_classes)
     attrs = {"curves": state.curves, "lr_steps": thin(state.lr_steps), "best": best, "images_per_s": state.images_per_s}
+    if run.lr_scales:  # a fine-tune's LRs by depth: each layer group's share of the head's LR
+        attrs["lr_scales"] = run.lr_scales
     set_user_attrs(trial, {**attrs, **(extra or {})})
 
 

@@ -104,10 +104,11 @@ def test_missing_database_is_not_created(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize("url", ["nosuchdialect://host/db", "sqlite:///{tmp}/garbage.db"])
-def test_storage_that_cannot_be_opened_is_an_error(url, tmp_path):
+@pytest.mark.parametrize("url, message", [("nosuchdialect://host/db", "cannot open storage"),
+                                          ("sqlite:///{tmp}/garbage.db", "garbage.db is not an SQLite database")])
+def test_storage_that_cannot_be_opened_is_an_error(url, message, tmp_path):
     (tmp_path / "garbage.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(LRTuneError, match="cannot open storage"):
+    with pytest.raises(LRTuneError, match=message):
         report_of(url.format(tmp=tmp_path), "s", str(tmp_path / "r.html"))
 
 

@@ -160,3 +160,74 @@ def test_auto_threads_leave_a_core_to_each_loader_process_on_the_cpu_path_only(d
     fixed = run_mod.thread_guard(dataclasses.replace(cfg, threads=3), PARAMS, data=digits,
                                  amp=AmpPolicy(torch.device("cpu")))
     assert fixed.threads == 3 and fixed.fixed and len(offered) == 1
+
+
+# --- a fine-tune: the head's and the body's LRs, and the body joining after the head's epochs ---------------
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    from lrtune.training.models import create_model
+
+    path = tmp_path_factory.mktemp("w") / "test_resnet.pth"
+    torch.save(create_model("test_resnet", num_classes=1000).state_dict(), path)
+    return path
+
+
+def _steps(run):
+    """Each optimizer step as (global step, each group's LR, whether any body parameter had a gradient)."""
+    seen = []
+    head = {id(p) for p in run.model.get_classifier().parameters()}
+
+    def record(optimizer, args, kwargs):
+        body_grads = any(p.grad is not None for p in run.model.parameters() if id(p) not in head)
+        seen.append((len(seen), [group["lr"] for group in optimizer.param_groups], body_grads))
+
+    run.optimizer.register_step_pre_hook(record)
+    return seen
+
+
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_a_fine_tune_steps_each_group_at_its_searched_lr_and_the_body_joins_after_the_head_epochs(
+        digits, pretrained, augment):
+    cfg = Config(augment=augment, batch_size=64, image_size=8, epochs=3, pretrained=True, weights=str(pretrained))
+    params = Hyperparams(lr=1e-2, scheduler="cosine", loss="ce", accum=1, body_ratio=0.1, head_epochs=1,
+                         warmup_epochs=0.5)
+    run = TrainingRun(cfg, params, data=digits, amp=AmpPolicy(torch.device("cpu")), seed=1)
+    body_group, head_group = run.optimizer.param_groups
+    assert head_group["lr_scale"] == 1.0 and body_group["lr_scale"] == 0.1
+    assert {id(p) for p in head_group["params"]} == {id(p) for p in run.model.get_classifier().parameters()}
+    before = {k: v.clone() for k, v in run.model.state_dict().items() if not k.startswith("fc.")}
+    seen = _steps(run)
+    run.train_epoch(1)
+    per_epoch = len(seen)
+    ramp = round(0.5 * per_epoch)
+    for step, (body_lr, head_lr), body_grads in seen:  # the head alone, at the schedule's LR with its warmup
+        assert head_lr == pytest.approx(run.schedule.lr(step)) and body_lr == 0.0 and not body_grads
+    after = run.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if "running" not in k and "num_batches" not in k)
+    run.train_epoch(2)
+    joined = seen[per_epoch:]
+    assert all(body_grads for _, _, body_grads in joined)
+    for step, (body_lr, head_lr), _ in joined:  # the body at 0.1 of the head's LR, ramped up over the warmup
+        ramp_share = min(1.0, (step - per_epoch + 1) / ramp)
+        assert head_lr == pytest.approx(run.schedule.lr(step))
+        assert body_lr == pytest.approx(head_lr * 0.1 * ramp_share)
+    head_param = head_group["params"][0]
+    body_param = body_group["params"][0]
+    assert int(run.optimizer.state[head_param]["step"]) == 2 * per_epoch  # the head's state carried on
+    assert int(run.optimizer.state[body_param]["step"]) == per_epoch  # the body's began when it joined
+
+
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_a_layer_decay_fine_tune_holds_each_layer_group_at_its_share_from_the_first_step(digits, pretrained, augment):
+    cfg = Config(augment=augment, batch_size=64, image_size=8, epochs=2, pretrained=True, weights=str(pretrained))
+    params = Hyperparams(lr=1e-2, scheduler="cosine", loss="ce", accum=1, layer_decay=0.5)
+    run = TrainingRun(cfg, params, data=digits, amp=AmpPolicy(torch.device("cpu")), seed=1)
+    scales = [group["lr_scale"] for group in run.optimizer.param_groups]
+    assert scales == run.lr_scales and scales[-1] == 1.0
+    assert scales == sorted(scales) and scales[0] == pytest.approx(0.5 ** (len(set(scales)) - 1))
+    seen = _steps(run)
+    run.train_epoch(1)
+    step, lrs, body_grads = seen[0]
+    assert body_grads and lrs == pytest.approx([run.schedule.lr(0) * scale for scale in scales])

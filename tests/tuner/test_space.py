@@ -60,3 +60,36 @@ def test_unknown_names_list_the_valid_ones():
         check_space(Config(schedulers=["linear"]))
     with pytest.raises(LRTuneError, match=r"unknown loss 'dice' \(valid: ce, focal, label_smoothing, f1\)"):
         check_space(Config(losses=["ce", "dice"]))
+
+
+FINETUNE = ("body_ratio", "layer_decay", "warmup_epochs", "head_epochs")
+
+
+@pytest.mark.parametrize("cfg", [Config(), Config(pretrained=True), Config(pretrained=True, space="lr-only")],
+                         ids=["from-scratch", "pretrained-auto", "pretrained-lr-only"])
+def test_the_single_lr_space_has_no_fine_tune_dimensions(cfg):
+    for params, raw in sample(cfg, 20):
+        assert not set(FINETUNE) & set(raw)
+        assert (params.body_ratio, params.layer_decay, params.warmup_epochs, params.head_epochs) == (1.0, 1.0, -1.0, 0)
+    assert not set(FINETUNE) & set(baseline_params(cfg))
+
+
+def test_the_fine_tune_space_searches_the_bodys_ratio_warmup_and_head_epochs():
+    cfg = Config(pretrained=True, space="finetune", epochs=4, body_ratio=[0.02, 0.5], warmup_max=1.5)
+    drawn = sample(cfg, 60)
+    for params, raw in drawn:
+        assert set(raw) >= {"lr", "body_ratio", "warmup_epochs", "head_epochs"} and "layer_decay" not in raw
+        assert 0.02 <= params.body_ratio <= 0.5 and 0 <= params.warmup_epochs <= 1.5
+    assert {p.head_epochs for p, _ in drawn} == {0, 1, 2}
+    ratios = sorted(p.body_ratio for p, _ in drawn)
+    assert ratios[len(ratios) // 2] < 0.2  # log-uniform: the median sits near the geometric middle (0.1)
+    assert baseline_params(cfg) == {**{k: v for k, v in baseline_params(Config()).items()}, "body_ratio": 0.5,
+                                    "warmup_epochs": 0.0, "head_epochs": 0}
+
+
+def test_the_layer_decay_parameterization_and_the_head_epochs_limit():
+    cfg = Config(pretrained=True, space="finetune", body_lrs="layer-decay", epochs=2)
+    for params, raw in sample(cfg, 30):
+        assert "layer_decay" in raw and "body_ratio" not in raw and 0.5 <= params.layer_decay <= 1.0
+        assert params.head_epochs in (0, 1)  # less than --epochs, whatever the default range
+    assert baseline_params(cfg)["layer_decay"] == 1.0
