@@ -83,8 +83,8 @@ class Config:
     accum: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # gradient accumulation steps
     lr_range: str = "auto"  # auto | off: an LR range test, once per study, narrows the LR range and queues its suggestion
     baselines: list[str] = field(default_factory=list)  # LR-free optimizers run as one fixed trial each beside the LR baseline: prodigy, schedulefree
-    space: str = "auto"  # auto | lr-only | finetune: the fine-tune space adds the body's LRs, warmup epochs and head-only epochs to a model that starts from weights; auto: lr-only
-    body_lrs: str = "ratio"  # ratio | layer-decay: in the fine-tune space, the body's LR as one share of the head's, or decayed layer by layer from the head down
+    space: str = "auto"  # auto | lr-only | finetune: the fine-tune space adds the body's LRs, warmup epochs and head-only epochs to a model that starts from weights (--pretrained); auto: lr-only, which did as well in a measured transfer setting
+    body_lrs: str = "layer-decay"  # layer-decay | ratio: in the fine-tune space, the body's LRs decayed layer group by layer group from the head down, or one share of the head's
     body_ratio: list[float] = field(default_factory=lambda: [0.01, 1.0])  # range of the body's LR as a share of the head's (log-uniform), within (0, 1]
     layer_decay: list[float] = field(default_factory=lambda: [0.5, 1.0])  # range of the LR decay factor per layer group, within (0, 1]
     warmup_max: float = 2.0  # the fine-tune space searches warmup epochs from 0 to this
@@ -275,6 +275,22 @@ def validate(cfg: Config) -> None:
         raise ConfigError("--schedulers must name at least one scheduler")
     if not cfg.losses:
         raise ConfigError("--losses must name at least one loss")
+    _validate_finetune(cfg)
+    for name in ("num_workers", "pruner_warmup", "weight_decay", "warmup_epochs", "warmup_max"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name):g}")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum:g}")
+    if cfg.diverge_factor <= 1:
+        raise ConfigError(f"--diverge-factor must be greater than 1, got {cfg.diverge_factor:g}")
+    for name in ("hflip", "affine", "color", "rare_affine", "crop"):
+        p = getattr(cfg, name)
+        if not (0 <= p <= 1 or (name == "hflip" and p == -1)):
+            raise ConfigError(f"{name} must be a probability between 0 and 1, got {p:g}")
+
+
+def _validate_finetune(cfg: Config) -> None:
+    """The fine-tune space's ranges: within (0, 1], and head-only epochs that leave the body an epoch."""
     for name in ("body_ratio", "layer_decay"):
         bounds = getattr(cfg, name)
         if len(bounds) != 2 or not 0 < bounds[0] <= bounds[1] <= 1:
@@ -288,17 +304,6 @@ def validate(cfg: Config) -> None:
     if cfg.space == "finetune" and not cfg.pretrained:
         raise ConfigError("--space finetune tunes the LRs of a model that starts from weights: add --pretrained "
                           "(and --weights FILE), or use --space lr-only")
-    for name in ("num_workers", "pruner_warmup", "weight_decay", "warmup_epochs", "warmup_max"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name):g}")
-    if not 0 <= cfg.momentum < 1:
-        raise ConfigError(f"--momentum must be in [0, 1), got {cfg.momentum:g}")
-    if cfg.diverge_factor <= 1:
-        raise ConfigError(f"--diverge-factor must be greater than 1, got {cfg.diverge_factor:g}")
-    for name in ("hflip", "affine", "color", "rare_affine", "crop"):
-        p = getattr(cfg, name)
-        if not (0 <= p <= 1 or (name == "hflip" and p == -1)):
-            raise ConfigError(f"{name} must be a probability between 0 and 1, got {p:g}")
 
 
 def finetune_space(cfg: Config) -> bool:

@@ -100,7 +100,13 @@ def _ordinal(n: int) -> str:
 
 
 def _span(ci: Any) -> str:
-    return f"{ci[0]:.4f} to {ci[1]:.4f}" if isinstance(ci, list) and len(ci) == 2 else "-"
+    """A 95% interval of a score in [0, 1]; one that reaches past the score's range (a few seeds' t-interval)
+    is clipped to it, and says so."""
+    if not (isinstance(ci, list) and len(ci) == 2):
+        return "-"
+    low, high = max(0.0, ci[0]), min(1.0, ci[1])
+    clipped = " (clipped to 0..1: too few seeds to say more)" if (low, high) != (ci[0], ci[1]) else ""
+    return f"{low:.4f} to {high:.4f}{clipped}"
 
 
 def format_confirmed(record: Any) -> list[str]:

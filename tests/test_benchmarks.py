@@ -198,3 +198,15 @@ def test_the_checkpoint_size_benchmark_writes_a_trials_files_and_its_estimate_ho
     (row,) = json.loads(out.read_text())
     assert row["model"] == "test_resnet" and row["best_pt"] < row["last_pt"]
     assert 0.9 < row["estimated_last_pt"] / row["last_pt"] < 1.1  # what the warning before a search counts on
+
+
+def test_the_finetune_benchmark_pretrains_then_pairs_every_arm_on_the_test_split(tmp_path):
+    out = tmp_path / "finetune.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "finetune_space.py"), "--smoke", "--out",
+                             str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    assert sorted(record["summary"]) == sorted(["lr-only", "ratio", "layer-decay", "ratio, wd 0.1", "recipe"])
+    assert all(0.0 <= row["test"] <= 1.0 for row in record["rows"])
+    recipe = next(row for row in record["rows"] if row["arm"] == "recipe")
+    assert recipe["best_params"]["body_ratio"] == pytest.approx(0.1)  # slice(lr/10, lr)

@@ -13,11 +13,12 @@ import json
 import math
 import os
 import uuid
+import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import psutil
@@ -437,11 +438,14 @@ def _open_cached(array_file: Path, meta_file: Path) -> ImageSet | None:
 
 
 def split_indices(
-    imageset: ImageSet, *, val_fraction: float, seed: int, among: np.ndarray | None = None, part: str = "validation"
+    imageset: ImageSet, *, val_fraction: float, seed: int, among: np.ndarray | None = None, part: str = "validation",
+    say: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (kept, held-out) indices of ``among`` (all images by default), stratified by class.
 
-    With groups, no group is on both sides. ``part`` names the held-out side in errors.
+    With groups, no group is on both sides; a class with fewer images than the split has folds cannot be
+    stratified, and ``say`` hears one line naming it and what the held-out side got. ``part`` names the
+    held-out side in errors and notes.
     """
     idx = np.arange(len(imageset.labels)) if among is None else np.asarray(among, np.int64)
     labels = imageset.labels[idx]
@@ -455,8 +459,13 @@ def split_indices(
             n_val = max(n_classes, round(val_fraction * len(labels)))
             train, val = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=seed)
         else:
-            folds = StratifiedGroupKFold(n_splits=max(2, round(1 / val_fraction)), shuffle=True, random_state=seed)
-            train, val = next(folds.split(np.zeros(len(labels)), labels, groups))
+            n_folds = max(2, round(1 / val_fraction))
+            folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            with warnings.catch_warnings():  # scikit-learn's "least populated class" warning: said below
+                warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+                train, val = next(folds.split(np.zeros(len(labels)), labels, groups))
+            if say is not None:
+                _say_rare(imageset.classes, labels, val, n_folds, part, say)
     except ValueError as exc:
         raise DataError(f"{where}: {' '.join(str(exc).split())}") from None
     present = class_counts(labels[train], n_classes) > 0
@@ -464,6 +473,21 @@ def split_indices(
         missing = imageset.classes[int(np.flatnonzero(~present)[0])]
         raise DataError(f"{where}: class {missing!r} has no training images left (every one is in {part})")
     return np.sort(idx[train]).astype(np.int64), np.sort(idx[val]).astype(np.int64)
+
+
+def _say_rare(classes: list[str], labels: np.ndarray, held: np.ndarray, n_folds: int, part: str,
+              say: Callable[[str], None]) -> None:
+    """One line for the classes with fewer images than the grouped split has folds: how many each has, and how
+    many of them the held-out side got (groups stay whole, so it may be none)."""
+    counts = class_counts(labels, len(classes))
+    got = class_counts(labels[held], len(classes))
+    rare = [k for k in range(len(classes)) if 0 < counts[k] < n_folds]
+    if not rare:
+        return
+    listed = ", ".join(f"{classes[k]!r} ({counts[k]} images, {got[k]} in {part})" for k in rare)
+    say(f"note: {'class' if len(rare) == 1 else 'classes'} {listed} {'has' if len(rare) == 1 else 'have'} fewer "
+        f"images than the {n_folds} folds the grouped {part} split is drawn from, so {part} cannot be stratified "
+        f"there: each group stays on one side, and a rare class's {part} score rests on the few images it got")
 
 
 def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -132,13 +132,15 @@ def load_training_data(cfg: Config, *, progress: ProgressSink | None = None) -> 
         shared=cfg.workers != 1,  # local workers (or auto) map one decode instead of each decoding the files
         progress=progress,
     )
+    say = progress.message if progress is not None else None
     if not cfg.test_fraction:
-        train_idx, val_idx = split_indices(imageset, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        train_idx, val_idx = split_indices(imageset, val_fraction=cfg.val_fraction, seed=cfg.seed, say=say)
         return TrainingData(imageset, train_idx, val_idx)
-    rest, test_idx = split_indices(imageset, val_fraction=cfg.test_fraction, seed=cfg.seed + TEST_SEED, part="test")
+    rest, test_idx = split_indices(imageset, val_fraction=cfg.test_fraction, seed=cfg.seed + TEST_SEED, part="test",
+                                   say=say)
     # Validation keeps its share of all images.
     share = cfg.val_fraction / (1 - cfg.test_fraction)
-    train_idx, val_idx = split_indices(imageset, val_fraction=share, seed=cfg.seed, among=rest)
+    train_idx, val_idx = split_indices(imageset, val_fraction=share, seed=cfg.seed, among=rest, say=say)
     return TrainingData(imageset, train_idx, val_idx, test_idx)
 
 
@@ -268,15 +270,9 @@ class TrainingRun:
         )
         self.lr_scales = [group["lr_scale"] for group in groups or []]  # the LR's share, from the first layers to the head
         self.schedule = create_schedule(
-            params.scheduler,
-            base_lr=params.lr,
-            steps_per_epoch=steps_per_epoch,
-            epochs=cfg.epochs,
-            warmup_steps=warmup_steps,
-            step_size=params.step_size,
-            step_gamma=params.step_gamma,
-            factor=params.plateau_factor,
-            patience=params.plateau_patience,
+            params.scheduler, base_lr=params.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
+            warmup_steps=warmup_steps, step_size=params.step_size, step_gamma=params.step_gamma,
+            factor=params.plateau_factor, patience=params.plateau_patience,
         )
         self.loss_fn = create_loss(params.loss, focal_gamma=params.focal_gamma, smoothing=params.smoothing)
         self.scaler = amp.scaler()

@@ -18,7 +18,7 @@ def weights(tmp_path_factory):
 
 def test_a_fine_tune_search_records_and_shows_each_trials_head_and_body_lrs(tmp_path, weights, augment):
     args = ("search", "--studies-dir", str(tmp_path), "--pretrained", "--weights", str(weights), "--space", "finetune",
-            "--body-lrs", "layer-decay", "--trials", "4", "--epochs", "3", "--batch-size", "64", "--lr-range", "auto")
+            "--trials", "4", "--epochs", "3", "--batch-size", "64", "--lr-range", "auto")
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "sweeping the head's LR with a layer decay of 0.75" in result.stderr

@@ -374,3 +374,23 @@ def test_the_image_cache_reserves_its_space_first_and_a_full_disk_is_one_line(tm
     monkeypatch.setattr(datasets_mod.os, "posix_fallocate", full)
     with pytest.raises(NoSpaceError, match=f"^no space left under {path.parent} for the image cache .*--cache memory$"):
         datasets_mod._reserve(path, 3 * 2**20)
+
+
+def test_a_class_too_rare_for_the_grouped_split_is_one_note_not_sklearns_warning() -> None:
+    import warnings
+
+    labels, groups = [], []
+    for g in range(30):  # 30 people of class 0, and 2 people (4 images) of the rare class 1
+        labels += [0] * 3
+        groups += [f"p{g}"] * 3
+    labels += [1, 1, 1, 1]
+    groups += ["r1", "r1", "r2", "r2"]
+    imageset = synthetic(labels, groups)
+    said = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's UserWarning would fail here
+        train, val = split_indices(imageset, val_fraction=0.2, seed=0, say=said.append)
+    (line,) = said
+    in_val = int((imageset.labels[val] == 1).sum())
+    assert line.startswith(f"note: class '1' (4 images, {in_val} in validation) has fewer images than the 5 folds")
+    assert "each group stays on one side" in line

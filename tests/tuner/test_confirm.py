@@ -53,3 +53,17 @@ def test_the_tuned_winner_against_lr_free_in_one_line_with_its_interval_once_con
     assert line == (f"tuned winner, trial 7: macro-F1 0.9100 against the best LR-free baseline, schedulefree "
                     f"(trial 2): 0.8600; gain +0.0500 (95% interval {ci[0]:+.4f} to {ci[1]:+.4f}, over 3 seeds)")
     assert format_against_lr_free([(7, "tuned", 0.9)], None, "macro_f1") == []
+
+
+def test_an_interval_past_the_metrics_range_is_clipped_and_says_so():
+    two = record(seeds=(0, 1))
+    two["seeds"] = 2
+    for c in two["configs"]:
+        c["runs"] = c["runs"][:2]
+    two["configs"][0]["runs"] = [0.35, 0.99]  # two seeds far apart: the t-interval spans past 0 and 1
+    two["configs"][0]["ci95"] = interval(two["configs"][0]["runs"])
+    assert two["configs"][0]["ci95"][0] < 0 and two["configs"][0]["ci95"][1] > 1
+    row = next(line for line in format_confirmed(two)[1].splitlines() if "7 (tuned)" in line)
+    assert "0.0000 to 1.0000 (clipped to 0..1: too few seeds to say more)" in row
+    plain = next(line for line in format_confirmed(record())[1].splitlines() if "7 (tuned)" in line)
+    assert "clipped" not in plain

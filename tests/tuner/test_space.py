@@ -75,7 +75,7 @@ def test_the_single_lr_space_has_no_fine_tune_dimensions(cfg):
 
 
 def test_the_fine_tune_space_searches_the_bodys_ratio_warmup_and_head_epochs():
-    cfg = Config(pretrained=True, space="finetune", epochs=4, body_ratio=[0.02, 0.5], warmup_max=1.5)
+    cfg = Config(pretrained=True, space="finetune", body_lrs="ratio", epochs=4, body_ratio=[0.02, 0.5], warmup_max=1.5)
     drawn = sample(cfg, 60)
     for params, raw in drawn:
         assert set(raw) >= {"lr", "body_ratio", "warmup_epochs", "head_epochs"} and "layer_decay" not in raw
@@ -87,8 +87,8 @@ def test_the_fine_tune_space_searches_the_bodys_ratio_warmup_and_head_epochs():
                                     "warmup_epochs": 0.0, "head_epochs": 0}
 
 
-def test_the_layer_decay_parameterization_and_the_head_epochs_limit():
-    cfg = Config(pretrained=True, space="finetune", body_lrs="layer-decay", epochs=2)
+def test_the_layer_decay_parameterization_is_the_default_and_head_epochs_stay_under_epochs():
+    cfg = Config(pretrained=True, space="finetune", epochs=2)
     for params, raw in sample(cfg, 30):
         assert "layer_decay" in raw and "body_ratio" not in raw and 0.5 <= params.layer_decay <= 1.0
         assert params.head_epochs in (0, 1)  # less than --epochs, whatever the default range
