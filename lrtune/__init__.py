@@ -9,6 +9,7 @@ from lrtune import api
 from lrtune.api import (
     best_trial,
     confirm,
+    estimate,
     list_studies,
     load_config,
     lr_find,
@@ -50,6 +51,7 @@ __all__ = [
     "__version__",
     "best_trial",
     "confirm",
+    "estimate",
     "export_config",
     "export_onnx",
     "export_split",

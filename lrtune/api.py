@@ -65,6 +65,16 @@ def search(
     return run_search(cfg, progress=progress, verbosity=verbosity, given=given)
 
 
+def estimate(*, config: Config | None = None, progress: ProgressSink | None = None) -> dict[str, Any]:
+    """What ``search`` would do with ``config``, without running a trial or writing a study: the resolved
+    config, the data's summary, and the estimated wall time (``estimate``: its line, its seconds and what they
+    rest on, timed on a few batches of the baseline trial). An existing study's finished trials are not
+    counted again."""
+    from lrtune.tuner.driver import dry_run
+
+    return dry_run(config if config is not None else Config(), progress=progress)
+
+
 def lr_find(
     *,
     config: Config | None = None,

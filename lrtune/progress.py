@@ -7,9 +7,13 @@ one the CLI uses: a live line on a terminal, one line per trial otherwise.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Protocol, TextIO
 
-from lrtune.formatting import format_metric, format_value
+from lrtune.formatting import format_duration, format_metric, format_value
+
+SLOW_EPOCH_S = 3.0  # an epoch running this long gets a progress bar (a plain line in a log)
+PLAIN_EVERY_S = 30.0  # at most one plain progress line this often where the stream is no terminal
 
 
 class ProgressSink(Protocol):
@@ -26,6 +30,8 @@ class ProgressSink(Protocol):
     def trial_done(
         self, number: int, state: str, value: float | None, params: dict[str, Any], reason: str
     ) -> None: ...
+
+    # Optional: ``batch(trial, epoch, epochs, done, total, images)`` after each micro-batch of a trial's epoch.
 
 
 class ConsoleProgress:
@@ -48,6 +54,8 @@ class ConsoleProgress:
         self.finished = 0
         self.pruned = 0
         self._dirty = False
+        self.position = 0  # this sink's line among several processes' bars (a local worker's index)
+        self._epoch: EpochClock | None = None
 
     def start(self, *, total: int, finished: int, pruned: int, best: float | None) -> None:
         """Counts a resumed study already holds."""
@@ -80,7 +88,43 @@ class ConsoleProgress:
         self.stream.write(f"\r{self.prefix}{what}: {done}/{total}" + ("\n" if done == total else ""))
         self.stream.flush()
 
+    def batch(self, trial: int, epoch: int, epochs: int, done: int, total: int, images: int) -> None:
+        """Inside a long epoch: batch i/n, images/s, the epoch's, the trial's and the study's time left, as a
+        bar (tqdm) on a terminal or in a notebook, or a plain line at most every ``PLAIN_EVERY_S`` in a log."""
+        if self.verbosity == 0:
+            return
+        clock = self._epoch
+        if clock is None or clock.key != (trial, epoch):
+            self._close_bar()
+            clock = self._epoch = EpochClock((trial, epoch), time.monotonic(), done, images)
+        elapsed = time.monotonic() - clock.started  # since the first batch this sink heard of
+        if elapsed < SLOW_EPOCH_S or done >= total or done <= clock.done:
+            return
+        per_batch = elapsed / (done - clock.done)
+        epoch_s, left = per_batch * total, per_batch * (total - done)
+        trial_left = left + (epochs - epoch) * epoch_s
+        queued = max(0, self.total - self.finished - 1)
+        text = (f"{(images - clock.images) / elapsed:,.1f} images/s, epoch {format_duration(left)} left, trial "
+                f"{format_duration(trial_left)}, study about {format_duration(trial_left + queued * epochs * epoch_s)} "
+                "if none is pruned")
+        if self.live or _in_notebook():
+            if clock.bar is None:
+                clock.bar = _bar(total, f"{self.prefix}trial {trial} epoch {epoch}/{epochs}", self.stream, self.position)
+            clock.bar.n = done
+            clock.bar.set_postfix_str(text, refresh=False)
+            clock.bar.refresh()
+        elif time.monotonic() - clock.said >= PLAIN_EVERY_S or clock.said == 0:
+            clock.said = time.monotonic()
+            self.stream.write(f"{self.prefix}trial {trial} epoch {epoch}/{epochs}: batch {done}/{total}, {text}\n")
+            self.stream.flush()
+
+    def _close_bar(self) -> None:
+        if self._epoch is not None and self._epoch.bar is not None:
+            self._epoch.bar.close()
+        self._epoch = None
+
     def epoch(self, trial: int, epoch: int, epochs: int, value: float) -> None:
+        self._close_bar()
         if self.verbosity >= 2 or self.live:
             self._write(
                 f"trial {trial} epoch {epoch}/{epochs} {self.metric} {value:.4f} | {self._status()}",
@@ -89,6 +133,7 @@ class ConsoleProgress:
 
     def trial_done(self, number: int, state: str, value: float | None, params: dict[str, Any], reason: str) -> None:
         """One line per finished trial; ``state`` is Optuna's state name (COMPLETE, PRUNED, FAIL)."""
+        self._close_bar()
         if state in ("COMPLETE", "PRUNED"):
             self.finished += 1
         if state == "PRUNED":
@@ -105,3 +150,23 @@ class ConsoleProgress:
         shown = f" {self.metric} {value:.4f}" if value is not None else ""
         note = f" ({reason})" if reason and state != "COMPLETE" else ""
         self._write(f"trial {number} {state.lower()}{shown} [{what}]{note} | {self._status()}")
+
+
+class EpochClock:
+    """When a sink first heard of an epoch (after its batch ``done``, ``images`` in), its bar, and when its last
+    plain line was written."""
+
+    def __init__(self, key: tuple[int, int], started: float, done: int, images: int) -> None:
+        self.key, self.started, self.done, self.images = key, started, done, images
+        self.said, self.bar = 0.0, None
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel, where tqdm draws a widget (or its text bar) that works there."""
+    return "ipykernel" in sys.modules and hasattr(sys.modules.get("IPython"), "get_ipython")
+
+
+def _bar(total: int, desc: str, stream: TextIO, position: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", file=stream, position=position, leave=False, dynamic_ncols=True)

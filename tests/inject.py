@@ -9,6 +9,7 @@
     python tests/inject.py heartbeat-enospc=1 search ...     # the heartbeat thread's writes meet a full disk
     python tests/inject.py memory-error-trial=1 search ...   # trial 1's first step raises MemoryError
     python tests/inject.py eio-trial=1 search ...            # trial 1 meets an I/O error in its 2nd epoch
+    python tests/inject.py progress-every-batch=1 search ... # every epoch counts as long: progress at each batch
     python tests/inject.py vanish-db-after-trial=0 search ... # the database file is deleted as trial 0 ends
 """
 
@@ -135,6 +136,10 @@ elif fault == "eio-trial":
         return real_epoch(self, trial, run, files, number)
 
     trial_mod.Objective._epoch = epoch
+elif fault == "progress-every-batch":
+    from lrtune import progress as progress_mod
+
+    progress_mod.SLOW_EPOCH_S = progress_mod.PLAIN_EVERY_S = 0.0
 elif fault == "vanish-db-after-trial":
     real_call = trial_mod.Objective.__call__
 

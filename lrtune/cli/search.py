@@ -8,7 +8,7 @@ from typing import Sequence
 
 from lrtune.cli.options import add_field, given_fields, resolve_config, verbosity
 from lrtune.cli.output import format_summary
-from lrtune.config import metric_label
+from lrtune.config import Config, metric_label
 from lrtune.errors import SIGNAL_EXIT, SearchInterrupted
 from lrtune.progress import ConsoleProgress
 
@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         group = parser.add_argument_group(title)
         for name in names:
             add_field(group, name)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config, the data and the estimated time, and run nothing")
     parser.set_defaults(handler=run)
 
 
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     cfg = resolve_config(args)
     progress = ConsoleProgress(cfg.trials, verbosity=verbosity(args), metric=metric_label(cfg.metric))
+    if args.dry_run:
+        return dry_run(cfg, progress)
     try:
         study = search(config=cfg, progress=progress, given=given_fields(args))
     except SearchInterrupted as exc:
@@ -55,4 +59,21 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         return SIGNAL_EXIT.get(exc.signum, 1)
     print(format_summary(study))
+    return 0
+
+
+def dry_run(cfg: Config, progress: ConsoleProgress) -> int:
+    """The estimate on stderr's last line; the resolved config and the data's summary on stdout."""
+    from lrtune.api import estimate
+
+    plan = estimate(config=cfg, progress=progress)
+    data = plan["data"]
+    print("config:")
+    for key, value in plan["config"].items():
+        print(f"  {key} = {value!r}")
+    counts = ", ".join(f"{name} {n}" for name, n in zip(data["classes"], data["train_counts"]))
+    print(f"data: {data['name']}, {len(data['classes'])} classes, {data['n_train']} training and {data['n_val']} "
+          f"validation images at {data['image_size']} px" + (f", {data['n_test']} test" if "n_test" in data else ""))
+    print(f"  training images per class: {counts}")
+    print(plan["estimate"]["line"])
     return 0

@@ -91,8 +91,14 @@ def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threa
     for run in runs:
         run.start_pass(seed)
     started = time.perf_counter()
+    hearing = [run.on_batch for run in runs if run.on_batch is not None]
+
+    def on_batch(done: int, total: int, images: int) -> None:
+        for hear in hearing:
+            hear(done, total, images)
+
     results = train_together(net if len(runs) > 1 else first.net, first.loader, [run.learner() for run in runs],
-                             amp=first.amp, should_stop=should_stop)
+                             amp=first.amp, should_stop=should_stop, on_batch=on_batch if hearing else None)
     seconds = time.perf_counter() - started
     if threads is not None:
         threads.observe(sum(result.images for result in results), seconds)

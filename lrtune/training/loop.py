@@ -127,8 +127,10 @@ def train_together(
     *,
     amp: AmpPolicy,
     should_stop: Callable[[], bool] | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
 ) -> list[EpochResult]:
-    """Train for one pass over ``loader``, each learner accumulating gradients over its own ``accum_steps``.
+    """Train for one pass over ``loader``, each learner accumulating gradients over its own ``accum_steps``;
+    ``on_batch(batches done, batches in the pass, images done)`` after each micro-batch.
 
     ``model`` gives ``[batch, classes]`` logits for one learner, or ``[K, batch, classes]`` for K (a fused
     group: K models on the same batch, whose gradients never mix). Each learner's optimizer steps on its own
@@ -163,6 +165,8 @@ def train_together(
                 loss_sums[j].add_(loss.detach(), alpha=len(y))
         total.backward()
         n_seen += len(y)
+        if on_batch is not None:
+            on_batch(i + 1, n_batches, n_seen)
         for j, learner in enumerate(learners):
             group_start = i - i % learner.accum_steps
             if i + 1 - group_start == min(learner.accum_steps, n_batches - group_start):

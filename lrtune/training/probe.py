@@ -2,7 +2,8 @@
 counts. Knows nothing of Optuna.
 
 ``--workers auto`` reads the first to choose how many trials share a GPU;
-``--threads auto`` reads the second to choose a trial process's CPU threads.
+``--threads auto`` reads the second to choose a trial process's CPU threads;
+a search's estimate reads ``probe_epoch``, a few batches of a real epoch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from lrtune.training import memory
-from lrtune.training.loop import train_one_epoch
+from lrtune.training.loop import evaluate, train_one_epoch
 
 WARMUP_STEPS = 3  # cuDNN autotuning, the allocator, a compile: not what a trial's steady state costs
 STEPS = 10
@@ -64,6 +65,30 @@ def probe_threads(run: Any, counts: list[int], *, apply: Callable[[int], None]) 
                     break
             rates[count] = max(rates.get(count, 0.0), images / elapsed)
     return rates
+
+
+def probe_epoch(run: Any, *, batches: int = 2, budget_s: float = 10.0) -> tuple[float, float]:
+    """(training images/s with the loader's work, validation images/s) of ``run`` (a fresh ``TrainingRun``,
+    changed by the probe), from up to ``batches`` batches of each after one to warm up; fewer once
+    ``budget_s`` has passed, so a slow job is not kept waiting for its estimate."""
+    loader = iter(run.loader)
+    started = time.perf_counter()
+    _train(run, [next(loader)])  # the first step allocates and picks kernels
+    images, start = 0, time.perf_counter()
+    for batch in itertools.islice(loader, batches):
+        images += _train(run, [batch])
+        if time.perf_counter() - started > budget_s:
+            break
+    train_rate = images / max(time.perf_counter() - start, 1e-9)
+    if not len(run.data.val_idx):
+        return train_rate, 0.0
+    val = list(itertools.islice(run.val_batches(), 1 + batches))
+    amp, n_classes = run.amp, run.data.n_classes
+    evaluate(run.net, val[:1], n_classes=n_classes, amp=amp)
+    start = time.perf_counter()
+    timed = val[1:] or val
+    evaluate(run.net, timed, n_classes=n_classes, amp=amp)
+    return train_rate, sum(len(y) for _, y in timed) / max(time.perf_counter() - start, 1e-9)
 
 
 def _train(run: Any, batches: list[Any]) -> int:

@@ -252,6 +252,7 @@ class TrainingRun:
         self.should_stop, self.threads = should_stop, threads
         self.group: Any = None  # a ``fused.FusedGroup`` this run trains in, one pass with the others per epoch
         self.sharing = 1  # the runs its last epoch's pass trained: its share of that time is 1 / sharing
+        self.on_batch: Callable[[int, int, int], None] | None = None  # hears each micro-batch of an epoch
         seed_everything(seed)
         self.model = create_model(cfg.model, num_classes=data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights)
         memory_format = torch.channels_last if amp.channels_last else torch.preserve_format
@@ -306,7 +307,8 @@ class TrainingRun:
             return self.group.train_epoch(self, epoch)
         self.start_pass(epoch_seed(self.seed, epoch))
         started = time.perf_counter()
-        (result,) = train_together(self.net, self.loader, [self.learner()], amp=self.amp, should_stop=self.should_stop)
+        (result,) = train_together(self.net, self.loader, [self.learner()], amp=self.amp, should_stop=self.should_stop,
+                                   on_batch=self.on_batch)
         seconds = time.perf_counter() - started
         if self.threads is not None:
             self.threads.observe(result.images, seconds)

@@ -308,6 +308,9 @@ def _search(
         f"(storage {mask_url(url)}, device {objective.device})"
     )
     if progress is not None:
+        from lrtune.tuner.estimate import estimate_search
+
+        say(estimate_search(cfg, data=objective.data, amp=objective.amp, finished=done).line())
         finished = study.get_trials(deepcopy=False, states=FINISHED)
         values = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
         pruned = sum(t.state == TrialState.PRUNED for t in finished)
@@ -359,3 +362,42 @@ def _score(study: optuna.Study, cfg: Config, objective: Any, say: Callable[[str]
         return
     say("scoring the best trial and the baseline on the test split")
     holdout.score_test_split(study, cfg, data=objective.data, amp=objective.amp, folder=objective.study_dir)
+
+
+def dry_run(cfg: Config, *, progress: ProgressSink | None = None) -> dict[str, Any]:
+    """``lrtune search --dry-run``: the resolved config, the data and the estimate; no trial, no study written."""
+    config_mod.validate(cfg)
+    from lrtune.tuner.estimate import estimate_search
+    from lrtune.tuner.space import check_space
+    from lrtune.training.loop import amp_policy, resolve_device
+    from lrtune.training.run import Hyperparams, load_training_data, thread_guard
+    from lrtune.training.threads import kept_threads
+
+    check_space(cfg)
+    with quiet_optuna():
+        samplers.check_names(cfg)
+        finished = _finished_so_far(cfg)
+    amp = amp_policy(resolve_device(cfg.device), cfg.amp)
+    with kept_threads():
+        data = load_training_data(cfg, progress=progress)
+        thread_guard(cfg, Hyperparams.from_dict(baseline_params(cfg)), data=data, amp=amp, workers=max(cfg.workers, 1),
+                     say=progress.message if progress is not None else None)
+        estimate = estimate_search(cfg, data=data, amp=amp, finished=finished)
+    return {"config": config_mod.to_dict(cfg), "data": data.summary(), "finished": finished,
+            "estimate": {**estimate.to_dict(), "line": estimate.line()}}
+
+
+def _finished_so_far(cfg: Config) -> int:
+    """The finished trials of the study ``cfg`` names, read without creating a storage or a study; 0 if none."""
+    from lrtune.storage import open_existing_storage
+    from lrtune.storage.sqlite import sqlite_path
+
+    url = storage_url(cfg)
+    path = sqlite_path(url)
+    if path is not None and not Path(path).is_file():
+        return 0
+    storage = open_existing_storage(url)
+    name = cfg.study or default_study_name(cfg)
+    if name not in study_names(storage):
+        return 0
+    return count_finished(optuna.load_study(study_name=name, storage=storage))

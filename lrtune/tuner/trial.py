@@ -21,22 +21,21 @@ from typing import Callable, Iterator
 import optuna
 import torch
 
-from lrtune.config import CURVE_KEYS, Config, effective_image_size
+from lrtune.config import CURVE_KEYS, Config
 from lrtune.errors import LRTuneError, StudyError, first_line
 from lrtune.progress import ProgressSink
 from lrtune.storage import resilient
 from lrtune.tuner import faults
 from lrtune.tuner.artifacts import RemoteCheckpoints
+from lrtune.tuner.records import batch_reporter, params_together, publish, set_user_attrs, weights_record
 from lrtune.tuner.space import baseline_params, check_space, suggest
 from lrtune.training import checkpoints, memory
 from lrtune.training.loop import Diverged, Interrupted, amp_policy, resolve_device
-from lrtune.training.metrics import confusion
 from lrtune.training.models import check_model
 from lrtune.training.run import Hyperparams, TrainingData, TrainingRun, load_training_data, thread_guard
 from lrtune.training.fused import FusedGroup, fusable
 from lrtune.training.threads import ThreadGuard
 
-MAX_LR_POINTS = 500  # per-step LR points kept on a trial
 MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: the fault is not in one trial's parameters
 CHECKPOINT_SHARE = 0.02  # at most this share of a trial's time goes to writing last.pt
 REPORT_EVERY = 10.0  # s: on lrtune's storage, values of shorter epochs are written together, at most this late
@@ -54,15 +53,6 @@ class StopFlag:
 
     def __call__(self) -> bool:
         return self.signum is not None
-
-
-def thin(points: list[list[float]], limit: int = MAX_LR_POINTS) -> list[list[float]]:
-    """At most ``limit`` evenly spaced points, always keeping the last."""
-    if len(points) <= limit:
-        return points
-    stride = math.ceil(len(points) / limit)
-    kept = points[::stride]
-    return kept if kept[-1] == points[-1] else kept + [points[-1]]
 
 
 @dataclass
@@ -213,6 +203,7 @@ class Objective:
         files = TrialFiles(checkpoints.trial_dir(self.study_dir, trial.number))
         if retry_of is not None and take_checkpoint(self.study_dir, self.remote, trial, int(retry_of), files.folder):
             run = resumed(trial, run, files, study_dir=self.study_dir, fresh=fresh, progress=self.progress)
+        run.on_batch = batch_reporter(self.progress, trial.number, run)
         # The best epoch's weights stay in memory (the copy packed for its last.pt)
         # and are written to best.pt only when a later epoch stops matching them
         # (or at the end): until then the epoch's last.pt holds the same weights.
@@ -353,23 +344,6 @@ def _start(trial: optuna.Trial, cfg: Config, params: Hyperparams, extra: dict) -
     return seed, retry_of
 
 
-def set_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
-    """Several user attributes at once: one write on lrtune's storage, else one call each."""
-    backend = resilient(getattr(trial, "storage", None))
-    if backend is None:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return
-    backend.set_trial_user_attrs(trial._trial_id, attrs)
-    trial._cached_frozen_trial.user_attrs.update(attrs)  # what trial.user_attrs returns
-
-
-def params_together(trial: optuna.Trial) -> contextlib.AbstractContextManager:
-    """Within: the trial's parameters are written together at the end (one write on lrtune's storage)."""
-    backend = resilient(getattr(trial, "storage", None))
-    return backend.params_together(trial._trial_id) if backend is not None else contextlib.nullcontext()
-
-
 def _finish(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
     """However the trial ends: its checkpoints on disk, every value reported, its attributes written."""
     try:
@@ -448,33 +422,3 @@ def _may_beat_study(trial: optuna.Trial, value: float) -> bool:
     except ValueError:  # no complete trial yet
         return True
 
-
-def publish(trial: optuna.Trial, run: TrainingRun, extra: dict | None = None) -> None:
-    """The trial's curves and summary attributes (and ``extra`` ones), written once when it ends.
-
-    While it runs, its intermediate values give the validation macro-F1 of
-    every epoch, and ``last.pt`` holds the curves a retry continues.
-    """
-    state, data = run.state, run.data
-    best = dict(state.best)
-    if state.best_preds:
-        best["confusion"] = confusion(data.val_targets, state.best_preds, data.n_classes)
-    attrs = {"curves": state.curves, "lr_steps": thin(state.lr_steps), "best": best, "images_per_s": state.images_per_s}
-    if run.lr_scales:  # a fine-tune's LRs by depth: each layer group's share of the head's LR
-        attrs["lr_scales"] = run.lr_scales
-    set_user_attrs(trial, {**attrs, **(extra or {})})
-
-
-def weights_record(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> dict:
-    """best.pt: the best epoch's weights and what is needed to use them."""
-    return {
-        "model": run.cfg.model,
-        "state_dict": files.best_weights,
-        "classes": list(run.data.imageset.classes),
-        "image_size": effective_image_size(run.cfg),
-        "params": run.params.to_dict(),
-        "trial": trial.number,
-        "epoch": run.state.best["epoch"],
-        "metric": run.cfg.metric,
-        "value": run.state.best_value,
-    }
