@@ -17,6 +17,7 @@ from lrtune.api import (
     ranked_trials,
     report_figures,
     search,
+    track,
     write_report,
 )
 from lrtune.config import Config
@@ -64,6 +65,7 @@ __all__ = [
     "ranked_trials",
     "report_figures",
     "search",
+    "track",
     "train",
     "write_report",
 ]

@@ -131,6 +131,19 @@ def open_study(
     return load_study(open_existing_storage(_storage_url(storage, studies_dir)), name)
 
 
+def track(*, study: optuna.Study, to: list[str], studies_dir: str | Path = "studies",
+          progress: ProgressSink | None = None) -> dict[str, int]:
+    """Log ``study``'s ended trials from its storage to trackers (``mlflow[=URI]``, ``tensorboard[=DIR]``), skipping
+    trials a tracker holds already: how many each got. A tracker that fails is said once through ``progress``."""
+    from lrtune.tuner.tracking import backfill, parse
+
+    stored = dict(study.user_attrs.get("config") or {})
+    stored.pop("storage", None)
+    cfg = config_mod.from_dict({**stored, "studies_dir": str(studies_dir), "track": list(to)})
+    say = progress.message if progress is not None else (lambda text: None)
+    return backfill(study, cfg, parse(list(to), cfg), say)
+
+
 def list_studies(*, storage: str | None = None, studies_dir: str | Path = "studies") -> list[dict[str, Any]]:
     """One row per study: its name, finished, pruned, failed and running trials, and best value."""
     return summarize_studies(open_existing_storage(_storage_url(storage, studies_dir)))

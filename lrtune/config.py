@@ -103,6 +103,7 @@ class Config:
     fuse: int = 1  # trials trained side by side as one fused model in each worker, one step for all on the same batch; auto: as many as a short probe finds faster (on CUDA also as the free memory holds)
     workers: int = 1  # local worker processes sharing the study; auto (or 0): on CUDA as many as its free memory and the model's speed call for, else 1
     keep: str = "best"  # best | all | none: which trials keep their final weights
+    track: list[str] = field(default_factory=list)  # trackers that log every trial: mlflow[=URI] (a parent run per study, a nested run per trial), tensorboard[=DIR] (a folder per trial)
     force: bool = False  # resume even though the stored config differs
     # --- many machines -----------------------------------------------------------
     artifacts: str = ""  # shared folder or s3://bucket/prefix or gs://bucket/prefix for checkpoints any machine can read
@@ -129,13 +130,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
 RUN_ONLY = frozenset(
     {"trials", "timeout", "study", "storage", "studies_dir", "workers", "keep", "force", "device", "num_workers",
      "artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace", "compile", "compile_mode", "threads",
-     "fuse"}
+     "fuse", "track"}
 )
 # Fields that belong to one machine: a worker joining a study keeps its own
 # (its data may lie elsewhere), and takes every other field from the study.
 # Data paths may differ as long as the data's classes and counts match.
 MACHINE_LOCAL = frozenset(
-    {"study", "storage", "studies_dir", "workers", "threads", "fuse", "force", "device", "num_workers", "timeout", "data_root",
+    {"study", "storage", "studies_dir", "workers", "threads", "fuse", "track", "force", "device", "num_workers", "timeout", "data_root",
      "storage_retry", "heartbeat_interval", "heartbeat_grace"}
 )
 

@@ -10,6 +10,7 @@
     python tests/inject.py memory-error-trial=1 search ...   # trial 1's first step raises MemoryError
     python tests/inject.py eio-trial=1 search ...            # trial 1 meets an I/O error in its 2nd epoch
     python tests/inject.py progress-every-batch=1 search ... # every epoch counts as long: progress at each batch
+    python tests/inject.py kill-after-trial=0:PID search ... # SIGKILL process group PID once trial 0 has ended
     python tests/inject.py vanish-db-after-trial=0 search ... # the database file is deleted as trial 0 ends
 """
 
@@ -136,6 +137,17 @@ elif fault == "eio-trial":
         return real_epoch(self, trial, run, files, number)
 
     trial_mod.Objective._epoch = epoch
+elif fault == "kill-after-trial":
+    number, _, pid = value.partition(":")
+    real_call = trial_mod.Objective.__call__
+
+    def call(self, trial):
+        result = real_call(self, trial)
+        if trial.number == int(number):
+            os.killpg(int(pid), signal.SIGKILL)  # the tracking server goes away
+        return result
+
+    trial_mod.Objective.__call__ = call
 elif fault == "progress-every-batch":
     from lrtune import progress as progress_mod
 

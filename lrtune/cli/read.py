@@ -1,4 +1,4 @@
-"""The commands that only read a storage: ``studies``, ``show`` and ``report``."""
+"""The commands that only read a storage: ``studies``, ``show``, ``report`` and ``track``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     report.set_defaults(handler=run_report)
 
+    track = sub.add_parser("track", parents=[common], help="log a study's trials to MLflow or TensorBoard",
+                           description="Log every ended trial of a study, from its storage, to a tracker; trials "
+                           "the tracker holds already are skipped, so running it again adds only what is new.")
+    track.add_argument("--to", action="append", required=True, metavar="TRACKER",
+                       help="mlflow[=URI] or tensorboard[=DIR]; give it again for several")
+    track.set_defaults(handler=run_track)
+
 
 def run_studies(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from lrtune.api import list_studies
@@ -56,4 +63,17 @@ def run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     cfg = resolve_config(args)
     study = open_study(name=cfg.study or None, storage=cfg.storage or None, studies_dir=cfg.studies_dir)
     print(write_report(study=study, out=args.out, studies_dir=cfg.studies_dir, plotlyjs=args.plotlyjs))
+    return 0
+
+
+def run_track(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from lrtune.api import open_study, track
+    from lrtune.progress import ConsoleProgress
+    from lrtune.cli.options import verbosity
+
+    cfg = resolve_config(args)
+    study = open_study(name=cfg.study or None, storage=cfg.storage or None, studies_dir=cfg.studies_dir)
+    logged = track(study=study, to=args.to, studies_dir=cfg.studies_dir, progress=ConsoleProgress(verbosity=verbosity(args)))
+    for kind, count in logged.items():
+        print(f"{kind}: logged {count} trial(s) of study {study.study_name}")
     return 0

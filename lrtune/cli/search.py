@@ -19,7 +19,8 @@ GROUPS = {
                            "momentum", "warmup_epochs", "device", "threads", "amp", "compile", "compile_mode", "diverge_factor"),
     "search space": ("lr_min", "lr_max", "schedulers", "losses", "accum", "lr_range", "baselines", "space", "body_lrs",
                      "body_ratio", "layer_decay", "warmup_max", "head_epochs"),
-    "study": ("metric", "trials", "timeout", "sampler", "pruner", "pruner_warmup", "seed", "workers", "fuse", "keep", "force"),
+    "study": ("metric", "trials", "timeout", "sampler", "pruner", "pruner_warmup", "seed", "workers", "fuse", "keep", "force",
+              "track"),
     "many machines": ("artifacts", "storage_retry", "heartbeat_interval", "heartbeat_grace"),
 }
 

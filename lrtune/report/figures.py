@@ -287,12 +287,14 @@ def _timeline_hover(t: TrialSummary) -> str:
 
 
 class Figure(NamedTuple):
-    """One figure section of the page: ``name`` is its id, ``draw`` returns its plot or None."""
+    """One figure section of the page: ``name`` is its id, ``draw`` returns its plot or None; a section with
+    ``applies`` is on the page only for the studies it says yes to."""
 
     name: str
     title: str
     caption: str
     draw: Callable[[ReportData], Any]
+    applies: Callable[[ReportData], bool] | None = None
 
 
 FIGURES = [
@@ -352,6 +354,7 @@ FIGURES = [
         "Best trial: LR by depth",
         "A fine-tune's LR per layer group: the body's share of the head's LR, at the start of the schedule.",
         draw_lr_by_depth,
+        lambda data: any(t.lr_scales for t in data.trials),
     ),
     Figure(
         "per-class",
@@ -368,6 +371,7 @@ FIGURES = [
     Figure("timeline", "Timeline", "When each trial ran, coloured by its state.", draw_timeline),
 ]
 FIGURE_NAMES = tuple(figure.name for figure in FIGURES)
+ALWAYS_SHOWN = tuple(figure.name for figure in FIGURES if figure.applies is None)  # on every study's page
 
 
 def report_figures(data: ReportData) -> dict[str, Any]:

@@ -159,6 +159,8 @@ def draw_report(data: ReportData, *, plotlyjs: str = "inline") -> str:
     name = html.escape(data.study_name)
     sections = [_draw_summary(data)]
     for figure in FIGURES:
+        if figure.applies is not None and not figure.applies(data):
+            continue
         plot = figure.draw(data)
         body = _figure_html(plot, figure.name) if plot is not None else ""
         # Titles and captions speak of macro-F1, the default; a study that optimizes another metric names it.

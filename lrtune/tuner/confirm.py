@@ -226,6 +226,10 @@ def confirm_study(
         study = optuna.load_study(study_name=study.study_name, storage=storage)
         with CatchSignals() as signals:
             record = run_confirm(cfg, study=study, top=top, seeds=seeds, stop=signals.flag, progress=progress)
+        if record.get("winner") is not None and record.get("complete") and cfg.track:
+            from lrtune.tuner.tracking import tag_winner
+
+            tag_winner(study, cfg, int(record["winner"]), progress.message if progress is not None else lambda t: None)
         if signals.flag.signum is not None:
             name = SIGNAL_NAMES.get(signals.flag.signum, str(signals.flag.signum))
             raise SearchInterrupted(f"confirmation interrupted by {name}; the running run continues from its last "

@@ -168,6 +168,7 @@ def optimize(
         if stop():
             study.stop()
 
+    tracking = getattr(objective, "tracking", None)
     pop_waiting_by_id(study)
     try:
         study.optimize(
@@ -180,6 +181,7 @@ def optimize(
                 keep_weights(cfg, study_dir(cfg.studies_dir, study.study_name)),
                 stop_at(cfg.trials),
                 stop_when_asked,
+                *([tracking.callback()] if tracking is not None else []),
             ],
         )
     except Exception as exc:
@@ -283,6 +285,7 @@ def _search(
     signals: CatchSignals,
 ) -> optuna.Study:
     from lrtune.tuner import lr_range
+    from lrtune.tuner.tracking import attach as attach_tracking
     from lrtune.tuner.trial import Objective, use_threads  # imports torch, timm and albumentations: after the early exit
     from lrtune.tuner.workers import run_workers
     from lrtune.training.loop import Interrupted
@@ -291,6 +294,7 @@ def _search(
     objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=progress)
     study = prepare_study(cfg, dataset=objective.data.summary(), storage=storage)
     use_threads(objective, say=say)  # local workers choose their own share when they start
+    tracking = attach_tracking(objective, study, cfg, say)  # the study's parent run before any worker's trial
     lr_range.seed_study(study, cfg, data=objective.data, amp=objective.amp, progress=progress)
     recovered = recovery.recover_orphans(study)
     if recovered:
@@ -324,6 +328,8 @@ def _search(
             run_trials(study, objective, cfg, stop=signals.flag, progress=progress, say=say)
     except Interrupted:
         pass
+    for line in tracking.summary() if tracking is not None else []:
+        say(line)
     if signals.flag.signum is None:
         _score(study, cfg, objective, say)
     return study

@@ -23,7 +23,7 @@ from lrtune.config import Config
 from lrtune.errors import NoSpaceError, StorageError, first_line, free_bytes, size_text
 
 MAX_FAULTS = 3  # a trial hit by this many faults of the machine counts as failed
-CARRIED = ("baseline", "lr_free", "confirm_of", "seed_index")  # what a trial is, which its retry is too
+CARRIED = ("baseline", "lr_free", "confirm_of", "seed_index", "tracking")  # what a trial is (and its tracked runs), which its retry is too
 FATAL = (NoSpaceError, StorageError)  # the search stops: no trial can run until it is fixed
 OPTIMIZER_COPIES = 2  # AdamW's two moments beside the weights: what last.pt holds at most
 

@@ -16,7 +16,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import optuna
 import torch
@@ -105,15 +105,8 @@ class Objective:
     and building the model once happen here, so errors that would fail every trial stop the study before it starts.
     """
 
-    def __init__(
-        self,
-        cfg: Config,
-        *,
-        study_dir: Path,
-        stop: Callable[[], bool] | None = None,
-        progress: ProgressSink | None = None,
-        data: TrainingData | None = None,
-    ) -> None:
+    def __init__(self, cfg: Config, *, study_dir: Path, stop: Callable[[], bool] | None = None,
+                 progress: ProgressSink | None = None, data: TrainingData | None = None) -> None:
         check_space(cfg)
         self.cfg = cfg
         self.study_dir = Path(study_dir)
@@ -131,6 +124,7 @@ class Objective:
         self.threads: ThreadGuard | None = None  # this process's CPU threads, set by ``use_threads``
         self.group: FusedGroup | None = None  # with --fuse: where this process's trials train together
         self.fault: BaseException | None = None  # a fault of the machine that stopped this process's trials
+        self.tracking: Any = None  # a ``tracking.Tracking``: each trial's run in MLflow or TensorBoard
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.stop():
@@ -140,6 +134,8 @@ class Objective:
         with params_together(trial):
             params = suggest(trial, self.cfg)
         seed, retry_of = _start(trial, self.cfg, params, {"fused_group": self.group.name} if self.group else {})
+        if self.tracking is not None:
+            self.tracking.start(trial)
         failure, requeued = None, False
         try:
             try:

@@ -33,6 +33,7 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
     from lrtune.tuner import recovery, samplers
     from lrtune.tuner.driver import quiet_optuna, run_trials
     from lrtune.tuner.fusion import fused_trials
+    from lrtune.tuner.tracking import attach as attach_tracking
     from lrtune.tuner.trial import Objective, use_threads
     from lrtune.storage import count_finished, open_storage, storage_url, study_dir
     from lrtune.training.loop import Interrupted
@@ -49,9 +50,12 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
                                    retry_for=cfg.storage_retry, trials=fused_trials(cfg), say=progress.message)
             study = optuna.load_study(study_name=name, storage=storage)
             samplers.attach(study, cfg, worker=index)
+            tracking = attach_tracking(objective, study, cfg, progress.message)
             if count_finished(study) < cfg.trials:
                 run_trials(study, objective, cfg, stop=signals.flag, progress=progress, say=progress.message,
                            worker=index)
+            for line in tracking.summary() if tracking is not None else []:
+                progress.message(line)
         except Interrupted:
             pass
         except LRTuneError as exc:

@@ -1,9 +1,10 @@
-from lrtune.report import FIGURE_NAMES, compute_report, draw_report
+from lrtune.report import compute_report, draw_report
+from lrtune.report.figures import ALWAYS_SHOWN
 from studies import BASELINE, make_study
 
 
 def test_every_figure_has_its_div_and_a_plot(mixed_report):
-    for name in FIGURE_NAMES:
+    for name in ALWAYS_SHOWN:
         assert f'<div class="figure" id="fig-{name}">' in mixed_report
         assert f'id="plot-{name}"' in mixed_report
     assert '<div class="figure" id="fig-top-trials">' in mixed_report

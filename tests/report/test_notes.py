@@ -1,6 +1,7 @@
 import pytest
 
-from lrtune.report import FIGURE_NAMES, compute_report, draw_report
+from lrtune.report import compute_report, draw_report
+from lrtune.report.figures import ALWAYS_SHOWN
 from report_cases import FAIL, PRUNED, RUNNING, WAITING
 from studies import BASELINE, make_study
 
@@ -19,7 +20,7 @@ def test_thin_studies_give_a_report_with_a_note(case):
     text = draw_report(compute_report(make_study(None, "thin", specs), storage_label="x"), plotlyjs="cdn")
 
     assert f'<p class="note">{summary_note}' in text
-    for name in (*FIGURE_NAMES, "top-trials"):
+    for name in (*ALWAYS_SHOWN, "top-trials"):
         assert f'id="fig-{name}"' in text
     assert "Nothing to show" not in text
     assert "Parameter importances need at least 4 completed trials" in text
