@@ -210,3 +210,13 @@ def test_the_finetune_benchmark_pretrains_then_pairs_every_arm_on_the_test_split
     assert all(0.0 <= row["test"] <= 1.0 for row in record["rows"])
     recipe = next(row for row in record["rows"] if row["arm"] == "recipe")
     assert recipe["best_params"]["body_ratio"] == pytest.approx(0.1)  # slice(lr/10, lr)
+
+
+def test_the_estimate_benchmark_times_a_search_against_its_estimate(tmp_path):
+    out = tmp_path / "estimate.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "estimate_accuracy.py"), "--smoke", "--out",
+                             str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["estimate_line"].startswith("estimate: about ") and row["estimate_s"] >= 0
+    assert 0 < row["unpruned_s"] <= row["unpruned_total_s"]

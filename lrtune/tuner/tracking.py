@@ -112,9 +112,11 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         curves = trial.user_attrs.get("curves") or {}
-        skip = {"epoch"} | ({CURVE_KEYS[self.metric]} if live else set())
-        metrics = [Metric(key, float(v), 0, int(e)) for key, values in curves.items() if key not in skip
-                   for e, v in zip(curves.get("epoch", []), values) if v == v]
+        main = CURVE_KEYS[self.metric]
+        # Live, the run heard the metric at each epoch; a process killed between an epoch and its line left a gap.
+        have = {m.step for m in self.client.get_metric_history(run_id, main)} if live else set()
+        metrics = [Metric(key, float(v), 0, int(e)) for key, values in curves.items() if key != "epoch"
+                   for e, v in zip(curves.get("epoch", []), values) if v == v and not (key == main and int(e) in have)]
         for start in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[start:start + 500])
         tags = {"lrtune.state": state_text(trial), "lrtune.ended_as": str(trial.number),

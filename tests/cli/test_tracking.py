@@ -143,3 +143,27 @@ def test_a_tracker_without_its_package_names_the_extra(tmp_path):
         "lrtune: error: --track mlflow needs the mlflow package: pip install 'lrtune[mlflow]'")
     bad = run_cli(*SEARCH, "--studies-dir", str(tmp_path), "--track", "wandb")
     assert "unknown tracker 'wandb' in --track wandb (valid: mlflow, tensorboard)" in bad.stderr
+
+
+@pytest.mark.path("cpu")
+def test_confirm_tags_its_winner_and_track_backfills_a_study_into_mlflow(tmp_path, server, augment):
+    searched = run_cli(*SEARCH, "--epochs", "1", "--studies-dir", str(tmp_path), "--study", "confirmed", "--track",
+                       f"mlflow={server.url}")
+    assert searched.returncode == 0, searched.stderr
+    confirmed = run_cli("confirm", "--studies-dir", str(tmp_path), "--study", "confirmed", "--top", "2", "--seeds", "2")
+    assert confirmed.returncode == 0, confirmed.stderr
+    winner = load(tmp_path, "confirmed").user_attrs["confirmed"]["winner"]
+    client, (parent,), runs = trial_runs(server.url, "confirmed")
+    tagged = [r for r in runs if r.data.tags.get("lrtune.confirmed_winner") == "true"]
+    assert [int(r.data.tags["lrtune.trial"]) for r in tagged] == [winner]
+    assert parent.data.tags["lrtune.confirmed_winner"] == tagged[0].info.run_id
+    plain = tmp_path / "plain"
+    assert run_cli(*SEARCH, "--epochs", "1", "--studies-dir", str(plain), "--study", "later").returncode == 0
+    backfilled = run_cli("track", "--studies-dir", str(plain), "--study", "later", "--to", f"mlflow={server.url}")
+    assert backfilled.returncode == 0, backfilled.stderr
+    assert backfilled.stdout.strip() == "mlflow: logged 3 trial(s) of study later"
+    client, _, runs = trial_runs(server.url, "later")
+    assert len(runs) == 3 and all(r.data.tags["lrtune.state"] for r in runs)
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_f1")] == [1]
+    again = run_cli("track", "--studies-dir", str(plain), "--study", "later", "--to", f"mlflow={server.url}")
+    assert again.stdout.strip() == "mlflow: logged 0 trial(s) of study later"
