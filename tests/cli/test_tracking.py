@@ -1,7 +1,6 @@
 """Runs in MLflow (a real server) and TensorBoard (its event files), through the real CLI."""
 
 import os
-import subprocess
 
 import pytest
 
