@@ -40,6 +40,7 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
 
     progress = ConsoleProgress(cfg.trials, verbosity=verbosity, prefix=f"[worker {index}] ",
                                metric=config_mod.metric_label(cfg.metric))
+    progress.position = index  # on a terminal, each worker's bar on a line of its own
     with quiet_optuna(), CatchSignals() as signals:
         try:
             # No sink while the data loads: the parent process showed that already.
