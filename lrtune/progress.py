@@ -162,8 +162,11 @@ class EpochClock:
 
 
 def _in_notebook() -> bool:
-    """True inside a Jupyter kernel, where tqdm draws a widget (or its text bar) that works there."""
-    return "ipykernel" in sys.modules and hasattr(sys.modules.get("IPython"), "get_ipython")
+    """True inside a Jupyter kernel (IPython's shell there is a ``ZMQInteractiveShell``), where tqdm draws a bar
+    that works there; not merely where IPython was imported."""
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def _bar(total: int, desc: str, stream: TextIO, position: int) -> Any:

@@ -79,3 +79,15 @@ def test_a_terminal_gets_a_bar_that_ends_with_the_epoch(clock):
     assert sink._epoch is not None and sink._epoch.bar is not None
     sink.epoch(3, 2, 4, 0.5)
     assert sink._epoch is None  # the bar is closed before the epoch's own line
+
+
+def test_a_notebook_is_a_jupyter_kernel_not_an_imported_ipython(monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("IPython")
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    fake.get_ipython = lambda: None  # IPython imported, no shell: a plain process
+    assert not progress_mod._in_notebook()
+    fake.get_ipython = lambda: type("ZMQInteractiveShell", (), {})()
+    assert progress_mod._in_notebook()
