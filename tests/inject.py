@@ -11,6 +11,7 @@
     python tests/inject.py eio-trial=1 search ...            # trial 1 meets an I/O error in its 2nd epoch
     python tests/inject.py progress-every-batch=1 search ... # every epoch counts as long: progress at each batch
     python tests/inject.py kill-after-trial=0:PID search ... # SIGKILL process group PID once trial 0 has ended
+    python tests/inject.py lock-db-before-trial=1:12 search ... # another process holds the database's lock 12 s
     python tests/inject.py vanish-db-after-trial=0 search ... # the database file is deleted as trial 0 ends
 """
 
@@ -146,6 +147,28 @@ elif fault == "kill-after-trial":
         if trial.number == int(number):
             os.killpg(int(pid), signal.SIGKILL)  # the tracking server goes away
         return result
+
+    trial_mod.Objective.__call__ = call
+elif fault == "lock-db-before-trial":
+    import subprocess
+
+    number, _, seconds = value.partition(":")
+    real_call = trial_mod.Objective.__call__
+    holder = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+    def call(self, trial):
+        if trial.number == int(number):  # another process takes the database's lock, and holds it
+            lock = subprocess.Popen([sys.executable, "-c", holder, f"{self.cfg.studies_dir}/lrtune.db", seconds],
+                                    stdout=subprocess.PIPE, text=True)
+            assert lock.stdout.readline().strip() == "locked"
+        return real_call(self, trial)
 
     trial_mod.Objective.__call__ = call
 elif fault == "progress-every-batch":
