@@ -150,24 +150,14 @@ elif fault == "kill-after-trial":
 
     trial_mod.Objective.__call__ = call
 elif fault == "lock-db-before-trial":
-    import subprocess
+    import sqlite_lock
 
     number, _, seconds = value.partition(":")
     real_call = trial_mod.Objective.__call__
-    holder = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("COMMIT")
-"""
 
     def call(self, trial):
         if trial.number == int(number):  # another process takes the database's lock, and holds it
-            lock = subprocess.Popen([sys.executable, "-c", holder, f"{self.cfg.studies_dir}/lrtune.db", seconds],
-                                    stdout=subprocess.PIPE, text=True)
-            assert lock.stdout.readline().strip() == "locked"
+            sqlite_lock.hold(f"{self.cfg.studies_dir}/lrtune.db", float(seconds))
         return real_call(self, trial)
 
     trial_mod.Objective.__call__ = call

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -51,6 +51,15 @@ def parse(specs: list[str], cfg: Config) -> list[tuple[str, str]]:
                      if kind == "mlflow" else str(Path(cfg.studies_dir) / "tensorboard"))
         targets.append((kind, where.strip()))
     return targets
+
+
+def points(curves: dict[str, list[float]]) -> Iterator[tuple[str, int, float]]:
+    """(curve, epoch, value) of every finite value of a trial's curves."""
+    for key, values in curves.items():
+        if key != "epoch":
+            for epoch, value in zip(curves.get("epoch", []), values):
+                if value == value:
+                    yield key, int(epoch), float(value)
 
 
 def state_text(trial: FrozenTrial) -> str:
@@ -115,8 +124,8 @@ class MlflowTracker:
         main = CURVE_KEYS[self.metric]
         # Live, the run heard the metric at each epoch; a process killed between an epoch and its line left a gap.
         have = {m.step for m in self.client.get_metric_history(run_id, main)} if live else set()
-        metrics = [Metric(key, float(v), 0, int(e)) for key, values in curves.items() if key != "epoch"
-                   for e, v in zip(curves.get("epoch", []), values) if v == v and not (key == main and int(e) in have)]
+        metrics = [Metric(key, value, 0, epoch) for key, epoch, value in points(curves)
+                   if not (key == main and epoch in have)]
         for start in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[start:start + 500])
         tags = {"lrtune.state": state_text(trial), "lrtune.ended_as": str(trial.number),
@@ -170,13 +179,9 @@ class TensorBoardTracker:
         from torch.utils.tensorboard.summary import hparams
 
         writer = self._writer(trial.number, run_id)
-        curves = trial.user_attrs.get("curves") or {}
-        skip = {"epoch"} | ({CURVE_KEYS[self.metric]} if live else set())
-        for key, values in curves.items():
-            if key not in skip:
-                for e, v in zip(curves.get("epoch", []), values):
-                    if v == v:
-                        writer.add_scalar(key, float(v), int(e))
+        for key, epoch, value in points(trial.user_attrs.get("curves") or {}):
+            if not (live and key == CURVE_KEYS[self.metric]):  # live, the metric was written as it trained
+                writer.add_scalar(key, value, epoch)
         best = f"best/{self.metric}"
         params = {k: v for k, v in trial.params.items() if isinstance(v, (int, float, str, bool))}
         exp, ssi, sei = hparams(params, {best: trial.value if trial.value is not None else float("nan")})

@@ -2,14 +2,13 @@
 
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 
 import optuna
 import pytest
 import sqlalchemy
 
+import sqlite_lock
 from lrtune import storage as storage_mod
 from lrtune.errors import NoSpaceError, StorageError
 from lrtune.storage import backend as backend_mod
@@ -70,22 +69,6 @@ def test_a_heartbeat_that_cannot_write_is_kept_for_the_trials_thread(tmp_path, m
         storage.raise_heartbeat_fault()
 
 
-LOCK = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-conn.execute("COMMIT")
-"""
-
-
-def hold_lock(path, seconds):
-    proc = subprocess.Popen([sys.executable, "-c", LOCK, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
 def test_a_lock_held_by_another_process_is_waited_out_with_one_line(tmp_path, monkeypatch):
     path = tmp_path / "lrtune.db"
     storage_mod.open_storage(f"sqlite:///{path}")
@@ -93,7 +76,7 @@ def test_a_lock_held_by_another_process_is_waited_out_with_one_line(tmp_path, mo
     monkeypatch.setattr(backend_mod, "BACKOFF_FIRST", 0.1)
     said = []
     storage = storage_mod.open_storage(f"sqlite:///{path}", retry_for=120, say=said.append)
-    holder = hold_lock(path, 2)
+    holder = sqlite_lock.hold(path, 2)
     started = time.monotonic()
     optuna.create_study(study_name="s", storage=storage)
     assert holder.wait() == 0
@@ -107,7 +90,7 @@ def test_a_lock_held_past_the_storage_retry_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(sqlite, "BUSY_TIMEOUT_S", 0.2)
     monkeypatch.setattr(backend_mod, "BACKOFF_FIRST", 0.1)
     storage = storage_mod.open_storage(f"sqlite:///{path}", retry_for=1)
-    holder = hold_lock(path, 30)
+    holder = sqlite_lock.hold(path, 30)
     try:
         with pytest.raises(StorageError, match=r"locked by another process for 1 s: database is locked$"):
             optuna.create_study(study_name="s", storage=storage)
