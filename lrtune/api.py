@@ -39,11 +39,29 @@ def load_config(
     return config_mod.resolve(overrides, config_file=config_file, environ=environ)
 
 
+def _with_parts(cfg: Config, model: Any, model_name: str | None, loss: Mapping[str, Any] | None) -> tuple[Config, set[str]]:
+    """``cfg`` with the user's model and losses (``references.given_parts``), and the fields they set."""
+    import dataclasses
+
+    from lrtune.training.references import given_parts
+
+    text, losses = given_parts(model=model, model_name=model_name, loss=loss)
+    changed = {}
+    if text is not None:
+        changed["model"] = text
+    if losses:
+        changed["losses"] = [*cfg.losses, *(name for name in losses if name not in cfg.losses)]
+    return dataclasses.replace(cfg, **changed), set(changed)
+
+
 def search(
     *,
     config: Config | None = None,
     progress: ProgressSink | None = None,
     given: Collection[str] | None = None,
+    model: Any = None,
+    model_name: str | None = None,
+    loss: Mapping[str, Any] | None = None,
 ) -> optuna.Study:
     """Run, or resume, the study ``config`` describes, and return it.
 
@@ -57,12 +75,19 @@ def search(
     study files) is taken from the study's stored config, so another machine
     joins a study with ``Config(storage=..., study=...)`` and
     ``given={"storage", "study"}``. None: ``config`` is used as it is.
+
+    Your own parts: ``model`` is a ``torch.nn.Module``, a callable ``(num_classes) -> nn.Module``, or a
+    ``"module:callable"`` reference; a Python object needs ``model_name``, and a resume gives the same object
+    and name again (another machine needs a reference it can import). ``loss`` maps names to callables
+    ``(logits, targets, **params) -> scalar`` (or references), searched beside ``config.losses``; a callable's
+    dict attribute ``space`` declares its own parameters, each ``(low, high)``, ``(low, high, "log")`` or a
+    list of choices.
     """
     from lrtune.tuner.driver import run_search
 
-    cfg = config if config is not None else Config()
+    cfg, chosen = _with_parts(config if config is not None else Config(), model, model_name, loss)
     verbosity = progress.verbosity if isinstance(progress, ConsoleProgress) else 0
-    return run_search(cfg, progress=progress, verbosity=verbosity, given=given)
+    return run_search(cfg, progress=progress, verbosity=verbosity, given=None if given is None else {*given, *chosen})
 
 
 def estimate(*, config: Config | None = None, progress: ProgressSink | None = None) -> dict[str, Any]:
@@ -84,6 +109,8 @@ def lr_find(
     loss: str | None = None,
     accum: int | None = None,
     progress: ProgressSink | None = None,
+    model: Any = None,
+    model_name: str | None = None,
 ) -> "RangeTestResult":
     """Run an LR range test on the data, model and batch size of ``config``, and return its curve and suggestion.
 
@@ -94,20 +121,22 @@ def lr_find(
     (``suggestions``), and ``suggestion`` with the ``rule`` that chose it, or
     None and the reason when the curve shows no clear descent. Global RNG
     states are the same afterwards, so a later search computes what it would
-    have without the test.
+    have without the test. ``model`` and ``model_name``: your own model, as ``search`` takes it.
     """
     from lrtune.training.loop import amp_policy, resolve_device
     from lrtune.training.range_test import check_sweep
-    from lrtune.training.run import Hyperparams, load_training_data, thread_guard
+    from lrtune.training.run import Hyperparams, check_parts, load_training_data, thread_guard
     from lrtune.training.threads import kept_threads
     from lrtune.tuner.lr_range import default_start, run_range_test
-    from lrtune.tuner.space import baseline_params
+    from lrtune.tuner.space import baseline_params, check_space
 
-    cfg = config if config is not None else Config()
+    cfg, _ = _with_parts(config if config is not None else Config(), model, model_name, None)
     config_mod.validate(cfg)
     check_sweep(start=default_start(cfg) if start is None else start, end=end, steps=steps)
     device = resolve_device(cfg.device)
+    check_space(cfg)
     data = load_training_data(cfg, progress=progress)
+    check_parts(cfg, data)
     amp = amp_policy(device, cfg.amp)
     with kept_threads():
         say = progress.message if progress is not None else None
@@ -193,6 +222,9 @@ def confirm(
     device: str = "auto",
     studies_dir: str | Path = "studies",
     progress: ProgressSink | None = None,
+    model: Any = None,
+    model_name: str | None = None,
+    loss: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Retrain the study's top ``top`` configurations, its LR baseline and LR-free baselines with ``seeds`` fresh
     seeds each, and rank them by the mean validation value (95% interval over seeds).
@@ -202,11 +234,23 @@ def confirm(
     never see them. The ranking is stored on the study (``confirmed``) and
     returned; with a test split each configuration is also scored there.
     ``train`` and ``export_config`` then take the confirmed winner by default.
-    Ctrl-C raises ``SearchInterrupted``, and the next call continues.
+    Ctrl-C raises ``SearchInterrupted``, and the next call continues. A study that ran with Python objects
+    (``search``'s ``model=`` and ``loss=``) needs them given again, with the same names.
     """
     from lrtune.tuner.confirm import confirm_study
 
+    give_again(study, model=model, model_name=model_name, loss=loss)
     return confirm_study(study, top=top, seeds=seeds, device=device, studies_dir=studies_dir, progress=progress)
+
+
+def give_again(study: optuna.Study, *, model: Any, model_name: str | None, loss: Mapping[str, Any] | None) -> None:
+    """Keep the Python objects a study ran with for this process; ``ConfigError`` when they are not the ones
+    its config names."""
+    from lrtune.training.references import check_given, given_parts
+
+    stored = study.user_attrs.get("config") or {}
+    text, losses = given_parts(model=model, model_name=model_name, loss=loss)
+    check_given(str(stored.get("model", "")), list(stored.get("losses") or []), text, losses)
 
 
 DEPLOY_FUNCTIONS = ("train", "load_model", "predict", "export_config", "export_onnx", "export_split")

@@ -59,7 +59,7 @@ class Config:
     augment: str = "auto"  # cpu (albumentations) | device (batched on a uint8 cache on the GPU) | auto: device on CUDA when the cache fits a quarter of its free memory
     num_workers: int = 0  # DataLoader worker processes (they persist across a trial's epochs)
     # --- model --------------------------------------------------------------
-    model: str = "test_resnet"  # any timm model name
+    model: str = "test_resnet"  # any timm model name, or your own model as module:callable or path/to/file.py:callable (importable from the current folder), called with the number of classes and returning a torch.nn.Module whose output is [batch, classes]
     pretrained: bool = False  # start from pretrained weights: timm's, downloaded once into the Hugging Face cache, or --weights
     weights: str = ""  # a local weights file (.pth, .pt, .bin, .safetensors) for --pretrained instead of the download
     # --- training -------------------------------------------------------------
@@ -79,7 +79,7 @@ class Config:
     lr_min: float = 1e-5  # log-uniform LR range; equal bounds fix the LR
     lr_max: float = 1.0  # upper bound of the log-uniform LR range
     schedulers: list[str] = field(default_factory=lambda: ["step", "cosine", "plateau"])  # schedulers to search
-    losses: list[str] = field(default_factory=lambda: ["ce", "focal", "label_smoothing", "f1"])  # losses to search
+    losses: list[str] = field(default_factory=lambda: ["ce", "focal", "label_smoothing", "f1"])  # losses to search: ce, focal, label_smoothing, f1, or your own as module:callable, a function (logits, targets, **params) -> scalar whose dict attribute space declares its searched params
     accum: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # gradient accumulation steps
     lr_range: str = "auto"  # auto | off: an LR range test, once per study, narrows the LR range and queues its suggestion
     baselines: list[str] = field(default_factory=list)  # LR-free optimizers run as one fixed trial each beside the LR baseline: prodigy, schedulefree

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any, Mapping
 
 import optuna
 
@@ -54,6 +55,9 @@ def train(
     studies_dir: str | Path = "studies",
     device: str | None = None,
     progress: ProgressSink | None = None,
+    model: Any = None,
+    model_name: str | None = None,
+    loss: Mapping[str, Any] | None = None,
 ) -> TrainedModel:
     """Retrain a trial (default: the study's best) into ``<studies_dir>/<study>/models/<name>/``.
 
@@ -61,8 +65,12 @@ def train(
     written by ``export_config`` (its config then is ``config``). ``on`` is
     ``train`` (the training split; validation judges the model) or ``all``
     (training plus validation images). It trains for the trial's best epoch
-    count, or ``epochs``; running it again after a crash continues it.
+    count, or ``epochs``; running it again after a crash continues it. A study that ran with Python objects
+    (``search``'s ``model=`` and ``loss=``) needs them given again, with the same names.
     """
+    from lrtune.training.references import check_given, given_parts
+
+    given_model, given_losses = given_parts(model=model, model_name=model_name, loss=loss)
     spec = None
     if config_file is not None:
         spec = spec_from_file(config_file, config if config is not None else Config())
@@ -72,6 +80,7 @@ def train(
         spec = _spec(study, trial)
         if spec.chosen_by and progress is not None:
             progress.message(f"retraining trial {spec.trial}, {spec.chosen_by}")
+    check_given(spec.config.model, list(spec.config.losses), given_model, given_losses)
     spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, studies_dir=str(studies_dir)))
     folder = model_folder(studies_dir, spec.study, name or _default_name(spec.trial, on, epochs))
     return retrain(spec, folder=folder, on=on, epochs=epochs, device=device, progress=progress)
@@ -96,11 +105,17 @@ def load_model(
     trial: int | None = None,
     studies_dir: str | Path = "studies",
     device: str = "cpu",
+    model: Any = None,
+    model_name: str | None = None,
 ) -> LoadedModel:
     """A model folder (``path``), a trial's ``best.pt`` (``path``), or the weights a study's trial kept.
 
-    Without ``path``: trial ``trial`` of ``study``, by default its best.
+    Without ``path``: trial ``trial`` of ``study``, by default its best. A model trained from a Python object
+    (``search``'s ``model=``) needs it given again as ``model`` with its ``model_name``.
     """
+    from lrtune.training.references import given_parts
+
+    given_parts(model=model, model_name=model_name)
     target = resolve_device(device)
     if path is not None:
         path = Path(path)

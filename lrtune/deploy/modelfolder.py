@@ -20,6 +20,8 @@ from torch import nn
 
 from lrtune.errors import ModelError, first_line
 from lrtune.training.checkpoints import load as load_checkpoint
+from lrtune.training.models import create_model
+from lrtune.training.references import is_user_part
 
 WEIGHTS, CONFIG, TRAINING, CURVES = "model.safetensors", "config.json", "training.json", "curves.json"
 REQUIRED = (WEIGHTS, CONFIG, TRAINING)
@@ -60,8 +62,10 @@ def save_model_folder(
     image_size: int,
     training: dict[str, Any],
     curves: dict[str, Any],
+    architecture: str = "",
 ) -> None:
-    """Write the four files of a model folder into ``folder`` (which must exist)."""
+    """Write the four files of a model folder into ``folder`` (which must exist). A user's model
+    (``architecture`` a reference) gets the same ``config.json`` naming its reference, which rebuilds it."""
     from safetensors.torch import save_file
     from timm.models._hub import save_config_for_hf
 
@@ -75,7 +79,13 @@ def save_model_folder(
         "crop_pct": 1.0,
         "crop_mode": "squash",
     }
-    save_config_for_hf(model, str(folder / CONFIG), model_config={"label_names": list(classes)}, data_config=data_config)
+    if is_user_part(architecture):
+        config = {"architecture": architecture, "num_classes": len(classes), "label_names": list(classes),
+                  "pretrained_cfg": {**data_config, "input_size": list(data_config["input_size"])}}
+        (folder / CONFIG).write_text(json.dumps(config, indent=2))
+    else:
+        save_config_for_hf(model, str(folder / CONFIG), model_config={"label_names": list(classes)},
+                           data_config=data_config)
     (folder / TRAINING).write_text(json.dumps(training, indent=2, default=str))
     (folder / CURVES).write_text(json.dumps(curves, indent=2))
 
@@ -130,9 +140,12 @@ def load_trial_weights(path: Path, *, device: torch.device | str = "cpu") -> Loa
 
 
 def _build(architecture: str, num_classes: int, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
-    if not timm.is_model(architecture):
+    if is_user_part(architecture):
+        model = create_model(architecture, num_classes=num_classes)
+    elif not timm.is_model(architecture):
         raise ModelError(f"{source}: unknown timm architecture {architecture!r}")
-    model = timm.create_model(architecture, pretrained=False, num_classes=num_classes)
+    else:
+        model = timm.create_model(architecture, pretrained=False, num_classes=num_classes)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

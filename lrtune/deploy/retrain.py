@@ -27,7 +27,7 @@ from lrtune.formatting import format_metric
 from lrtune.progress import ProgressSink
 from lrtune.training import checkpoints
 from lrtune.training.loop import Diverged, amp_policy, resolve_device
-from lrtune.training.run import TrainingData, TrainingRun, load_training_data, thread_guard
+from lrtune.training.run import TrainingData, TrainingRun, check_parts, load_training_data, thread_guard
 from lrtune.training.threads import kept_threads
 
 SPLITS = ("train", "all")
@@ -69,6 +69,7 @@ def retrain(
     n_epochs = epochs or min(spec.best_epoch, cfg.epochs)
     amp = amp_policy(resolve_device(cfg.device), cfg.amp)
     data = load_training_data(cfg, progress=progress)
+    check_parts(cfg, data)
     if on == "all":
         data = TrainingData(data.imageset, np.sort(np.r_[data.train_idx, data.val_idx]), np.empty(0, np.int64))
     with kept_threads():
@@ -160,7 +161,8 @@ def _write_folder(run: TrainingRun, spec: TrialSpec, folder: Path, *, on: str, e
         curves = {k: [None if v != v else v for v in vs] for k, vs in run.state.curves.items()}  # NaN: no validation
         curves["lr_steps"] = run.state.lr_steps
         save_model_folder(
-            tmp, run.model, classes=classes, image_size=effective_image_size(run.cfg), training=training, curves=curves
+            tmp, run.model, classes=classes, image_size=effective_image_size(run.cfg), training=training, curves=curves,
+            architecture=run.cfg.model,
         )
         replace_folder(tmp, folder)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -10,7 +11,8 @@ import timm
 import torch
 from torch import nn
 
-from lrtune.errors import ModelError, first_line
+from lrtune.errors import LRTuneError, ModelError, first_line
+from lrtune.training.references import is_user_part, resolve
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
@@ -20,7 +22,12 @@ def create_model(name: str, *, num_classes: int, pretrained: bool = False, weigh
 
     With ``pretrained``, weights come from ``weights`` (a local file) or, as
     timm does it, from the Hugging Face hub into its cache (downloaded once).
+    A user's model (``references``) is built by its callable, or copied from its module.
     """
+    if is_user_part(name):
+        if pretrained or weights:
+            raise ModelError(f"--pretrained and --weights load timm's weights; model {name!r} loads its own")
+        return _user_model(name, num_classes)
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"did you mean: {', '.join(close)}" if close else "`python -c 'import timm; print(timm.list_models())'` lists them"
@@ -42,6 +49,23 @@ def create_model(name: str, *, num_classes: int, pretrained: bool = False, weigh
         )
     except (RuntimeError, KeyError, ValueError, OSError) as exc:
         raise ModelError(f"cannot load weights {path} into {name}: {first_line(exc)}") from None
+
+
+def _user_model(name: str, num_classes: int) -> nn.Module:
+    """The module a user's callable returns for ``num_classes``, or a fresh copy of a module given as it is."""
+    factory = resolve(name, kind="model", error=ModelError)
+    if isinstance(factory, nn.Module):
+        return copy.deepcopy(factory)
+    try:
+        model = factory(num_classes)
+    except LRTuneError:
+        raise
+    except Exception as exc:  # the user's code may raise anything
+        raise ModelError(f"model {name!r} failed to build with {num_classes} classes: "
+                         f"{type(exc).__name__}: {first_line(exc)}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model {name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def _download(name: str, num_classes: int) -> nn.Module:
@@ -77,11 +101,36 @@ def _not_fetched(name: str, cfg: timm.models.PretrainedCfg, exc: BaseException) 
     )
 
 
-def check_model(name: str, *, num_classes: int, pretrained: bool, weights: str) -> int:
-    """Fail fast (before any trial runs) on a bad model name or weights that cannot be had; returns the bytes of
-    the model's weights and buffers."""
+def check_model(name: str, *, num_classes: int, pretrained: bool, weights: str,
+                probe: torch.Tensor | None = None) -> tuple[int, torch.Tensor | None]:
+    """Fail fast (before any trial runs) on a bad model name, weights that cannot be had, or (given a ``probe``
+    batch) an output that is not ``[batch, num_classes]``; the bytes of the model's weights and buffers, and its
+    logits for ``probe``."""
     model = create_model(name, num_classes=num_classes, pretrained=pretrained, weights=weights)
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    logits = check_output(model, name, probe, num_classes) if probe is not None else None
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()), logits
+
+
+def check_output(model: nn.Module, name: str, probe: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``model``'s logits for ``probe``; ``ModelError`` naming the shapes when they are not ``[batch, num_classes]``."""
+    shape = "x".join(str(n) for n in probe.shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception as exc:  # the user's forward may raise anything
+        raise ModelError(f"model {name!r} fails on a probe batch of shape {shape}: "
+                         f"{type(exc).__name__}: {first_line(exc)}") from exc
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"model {name!r} returned a {type(out).__name__} for a batch of shape {shape}; "
+                         f"it must return logits of shape [batch, num_classes] = [{len(probe)}, {num_classes}]")
+    if tuple(out.shape) != (len(probe), num_classes):
+        raise ModelError(f"model {name!r} returned shape [{', '.join(map(str, out.shape))}] for a batch of shape "
+                         f"{shape}; it must return [batch, num_classes] = [{len(probe)}, {num_classes}]")
+    return out
 
 
 COMPILE_BACKEND: str | None = None  # None: inductor; the tests stand a backend without code generation in on the CPU

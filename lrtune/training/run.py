@@ -25,8 +25,9 @@ from lrtune.training.device_augment import choose_augment, make_device_loader
 from lrtune.training.loaders import EpochBatches, iter_eval_batches, make_train_loader, to_model_input
 from lrtune.training.loop import AmpPolicy, Diverged, EpochResult, Learner, evaluate, train_together
 from lrtune.training.metrics import Evaluation
-from lrtune.training.losses import create_loss
-from lrtune.training.models import compile_model, create_model
+from lrtune.training.losses import check_losses, create_loss
+from lrtune.training.models import check_model, compile_model, create_model
+from lrtune.training.references import short_name
 from lrtune.training.optimizer import LR_FREE, create_optimizer, for_evaluation, for_training, param_groups, train_body
 from lrtune.training.probe import probe_threads
 from lrtune.training.schedules import create_schedule
@@ -60,12 +61,17 @@ class Hyperparams:
     layer_decay: float = 1.0
     warmup_epochs: float = -1.0
     head_epochs: int = 0
+    # A user's loss's own parameters (``losses.loss_space``), as sorted (name, value) pairs.
+    loss_options: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The parameters, without an empty optimizer and without the fine-tune ones at their defaults."""
+        """The parameters, without an empty optimizer and without the fine-tune ones at their defaults; a user's
+        loss's parameters as ``<loss>.<parameter>``, as the trial names them."""
         values = asdict(self)
+        values.pop("loss_options")
         defaults = {f.name: f.default for f in fields(self) if f.name in FINETUNE or f.name == "optimizer"}
-        return {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
+        kept = {k: v for k, v in values.items() if k not in defaults or v != defaults[k]}
+        return {**kept, **{f"{short_name(self.loss)}.{k}": v for k, v in self.loss_options}}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Hyperparams":
@@ -73,10 +79,12 @@ class Hyperparams:
 
         An LR-free baseline's parameters are its optimizer alone: its recipe fills in the rest.
         """
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"loss_options"}
         recipe = LR_FREE.get(str(values.get("optimizer", "")))
         base = {"lr": recipe.lr, "scheduler": recipe.scheduler, "loss": "ce", "accum": 1} if recipe else {}
-        return cls(**{**base, **{k: v for k, v in values.items() if k in known}})
+        prefix = f"{short_name(str(values.get('loss', '')))}."
+        options = tuple(sorted((k[len(prefix):], v) for k, v in values.items() if k.startswith(prefix)))
+        return cls(**{**base, **{k: v for k, v in values.items() if k in known}}, loss_options=options)
 
 
 FINETUNE = ("body_ratio", "layer_decay", "warmup_epochs", "head_epochs")
@@ -142,6 +150,22 @@ def load_training_data(cfg: Config, *, progress: ProgressSink | None = None) -> 
     share = cfg.val_fraction / (1 - cfg.test_fraction)
     train_idx, val_idx = split_indices(imageset, val_fraction=share, seed=cfg.seed, among=rest, say=say)
     return TrainingData(imageset, train_idx, val_idx, test_idx)
+
+
+PROBE_IMAGES = 4
+
+
+def check_parts(cfg: Config, data: TrainingData) -> int:
+    """Before the first trial: the model builds and maps a probe batch of training images to
+    ``[batch, classes]`` logits, and every user's loss gives a finite scalar on them (``ModelError`` or
+    ``ConfigError`` naming the culprit otherwise); the bytes of the model's weights and buffers."""
+    idx = data.train_idx[:PROBE_IMAGES]
+    images, labels = next(iter_eval_batches(data.imageset, idx, len(idx)))
+    size, logits = check_model(cfg.model, num_classes=data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights,
+                               probe=to_model_input(images, "cpu"))
+    assert logits is not None
+    check_losses(list(cfg.losses), logits, labels)
+    return size
 
 
 def augment_path(cfg: Config, data: TrainingData, device: torch.device) -> str:
@@ -275,7 +299,8 @@ class TrainingRun:
             warmup_steps=warmup_steps, step_size=params.step_size, step_gamma=params.step_gamma,
             factor=params.plateau_factor, patience=params.plateau_patience,
         )
-        self.loss_fn = create_loss(params.loss, focal_gamma=params.focal_gamma, smoothing=params.smoothing)
+        self.loss_fn = create_loss(params.loss, focal_gamma=params.focal_gamma, smoothing=params.smoothing,
+                                   options=dict(params.loss_options))
         self.scaler = amp.scaler()
         self.state = RunState()
         # Without validation images, the validation value (of the run's metric) of each epoch that the

@@ -9,6 +9,7 @@ process or in local workers until the study holds ``cfg.trials`` finished ones.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrtune import config as config_mod
 from lrtune.config import Config
-from lrtune.errors import SearchInterrupted, StudyError
+from lrtune.errors import ConfigError, SearchInterrupted, StudyError
 from lrtune.progress import ConsoleProgress, ProgressSink
 from lrtune.tuner import faults, holdout, recovery, samplers
 from lrtune.tuner.fusion import fused_trials
@@ -291,6 +292,7 @@ def _search(
     from lrtune.training.loop import Interrupted
 
     say = progress.message if progress is not None else (lambda text: None)
+    cfg = _workers_for_objects(cfg)
     objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=progress)
     study = prepare_study(cfg, dataset=objective.data.summary(), storage=storage)
     use_threads(objective, say=say)  # local workers choose their own share when they start
@@ -335,9 +337,22 @@ def _search(
     return study
 
 
+def _workers_for_objects(cfg: Config) -> Config:
+    """Local workers import the model and losses by reference: Python objects given to the API train in this
+    process alone (``--workers auto`` becomes 1, a count over 1 is refused)."""
+    from lrtune.training.references import OBJECT
+
+    objects = [part[len(OBJECT):] for part in (cfg.model, *cfg.losses) if part.startswith(OBJECT)]
+    if not objects or cfg.workers == 1:
+        return cfg
+    if cfg.workers > 1:
+        raise ConfigError(f"--workers {cfg.workers} starts processes that import the model and losses, and "
+                          f"{objects[0]!r} is a Python object: name it as a 'module:callable' reference, or use one worker")
+    return dataclasses.replace(cfg, workers=1)
+
+
 def resolve_auto_workers(cfg: Config, objective: Any, say: Callable[[str], None]) -> Config:
     """``--workers auto``: a short probe of the baseline's training step on this device, then the count."""
-    import dataclasses
 
     import torch
 

@@ -9,7 +9,8 @@ import optuna
 
 from lrtune.config import Config, finetune_space, head_epochs_max
 from lrtune.errors import ConfigError
-from lrtune.training.losses import LOSSES
+from lrtune.training.losses import LOSSES, loss_space, probe_value
+from lrtune.training.references import is_user_part, short_name
 from lrtune.tuner.lr_range import lr_bounds
 from lrtune.training.optimizer import LR_FREE, check_lr_free
 from lrtune.training.run import Hyperparams
@@ -27,11 +28,15 @@ SMOOTHING = (0.01, 0.3)
 
 
 def check_space(cfg: Config) -> None:
-    """Unknown scheduler, loss or baseline names (or a baseline's missing package) fail before the first trial."""
+    """Unknown scheduler, loss or baseline names (or a baseline's missing package), and a user's loss that does
+    not import or declares a malformed space, fail before the first trial."""
     for kind, names, registry in (("scheduler", cfg.schedulers, SCHEDULERS), ("loss", cfg.losses, LOSSES)):
         for name in names:
-            if name not in registry:
-                raise ConfigError(f"unknown {kind} {name!r} (valid: {', '.join(registry)})")
+            if kind == "loss" and is_user_part(name):
+                loss_space(name)
+            elif name not in registry:
+                more = ", or a 'module:callable' reference" if kind == "loss" else ""
+                raise ConfigError(f"unknown {kind} {name!r} (valid: {', '.join(registry)}{more})")
     check_lr_free(cfg.baselines)
 
 
@@ -58,9 +63,26 @@ def suggest(trial: optuna.Trial, cfg: Config) -> Hyperparams:
         extra["focal_gamma"] = trial.suggest_float("focal_gamma", *FOCAL_GAMMA)
     elif loss == "label_smoothing":
         extra["smoothing"] = trial.suggest_float("smoothing", *SMOOTHING)
+    elif is_user_part(loss):
+        extra["loss_options"] = _user_loss(trial, loss)
     if finetune_space(cfg):
         extra.update(_finetune(trial, cfg))
     return Hyperparams(lr=lr, scheduler=scheduler, loss=loss, accum=int(accum), **extra)
+
+
+def _user_loss(trial: optuna.Trial, loss: str) -> tuple[tuple[str, Any], ...]:
+    """A user's loss's declared parameters, each named ``<loss>.<parameter>`` in the trial."""
+    options = []
+    for key, spec in sorted(loss_space(loss).items()):
+        name = f"{short_name(loss)}.{key}"
+        if isinstance(spec, list):
+            value = trial.suggest_categorical(name, spec)
+        elif len(spec) == 2 and all(isinstance(v, int) for v in spec):
+            value = trial.suggest_int(name, *spec)
+        else:
+            value = trial.suggest_float(name, spec[0], spec[1], log=len(spec) == 3)
+        options.append((key, value))
+    return tuple(options)
 
 
 def _finetune(trial: optuna.Trial, cfg: Config) -> dict[str, Any]:
@@ -97,6 +119,9 @@ def baseline_params(cfg: Config) -> dict[str, Any]:
         "loss": BASELINE["loss"] if BASELINE["loss"] in cfg.losses else cfg.losses[0],
         "accum": BASELINE["accum"] if BASELINE["accum"] in cfg.accum else min(cfg.accum),
     }
+    if is_user_part(params["loss"]):  # a user's loss's parameters at the middle of their ranges
+        params.update({f"{short_name(params['loss'])}.{key}": probe_value(spec)
+                       for key, spec in loss_space(params["loss"]).items()})
     if finetune_space(cfg):
         body = {"body_ratio": cfg.body_ratio[1]} if cfg.body_lrs == "ratio" else {"layer_decay": cfg.layer_decay[1]}
         params.update(body, warmup_epochs=min(cfg.warmup_epochs, cfg.warmup_max), head_epochs=0)

@@ -31,8 +31,7 @@ from lrtune.tuner.records import batch_reporter, params_together, publish, set_u
 from lrtune.tuner.space import baseline_params, check_space, suggest
 from lrtune.training import checkpoints, memory
 from lrtune.training.loop import Diverged, Interrupted, amp_policy, resolve_device
-from lrtune.training.models import check_model
-from lrtune.training.run import Hyperparams, TrainingData, TrainingRun, load_training_data, thread_guard
+from lrtune.training.run import Hyperparams, TrainingData, TrainingRun, check_parts, load_training_data, thread_guard
 from lrtune.training.fused import FusedGroup, fusable
 from lrtune.training.threads import ThreadGuard
 
@@ -115,8 +114,7 @@ class Objective:
         self.device = resolve_device(cfg.device)
         self.amp = amp_policy(self.device, cfg.amp)
         self.data = data or load_training_data(cfg, progress=progress)
-        self.model_bytes = check_model(cfg.model, num_classes=self.data.n_classes, pretrained=cfg.pretrained,
-                                       weights=cfg.weights)
+        self.model_bytes = check_parts(cfg, self.data)
         self.consecutive_failures = 0
         self.peak = 0  # the most device memory a trial of this process has reserved
         self.remote = RemoteCheckpoints(cfg.artifacts, self.study_dir.name) if cfg.artifacts else None

@@ -165,7 +165,7 @@ def bad_inputs(tmp_path):
     unknown_key.write_text("learning_rate = 0.1\n")
     return [
         (["--model", "resnet_999"], "unknown model 'resnet_999'"),
-        (["--losses", "ce,dice"], "unknown loss 'dice' (valid: ce, focal, label_smoothing, f1)"),
+        (["--losses", "ce,dice"], "unknown loss 'dice' (valid: ce, focal, label_smoothing, f1, or a 'module:callable' reference)"),
         (["--schedulers", "linear"], "unknown scheduler 'linear' (valid: step, cosine, plateau)"),
         (["--sampler", "grid"], "unknown sampler 'grid' (valid: tpe, random, gp, qmc)"),
         (["--pruner", "sometimes"], "unknown pruner 'sometimes' (valid: median, hyperband, none)"),

@@ -140,7 +140,7 @@ def test_create_loss_passes_only_accepted_options():
 
 
 def test_unknown_loss_lists_valid_names():
-    with pytest.raises(LRTuneError, match=r"unknown loss 'dice' \(valid: ce, focal, label_smoothing, f1\)"):
+    with pytest.raises(LRTuneError, match=r"unknown loss 'dice' \(valid: ce, focal, label_smoothing, f1, or a 'module:callable' reference\)"):
         create_loss("dice")
 
 

@@ -58,7 +58,7 @@ def test_baseline_is_the_default_and_moves_into_a_narrowed_space():
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(LRTuneError, match=r"unknown scheduler 'linear' \(valid: step, cosine, plateau\)"):
         check_space(Config(schedulers=["linear"]))
-    with pytest.raises(LRTuneError, match=r"unknown loss 'dice' \(valid: ce, focal, label_smoothing, f1\)"):
+    with pytest.raises(LRTuneError, match=r"unknown loss 'dice' \(valid: ce, focal, label_smoothing, f1, or a 'module:callable' reference\)"):
         check_space(Config(losses=["ce", "dice"]))
 
 
