@@ -6,7 +6,7 @@ process.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial
 from lrtune import config as config_mod
 from lrtune.config import Config
 from lrtune.progress import ConsoleProgress, ProgressSink
+from lrtune.user_parts import take
 from lrtune.storage import (
     default_storage_url,
     load_study,
@@ -39,21 +40,6 @@ def load_config(
     return config_mod.resolve(overrides, config_file=config_file, environ=environ)
 
 
-def _with_parts(cfg: Config, model: Any, model_name: str | None, loss: Mapping[str, Any] | None) -> tuple[Config, set[str]]:
-    """``cfg`` with the user's model and losses (``references.given_parts``), and the fields they set."""
-    import dataclasses
-
-    from lrtune.training.references import given_parts
-
-    text, losses = given_parts(model=model, model_name=model_name, loss=loss)
-    changed = {}
-    if text is not None:
-        changed["model"] = text
-    if losses:
-        changed["losses"] = [*cfg.losses, *(name for name in losses if name not in cfg.losses)]
-    return dataclasses.replace(cfg, **changed), set(changed)
-
-
 def search(
     *,
     config: Config | None = None,
@@ -62,6 +48,11 @@ def search(
     model: Any = None,
     model_name: str | None = None,
     loss: Mapping[str, Any] | None = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    test_data: Any = None,
+    classes: Sequence[str] | None = None,
+    data_name: str | None = None,
 ) -> optuna.Study:
     """Run, or resume, the study ``config`` describes, and return it.
 
@@ -81,11 +72,15 @@ def search(
     and name again (another machine needs a reference it can import). ``loss`` maps names to callables
     ``(logits, targets, **params) -> scalar`` (or references), searched beside ``config.losses``; a callable's
     dict attribute ``space`` declares its own parameters, each ``(low, high)``, ``(low, high, "log")`` or a
-    list of choices.
+    list of choices. ``train_data`` and ``val_data`` (and ``test_data``, scored once at the end) are datasets
+    of ``(image_tensor, label)``, each image the model's input, with ``classes`` naming the labels 0, 1, ...
+    and ``data_name`` naming the data; they replace ``config.data`` and its split.
     """
     from lrtune.tuner.driver import run_search
 
-    cfg, chosen = _with_parts(config if config is not None else Config(), model, model_name, loss)
+    parts = take(model=model, model_name=model_name, loss=loss, train_data=train_data, val_data=val_data,
+                 test_data=test_data, classes=classes, data_name=data_name, num_workers=(config or Config()).num_workers)
+    cfg, chosen = parts.apply(config if config is not None else Config())
     verbosity = progress.verbosity if isinstance(progress, ConsoleProgress) else 0
     return run_search(cfg, progress=progress, verbosity=verbosity, given=None if given is None else {*given, *chosen})
 
@@ -111,6 +106,10 @@ def lr_find(
     progress: ProgressSink | None = None,
     model: Any = None,
     model_name: str | None = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    classes: Sequence[str] | None = None,
+    data_name: str | None = None,
 ) -> "RangeTestResult":
     """Run an LR range test on the data, model and batch size of ``config``, and return its curve and suggestion.
 
@@ -121,7 +120,7 @@ def lr_find(
     (``suggestions``), and ``suggestion`` with the ``rule`` that chose it, or
     None and the reason when the curve shows no clear descent. Global RNG
     states are the same afterwards, so a later search computes what it would
-    have without the test. ``model`` and ``model_name``: your own model, as ``search`` takes it.
+    have without the test. Your own model and data: as ``search`` takes them.
     """
     from lrtune.training.loop import amp_policy, resolve_device
     from lrtune.training.range_test import check_sweep
@@ -130,7 +129,9 @@ def lr_find(
     from lrtune.tuner.lr_range import default_start, run_range_test
     from lrtune.tuner.space import baseline_params, check_space
 
-    cfg, _ = _with_parts(config if config is not None else Config(), model, model_name, None)
+    parts = take(model=model, model_name=model_name, train_data=train_data, val_data=val_data, classes=classes,
+                 data_name=data_name, num_workers=(config or Config()).num_workers)
+    cfg, _ = parts.apply(config if config is not None else Config())
     config_mod.validate(cfg)
     check_sweep(start=default_start(cfg) if start is None else start, end=end, steps=steps)
     device = resolve_device(cfg.device)
@@ -225,6 +226,11 @@ def confirm(
     model: Any = None,
     model_name: str | None = None,
     loss: Mapping[str, Any] | None = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    test_data: Any = None,
+    classes: Sequence[str] | None = None,
+    data_name: str | None = None,
 ) -> dict[str, Any]:
     """Retrain the study's top ``top`` configurations, its LR baseline and LR-free baselines with ``seeds`` fresh
     seeds each, and rank them by the mean validation value (95% interval over seeds).
@@ -235,22 +241,14 @@ def confirm(
     returned; with a test split each configuration is also scored there.
     ``train`` and ``export_config`` then take the confirmed winner by default.
     Ctrl-C raises ``SearchInterrupted``, and the next call continues. A study that ran with Python objects
-    (``search``'s ``model=`` and ``loss=``) needs them given again, with the same names.
+    (``search``'s ``model=``, ``loss=`` and datasets) needs them given again, with the same names.
     """
     from lrtune.tuner.confirm import confirm_study
 
-    give_again(study, model=model, model_name=model_name, loss=loss)
+    stored = config_mod.from_dict(dict(study.user_attrs.get("config") or {}))
+    take(model=model, model_name=model_name, loss=loss, train_data=train_data, val_data=val_data, test_data=test_data,
+         classes=classes, data_name=data_name, num_workers=stored.num_workers).check(stored)
     return confirm_study(study, top=top, seeds=seeds, device=device, studies_dir=studies_dir, progress=progress)
-
-
-def give_again(study: optuna.Study, *, model: Any, model_name: str | None, loss: Mapping[str, Any] | None) -> None:
-    """Keep the Python objects a study ran with for this process; ``ConfigError`` when they are not the ones
-    its config names."""
-    from lrtune.training.references import check_given, given_parts
-
-    stored = study.user_attrs.get("config") or {}
-    text, losses = given_parts(model=model, model_name=model_name, loss=loss)
-    check_given(str(stored.get("model", "")), list(stored.get("losses") or []), text, losses)
 
 
 DEPLOY_FUNCTIONS = ("train", "load_model", "predict", "export_config", "export_onnx", "export_split")

@@ -38,6 +38,17 @@ CURVE_KEYS = {
 }
 BUILTIN_SIZES = {"digits-lt": 16, "digits": 16, "digits-writers": 24}  # built-in sets and their native side in pixels
 DIGITS_SETS = tuple(BUILTIN_SIZES)
+OBJECT = "object:"  # a model, loss or data given to the API as a Python object: ``object:<its name>``
+
+
+def part_label(text: str) -> str:
+    """A short label for a model or data: an object's name, ``file.callable`` for a reference, else the text."""
+    if text.startswith(OBJECT):
+        return text[len(OBJECT):]
+    module, colon, attr = text.rpartition(":")
+    if colon and attr.replace(".", "").replace("_", "").isalnum() and ("/" in module or "." in module or module.isidentifier()):
+        return f"{Path(module).stem if module.endswith('.py') else module.rsplit('.', 1)[-1]}.{attr}"
+    return text
 
 
 @dataclass

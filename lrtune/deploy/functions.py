@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import optuna
 
@@ -32,6 +32,7 @@ from lrtune.errors import ConfigError
 from lrtune.progress import ProgressSink
 from lrtune.storage import study_dir
 from lrtune.training.loop import resolve_device
+from lrtune.user_parts import take
 
 MODELS = "models"
 
@@ -58,6 +59,11 @@ def train(
     model: Any = None,
     model_name: str | None = None,
     loss: Mapping[str, Any] | None = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    test_data: Any = None,
+    classes: Sequence[str] | None = None,
+    data_name: str | None = None,
 ) -> TrainedModel:
     """Retrain a trial (default: the study's best) into ``<studies_dir>/<study>/models/<name>/``.
 
@@ -66,11 +72,11 @@ def train(
     ``train`` (the training split; validation judges the model) or ``all``
     (training plus validation images). It trains for the trial's best epoch
     count, or ``epochs``; running it again after a crash continues it. A study that ran with Python objects
-    (``search``'s ``model=`` and ``loss=``) needs them given again, with the same names.
+    (``search``'s ``model=``, ``loss=`` and datasets) needs them given again, with the same names.
     """
-    from lrtune.training.references import check_given, given_parts
-
-    given_model, given_losses = given_parts(model=model, model_name=model_name, loss=loss)
+    parts = take(model=model, model_name=model_name, loss=loss, train_data=train_data, val_data=val_data,
+                 test_data=test_data, classes=classes, data_name=data_name,
+                 num_workers=config.num_workers if config is not None else 0)
     spec = None
     if config_file is not None:
         spec = spec_from_file(config_file, config if config is not None else Config())
@@ -80,7 +86,7 @@ def train(
         spec = _spec(study, trial)
         if spec.chosen_by and progress is not None:
             progress.message(f"retraining trial {spec.trial}, {spec.chosen_by}")
-    check_given(spec.config.model, list(spec.config.losses), given_model, given_losses)
+    parts.check(spec.config)
     spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, studies_dir=str(studies_dir)))
     folder = model_folder(studies_dir, spec.study, name or _default_name(spec.trial, on, epochs))
     return retrain(spec, folder=folder, on=on, epochs=epochs, device=device, progress=progress)
@@ -113,9 +119,7 @@ def load_model(
     Without ``path``: trial ``trial`` of ``study``, by default its best. A model trained from a Python object
     (``search``'s ``model=``) needs it given again as ``model`` with its ``model_name``.
     """
-    from lrtune.training.references import given_parts
-
-    given_parts(model=model, model_name=model_name)
+    take(model=model, model_name=model_name)
     target = resolve_device(device)
     if path is not None:
         path = Path(path)

@@ -34,6 +34,8 @@ def write_split(study: optuna.Study, *, split: str, out: Path, studies_dir: str 
         raise DataError(f"study {study.study_name!r} has no test split (it was searched without --test-fraction); "
                         "the validation split is the one it held out")
     data = load_training_data(cfg)
+    if not data.own_images:
+        raise DataError(f"study {study.study_name!r} trained on your own datasets; write their {split} split from them")
     changes = config_mod.dataset_changes(study.user_attrs.get("dataset") or {}, data.summary())
     if changes:
         raise DataError(f"the data at {cfg.data!r} is not study {study.study_name!r}'s any more ({'; '.join(changes)})")

@@ -13,7 +13,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from lrtune.config import DIGITS_SETS, Config
+from lrtune.config import DIGITS_SETS, OBJECT, Config, part_label
 from lrtune.errors import StorageError
 from lrtune.storage.backend import mask_url, open_storage, resilient
 from lrtune.storage.sqlite import sqlite_path
@@ -92,8 +92,11 @@ def load_study(storage: optuna.storages.BaseStorage, name: str | None = None) ->
 
 
 def default_study_name(cfg: Config) -> str:
-    data = cfg.data if cfg.data in DIGITS_SETS else Path(cfg.data.rstrip("/\\")).stem or "data"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{data}-{cfg.model}")
+    if cfg.data in DIGITS_SETS or cfg.data.startswith(OBJECT):
+        data = part_label(cfg.data)
+    else:
+        data = Path(cfg.data.rstrip("/\\")).stem or "data"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{data}-{part_label(cfg.model)}")
 
 
 def study_dir(studies_dir: str | Path, study_name: str) -> Path:

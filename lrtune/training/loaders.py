@@ -337,11 +337,15 @@ def to_model_input(
     channels_last: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """(B, S, S, 3) uint8 -> normalized (B, 3, S, S) ``dtype`` on ``device``.
+    """(B, S, S, 3) uint8 -> normalized (B, 3, S, S) ``dtype`` on ``device``. A float batch (a user's dataset
+    yields the model's input) goes to the device as it is.
 
     The uint8 batch crosses to the device first (4x fewer bytes than floats);
     the permuted NHWC memory already is channels_last.
     """
+    if images_u8.is_floating_point():
+        x = images_u8.to(device, non_blocking=True)
+        return (x.contiguous(memory_format=torch.channels_last) if channels_last else x).to(dtype)
     x = images_u8.to(device, non_blocking=True).permute(0, 3, 1, 2)
     if not channels_last:
         x = x.contiguous()

@@ -14,11 +14,11 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from lrtune.config import OBJECT
 from lrtune.errors import ConfigError, LRTuneError, first_line
 
-OBJECT = "object:"
 _REFERENCE = re.compile(r"^(?P<module>[A-Za-z_][\w.]*|[^:]+\.py):(?P<attr>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$")
 _NAME = re.compile(r"^[A-Za-z0-9_][\w.-]*$")
 _given: dict[tuple[str, str], Any] = {}  # (kind, name) -> the object this process was given
@@ -67,10 +67,10 @@ def resolve(text: str, *, kind: str, error: type[LRTuneError] = ConfigError) -> 
     value: Any = module
     for part in match.group("attr").split("."):
         if not hasattr(value, part):
-            raise error(f"cannot import {kind} {text!r}: {module.__name__} has no attribute {part!r}")
+            raise error(f"cannot import {kind} {text!r}: {match.group('module')} has no attribute {part!r}")
         value = getattr(value, part)
     if not callable(value):
-        raise error(f"{kind} {text!r} is a {type(value).__name__}, not a callable")
+        raise error(f"{kind} {text!r} is a value of type {type(value).__name__}, not a callable")
     return value
 
 
@@ -104,38 +104,3 @@ def _import(module: str, text: str, kind: str, error: type[LRTuneError]) -> Any:
     except Exception as exc:  # the user's module may raise anything while it imports
         raise error(f"cannot import {kind} {text!r}: {type(exc).__name__}: {first_line(exc)}") from exc
 
-
-def given_parts(*, model: Any = None, model_name: str | None = None,
-                loss: Mapping[str, Any] | None = None) -> tuple[str | None, list[str]]:
-    """The config texts of the API's ``model=`` (a reference, a callable ``(num_classes) -> nn.Module`` or a
-    module) and ``loss=`` (names to references or callables ``(logits, targets, **params) -> scalar``); the
-    objects are kept for this process. An object needs a name, which a resume must give again."""
-    text = None
-    if isinstance(model, str):
-        text = model
-    elif model is not None:
-        if not model_name:
-            raise ConfigError(f"model= is a Python object ({type(model).__name__}) with no import path: name it "
-                              "with model_name=, which a resume gives again")
-        if not callable(model):
-            raise ConfigError(f"model= is a {type(model).__name__}: give a torch.nn.Module, a callable "
-                              "(num_classes) -> nn.Module, or a 'module:callable' reference")
-        text = give("model", model_name, model)
-    losses = []
-    for name, fn in (loss or {}).items():
-        if isinstance(fn, str):
-            losses.append(fn)
-        elif callable(fn):
-            losses.append(give("loss", name, fn))
-        else:
-            raise ConfigError(f"loss {name!r} is a {type(fn).__name__}, not a callable (logits, targets) -> scalar")
-    return text, losses
-
-
-def check_given(stored_model: str, stored_losses: list[str], model: str | None, losses: list[str]) -> None:
-    """``ConfigError`` when the parts given again are not the ones a study ran with."""
-    if model is not None and model != stored_model:
-        raise ConfigError(f"the study ran with model {stored_model!r}, not {model!r}")
-    for name in losses:
-        if name not in stored_losses:
-            raise ConfigError(f"the study ran with the losses {', '.join(stored_losses)}, not {name!r}")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 from lrtune.config import CURVE_KEYS, Config, effective_hflip, effective_image_size
+from lrtune.errors import ConfigError, DataError
 from lrtune.progress import ProgressSink
 from lrtune.training import checkpoints, memory
 from lrtune.training.datasets import ImageSet, class_counts, load_imageset, split_indices
@@ -27,7 +28,8 @@ from lrtune.training.loop import AmpPolicy, Diverged, EpochResult, Learner, eval
 from lrtune.training.metrics import Evaluation
 from lrtune.training.losses import check_losses, create_loss
 from lrtune.training.models import check_model, compile_model, create_model
-from lrtune.training.references import short_name
+from lrtune.training.references import OBJECT, resolve, short_name
+from lrtune.training.user_data import DatasetLoader, UserSets, dataset_eval_batches
 from lrtune.training.optimizer import LR_FREE, create_optimizer, for_evaluation, for_training, param_groups, train_body
 from lrtune.training.probe import probe_threads
 from lrtune.training.schedules import create_schedule
@@ -92,9 +94,10 @@ FINETUNE = ("body_ratio", "layer_decay", "warmup_epochs", "head_epochs")
 
 @dataclass
 class TrainingData:
-    """A dataset and its split into training, validation and (optionally) test indices."""
+    """A dataset and its split into training, validation and (optionally) test indices: lrtune's own images
+    (an ``ImageSet``), or the user's datasets (``UserSets``, already split)."""
 
-    imageset: ImageSet
+    imageset: ImageSet | UserSets
     train_idx: np.ndarray
     val_idx: np.ndarray
     test_idx: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # held out from every trial
@@ -104,9 +107,26 @@ class TrainingData:
         return len(self.imageset.classes)
 
     @property
+    def own_images(self) -> bool:
+        """lrtune's decoded images, which it augments; else the user's datasets, which augment themselves."""
+        return isinstance(self.imageset, ImageSet)
+
+    @property
+    def image_size(self) -> int:
+        if isinstance(self.imageset, ImageSet):
+            return int(self.imageset.images.shape[1])
+        return self.imageset.image_size
+
+    @property
     def val_targets(self) -> np.ndarray:
         """Validation labels, in the order ``evaluate`` sees them."""
         return self.imageset.labels[self.val_idx]
+
+    def eval_batches(self, idx: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The images at ``idx`` in order, un-augmented, and their labels."""
+        if isinstance(self.imageset, ImageSet):
+            return iter_eval_batches(self.imageset, idx, batch_size)
+        return dataset_eval_batches(self.imageset, idx, batch_size)
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe: name, classes, split sizes and counts, image size, skipped files."""
@@ -118,7 +138,7 @@ class TrainingData:
             "n_val": int(len(self.val_idx)),
             "train_counts": class_counts(labels[self.train_idx], n).tolist(),
             "val_counts": class_counts(labels[self.val_idx], n).tolist(),
-            "image_size": int(self.imageset.images.shape[1]),
+            "image_size": self.image_size,
             "skipped": list(self.imageset.skipped),
             # Only with a test split, so a study made without one compares equal.
             **({"n_test": int(len(self.test_idx)), "test_counts": class_counts(labels[self.test_idx], n).tolist()}
@@ -130,6 +150,9 @@ TEST_SEED = 7919  # the test split is drawn apart from validation's
 
 
 def load_training_data(cfg: Config, *, progress: ProgressSink | None = None) -> TrainingData:
+    if cfg.data.startswith(OBJECT):  # the user's datasets, given to the API, split as given
+        sets = resolve(cfg.data, kind="data", error=DataError)
+        return TrainingData(sets, sets.split(0), sets.split(1), sets.split(2))
     imageset = load_imageset(
         cfg.data,
         image_size=effective_image_size(cfg),
@@ -160,7 +183,7 @@ def check_parts(cfg: Config, data: TrainingData) -> int:
     ``[batch, classes]`` logits, and every user's loss gives a finite scalar on them (``ModelError`` or
     ``ConfigError`` naming the culprit otherwise); the bytes of the model's weights and buffers."""
     idx = data.train_idx[:PROBE_IMAGES]
-    images, labels = next(iter_eval_batches(data.imageset, idx, len(idx)))
+    images, labels = next(data.eval_batches(idx, len(idx)))
     size, logits = check_model(cfg.model, num_classes=data.n_classes, pretrained=cfg.pretrained, weights=cfg.weights,
                                probe=to_model_input(images, "cpu"))
     assert logits is not None
@@ -169,7 +192,13 @@ def check_parts(cfg: Config, data: TrainingData) -> int:
 
 
 def augment_path(cfg: Config, data: TrainingData, device: torch.device) -> str:
-    """``cpu`` or ``device``: where this run augments, from ``cfg.augment`` and the device's free memory."""
+    """``cpu`` or ``device``: where this run augments, from ``cfg.augment`` and the device's free memory;
+    ``dataset`` for the user's datasets, which augment themselves."""
+    if not data.own_images:
+        if cfg.augment != "auto":
+            raise ConfigError(f"--augment {cfg.augment} augments lrtune's own images; your datasets augment "
+                              "themselves: leave it at auto")
+        return "dataset"
     free = memory.free_bytes(device) if cfg.augment == "auto" else None  # a cache already there counts as free
     return choose_augment(cfg.augment, device_type=device.type, cache_bytes=data.imageset.images.nbytes, free_bytes=free)
 
@@ -185,6 +214,9 @@ def make_loader(cfg: Config, data: TrainingData, device: torch.device, path: str
         crop=cfg.crop,
         rare_affine=cfg.rare_affine,
     )
+    if path == "dataset":
+        return DatasetLoader(data.imageset, data.train_idx, batch_size=cfg.batch_size, balance=cfg.balance,
+                             pin_memory=device.type == "cuda")
     if path == "device":
         return make_device_loader(data.imageset, data.train_idx, device=device, **common)
     return make_train_loader(
@@ -395,7 +427,7 @@ class TrainingRun:
         return EpochOutcome(epoch, value, improved)
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter_eval_batches(self.data.imageset, self.data.val_idx, max(self.cfg.batch_size, EVAL_BATCH))
+        return self.data.eval_batches(self.data.val_idx, max(self.cfg.batch_size, EVAL_BATCH))
 
     def _validate(self) -> Evaluation | None:
         """Metrics on the validation images; None when the run has none (trained on all data)."""

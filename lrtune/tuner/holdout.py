@@ -84,7 +84,6 @@ def _numbers(best: FrozenTrial, baseline: FrozenTrial | None) -> dict[str, int |
 def predict_test(path: Path, cfg: Config, data: TrainingData, amp: AmpPolicy) -> Evaluation:
     """The weights in ``path`` (a trial's ``best.pt``) on the test split: every metric, predictions, probabilities."""
     from lrtune.training import checkpoints
-    from lrtune.training.loaders import iter_eval_batches
     from lrtune.training.loop import evaluate
     from lrtune.training.models import create_model
     from lrtune.training.run import EVAL_BATCH
@@ -93,7 +92,7 @@ def predict_test(path: Path, cfg: Config, data: TrainingData, amp: AmpPolicy) ->
     model = create_model(cfg.model, num_classes=data.n_classes)
     model.load_state_dict(record["state_dict"])
     model.to(amp.device)
-    batches = iter_eval_batches(data.imageset, data.test_idx, max(cfg.batch_size, EVAL_BATCH))
+    batches = data.eval_batches(data.test_idx, max(cfg.batch_size, EVAL_BATCH))
     return evaluate(model, batches, n_classes=data.n_classes, amp=amp)
 
 

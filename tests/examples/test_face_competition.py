@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, run_cli
+from helpers import ROOT, load, run_cli
 
 EXAMPLE = ROOT / "examples" / "face_competition"
 
@@ -61,6 +61,63 @@ def test_the_example_runs_from_the_photo_folders_to_the_answers(layout, tmp_path
     with open(layout / "eval" / "info.csv", newline="") as f:
         assert [r["ImageID"] for r in got] == [r["ImageID"] for r in csv.DictReader(f)]
     assert len(got) == 28 and all(0 <= int(r["ans"]) <= 17 for r in got)
+
+
+def test_the_multi_head_model_searches_resumes_trains_and_answers_with_18_classes(layout, tmp_path):
+    manifest = layout / "train-multihead.csv"  # paths in a manifest are relative to its folder
+    made = script("make_manifest.py", str(layout / "train" / "images"), "--out", str(manifest))
+    assert made.returncode == 0, made.stderr
+    studies = str(tmp_path / "studies")
+    parts = f"{EXAMPLE / 'multihead.py'}"
+    search = ["search", "--data", str(manifest), "--studies-dir", studies, "--study", "faces", "--image-size", "32",
+              "--epochs", "2", "--model", f"{parts}:build_test", "--losses", f"{parts}:loss,ce"]
+    first = run_cli(*search, "--trials", "2")
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli(*search, "--trials", "4")
+    assert resumed.returncode == 0, resumed.stderr
+    study = load(Path(studies), "faces")
+    assert study.user_attrs["config"]["model"] == f"{parts}:build_test"
+    trials = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(trials) == 4 and {t.user_attrs.get("resumed_at_epoch") for t in trials} == {None}
+    multihead = [t for t in trials if t.params["loss"] == f"{parts}:loss"]
+    assert multihead and all({"loss.age_weight", "loss.focal_gamma"} <= set(t.params) for t in multihead)
+    train = run_cli("train", "--studies-dir", studies, "--study", "faces", "--on", "all")
+    assert train.returncode == 0, train.stderr
+    predictions = tmp_path / "predictions.csv"
+    predict = run_cli("predict", train.stdout.strip(), "--data", str(layout / "eval" / "images"), "--out",
+                      str(predictions))
+    assert predict.returncode == 0, predict.stderr
+    answers = tmp_path / "answers.csv"
+    made = script("make_answers.py", str(predictions), "--info", str(layout / "eval" / "info.csv"), "--out", str(answers))
+    assert made.returncode == 0, made.stderr
+    with open(answers, newline="") as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == 28 and all(0 <= int(r["ans"]) <= 17 for r in got)
+
+
+def test_the_multi_head_loss_is_the_heads_cross_entropies_on_the_18_classes_marginals():
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import multihead
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    model = multihead.build_test(18).eval()
+    with torch.no_grad():
+        x = torch.randn(5, 3, 32, 32)
+        joint = model(x)
+        heads = [F.log_softmax(h(model.body(x)), -1) for h in model.heads]
+    assert joint.shape == (5, 18)
+    assert torch.allclose(joint.logsumexp(-1), torch.zeros(5), atol=1e-5)  # the 18 joint probabilities sum to 1
+    targets = torch.tensor([0, 5, 9, 13, 17])
+    parts = multihead.PARTS[targets]
+    expected = sum(F.nll_loss(heads[k], parts[:, k]) for k in range(3))
+    assert torch.allclose(multihead.loss(joint, targets), expected, atol=1e-5)
+    names = [multihead.NAMES[k] for k in joint.argmax(-1)]
+    best = ["-".join(v[int(h.argmax())] for v, h in zip(multihead.HEADS, row)) for row in zip(*heads)]
+    assert names == best  # the most likely class is the most likely mask, gender and age together
 
 
 def json_show(studies: str) -> dict:

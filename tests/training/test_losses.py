@@ -4,7 +4,17 @@ import torch
 import torch.nn.functional as F
 
 from lrtune.errors import LRTuneError
-from lrtune.training.losses import LOSSES, FocalLoss, LabelSmoothingLoss, SoftF1Loss, create_loss
+from lrtune.training.losses import (
+    LOSSES,
+    FocalLoss,
+    LabelSmoothingLoss,
+    SoftF1Loss,
+    check_losses,
+    create_loss,
+    loss_space,
+    probe_value,
+)
+from lrtune.training.references import give
 
 NUM_CLASSES = 5
 
@@ -150,3 +160,51 @@ def test_unknown_loss_lists_valid_names():
 def test_invalid_option_is_named(name, options):
     with pytest.raises(LRTuneError, match=next(iter(options))):
         create_loss(name, **options)
+
+
+def test_a_users_loss_gets_float_logits_and_its_searched_options():
+    seen = {}
+
+    def mine(logits, targets, weight=1.0):
+        seen.update(dtype=logits.dtype, weight=weight)
+        return F.cross_entropy(logits, targets) * weight
+
+    give("loss", "weighted_for_test", mine)
+    loss = create_loss("object:weighted_for_test", options={"weight": 3.0})
+    logits, targets = torch.randn(4, 5, dtype=torch.bfloat16), torch.tensor([0, 1, 2, 3])
+    assert torch.allclose(loss(logits, targets), 3 * F.cross_entropy(logits.float(), targets))
+    assert seen == {"dtype": torch.float32, "weight": 3.0}
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"w": (1.0,)}, r"parameter 'w' = \(1.0,\) is not"),
+        ({"w": (0.0, 1.0, "log")}, r"parameter 'w' = \(0.0, 1.0, 'log'\) is not"),
+        ({"w": []}, r"parameter 'w' = \[\] is not"),
+        ({"not a name": (0.0, 1.0)}, r"parameter 'not a name'"),
+        ([("w", (0, 1))], r"its space is a list, not a dict of parameters"),
+    ],
+)
+def test_a_malformed_space_is_one_line_naming_the_parameter(space, message):
+    def spaced(logits, targets, w=1.0):
+        return F.cross_entropy(logits, targets) * w
+
+    spaced.space = space
+    give("loss", "spaced_for_test", spaced)
+    with pytest.raises(LRTuneError, match=message):
+        loss_space("object:spaced_for_test")
+
+
+def test_the_probe_checks_each_users_loss_at_the_middle_of_its_ranges():
+    calls = []
+
+    def probed(logits, targets, w=1.0, k=1, kind="a"):
+        calls.append((w, k, kind))
+        return F.cross_entropy(logits, targets)
+
+    probed.space = {"w": (0.25, 4.0, "log"), "k": (1, 3), "kind": ["b", "c"]}
+    give("loss", "probed_for_test", probed)
+    check_losses(["ce", "object:probed_for_test"], torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    assert calls == [(1.0, 2, "b")]
+    assert probe_value((0.0, 1.0)) == 0.5

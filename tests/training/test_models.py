@@ -67,3 +67,28 @@ def test_missing_weights_file(tmp_path):
         create_model("test_resnet", num_classes=3, pretrained=True, weights=str(tmp_path / "x.pth"))
     with pytest.raises(LRTuneError, match="--weights is given without --pretrained"):
         create_model("test_resnet", num_classes=3, weights=str(tmp_path / "x.pth"))
+
+
+def test_your_own_model_is_built_by_its_callable_or_copied_from_a_module():
+    from lrtune.training.references import give
+
+    give("model", "tiny_for_test", lambda n: torch.nn.Linear(4, n))
+    assert create_model("object:tiny_for_test", num_classes=3).out_features == 3
+    module = torch.nn.Linear(4, 2)
+    give("model", "module_for_test", module)
+    copy = create_model("object:module_for_test", num_classes=2)
+    assert copy is not module and torch.equal(copy.weight, module.weight)
+
+
+def test_a_model_whose_output_is_not_batch_by_classes_is_one_line_with_the_shapes():
+    from lrtune.errors import ModelError
+    from lrtune.training.models import check_output
+
+    probe = torch.zeros(4, 3, 8, 8)
+    with pytest.raises(ModelError, match=r"^model 'm' returned shape \[4, 3, 8, 8\] for a batch of shape 4x3x8x8; it must "
+                                         r"return \[batch, num_classes\] = \[4, 5\]$"):
+        check_output(torch.nn.Identity(), "m", probe, 5)
+    with pytest.raises(ModelError, match=r"^model 'm' fails on a probe batch of shape 4x3x8x8: RuntimeError: "):
+        check_output(torch.nn.Linear(2, 5), "m", probe, 5)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 5), torch.nn.Dropout())
+    assert check_output(model, "m", probe, 5).shape == (4, 5) and model.training  # its mode is put back

@@ -93,3 +93,31 @@ def test_the_layer_decay_parameterization_is_the_default_and_head_epochs_stay_un
         assert "layer_decay" in raw and "body_ratio" not in raw and 0.5 <= params.layer_decay <= 1.0
         assert params.head_epochs in (0, 1)  # less than --epochs, whatever the default range
     assert baseline_params(cfg)["layer_decay"] == 1.0
+
+
+def test_a_users_loss_brings_its_own_parameters_named_after_it():
+    import torch.nn.functional as F
+
+    from lrtune.training.references import give
+    from lrtune.training.run import Hyperparams
+
+    def tempered(logits, targets, t=1.0, kind="soft"):
+        return F.cross_entropy(logits / t, targets)
+
+    tempered.space = {"t": (0.5, 2.0, "log"), "kind": ["soft", "hard"]}
+    loss = give("loss", "tempered", tempered)
+    cfg = Config(losses=["ce", loss])
+    check_space(cfg)
+    fixed = {"lr": 1e-3, "scheduler": "cosine", "loss": loss, "accum": 1, "tempered.t": 1.5, "tempered.kind": "hard"}
+    params = suggest(optuna.trial.FixedTrial(fixed), cfg)
+    assert params.loss_options == (("kind", "hard"), ("t", 1.5))
+    assert Hyperparams.from_dict(params.to_dict()) == params and fixed.items() <= params.to_dict().items()
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        chosen = suggest(trial, cfg)
+        assert (chosen.loss == loss) == ("tempered.t" in trial.params)
+        study.tell(trial, 0.0)
+    only = Config(losses=[loss])
+    assert baseline_params(only) == {**baseline_params(Config()), "loss": loss, "tempered.t": 1.0,
+                                     "tempered.kind": "soft"}
