@@ -11,10 +11,10 @@ from lrtune.training import checkpoints
 ROOT_README = __import__("helpers").ROOT / "README.md"
 
 
-def readme_python_example() -> str:
+def readme_python_example(index: int = 0) -> str:
     text = ROOT_README.read_text()
     section = text[text.index("## From Python") :]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.findall(r"```python\n(.*?)```", section, re.S)[index]
 
 
 def test_the_readme_example_runs_a_search_prints_the_best_trial_and_writes_the_report(tmp_path, monkeypatch, capsys):
@@ -27,6 +27,17 @@ def test_the_readme_example_runs_a_search_prints_the_best_trial_and_writes_the_r
     assert out[0].startswith(f"best trial {best.number}: macro-F1 {best.value:.4f}")
     report = tmp_path / out[-1]
     assert report.is_file() and report.name == "report.html" and "plotly" in report.read_text()
+
+
+def test_the_readme_example_of_your_own_model_loss_and_data_searches_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_python_example(1), "README.md", "exec"), {"__name__": "readme"})
+    name, params = capsys.readouterr().out.strip().split(" ", 1)
+    assert name == "digits-8px-my-net"
+    study = lrtune.open_study(name=name, studies_dir=tmp_path / "studies")
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 3
+    assert study.user_attrs["config"]["losses"] == ["ce", "object:tempered_ce"]
+    assert study.user_attrs["dataset"]["n_train"] == 1400 and "lr" in params
 
 
 class InterruptAt:

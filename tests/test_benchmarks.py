@@ -190,6 +190,17 @@ def test_the_fuse_quality_benchmark_pairs_each_seed_with_and_without_fusing(tmp_
     assert record["summary"]["pairs"] == 2 and 0 <= record["summary"]["fused_higher"] <= 2
 
 
+def test_the_multihead_benchmark_pairs_each_seed_of_the_two_models_on_held_out_persons(tmp_path):
+    out = tmp_path / "multihead.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "multihead.py"), "--smoke", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads(out.read_text())
+    assert [(row["seed"], row["arm"]) for row in record["rows"]] == [(0, "plain"), (0, "multihead")]
+    assert all(0 <= row["test"] <= 1 and row["n_test"] > 0 for row in record["rows"])
+    assert record["summary"]["pairs"] == 1
+
+
 def test_the_checkpoint_size_benchmark_writes_a_trials_files_and_its_estimate_holds(tmp_path):
     out = tmp_path / "sizes.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "checkpoint_size.py"), "--smoke", "--out",
