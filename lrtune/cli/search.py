@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         group = parser.add_argument_group(title)
         for name in names:
             add_field(group, name)
+        if title == "search space":
+            group.add_argument("--loss", action="append", default=[], metavar="MODULE:CALLABLE",
+                               help="add your own loss to the searched ones (again for more): module:callable or "
+                               "path/to/file.py:callable, importable from the current folder, a function (logits, "
+                               "targets, **params) -> scalar; its dict attribute space declares its searched params")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved config, the data and the estimated time, and run nothing")
     parser.set_defaults(handler=run)
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.dry_run:
         return dry_run(cfg, progress)
     try:
-        study = search(config=cfg, progress=progress, given=given_fields(args))
+        study = search(config=cfg, progress=progress, given=given_fields(args), loss={ref: ref for ref in args.loss})
     except SearchInterrupted as exc:
         progress.message(
             "interrupted; the running trial continues from its last epoch on resume: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,14 @@ import pytest
 import launcher
 import lrtune
 from helpers import ROOT, cli_env, load, run_cli, states
+from lrtune.training import checkpoints
 
 MODEL = "tests/userparts.py:small"
 LOSS = "tests/userparts.py:tempered_ce"
 NAME = "digits-lt-userparts.small"
-EPOCHS = 3
-SEARCH = ["--model", MODEL, "--losses", f"ce,{LOSS}", "--epochs", str(EPOCHS), "--batch-size", "64",
-          "--lr-min", "1e-6", "--lr-max", "10"]
+EPOCHS = 6
+PARTS = ["--model", MODEL, "--losses", "ce", "--loss", LOSS, "--batch-size", "64"]
+SEARCH = [*PARTS, "--epochs", str(EPOCHS), "--lr-min", "1e-6", "--lr-max", "10"]
 
 
 def finished(study):
@@ -36,26 +38,36 @@ def wait_for(proc, needle, timeout=600):
     raise AssertionError(f"never saw {needle!r}; stderr was:\n{''.join(seen)}")
 
 
+def wait_for_checkpoint(path, timeout=300):
+    """Until the trial's first checkpoint is on disk (its writer thread puts it there after the epoch)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and checkpoints.load(path)["run"]["epoch"] >= 1:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} was never written")
+
+
 def test_a_search_of_your_own_model_and_loss_resumes_after_a_kill_and_every_command_takes_it(tmp_path, augment):
     studies = ["--studies-dir", str(tmp_path)]
     proc = launcher.launch(["search", *studies, "-v", "--trials", "10", "--lr-range", "auto", *SEARCH],
                            env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for(proc, f"trial 1 epoch 2/{EPOCHS}")
+    wait_for_checkpoint(tmp_path / NAME / "trials" / "1" / "last.pt")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=300)
+    on_disk = checkpoints.load(tmp_path / NAME / "trials" / "1" / "last.pt")["run"]["epoch"]
     killed = load(tmp_path, NAME)
-    assert killed.user_attrs["config"]["model"] == MODEL
-    saved = [t for t in killed.trials if t.state.name == "RUNNING"]
+    assert killed.user_attrs["config"]["model"] == MODEL and killed.user_attrs["config"]["losses"] == ["ce", LOSS]
+    assert killed.trials[1].state.name == "RUNNING" and 1 <= on_disk < EPOCHS
 
     again = run_cli("search", *studies, "--trials", "10", "--lr-range", "auto", *SEARCH)
     assert again.returncode == 0, again.stderr
     study = load(tmp_path, NAME)
     assert len(finished(study)) == 10 and "RUNNING" not in states(study) and "WAITING" not in states(study)
     assert study.user_attrs["lr_range"]["lrs"]  # the range test ran on the user's model and loss
-    if saved:  # the killed trial went on from the epoch its checkpoint held
-        retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == saved[0].number)
-        assert retry.user_attrs["resumed_at_epoch"] >= 2
-        assert retry.user_attrs["curves"]["epoch"][: len(retry.intermediate_values)] == sorted(retry.intermediate_values)
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 1)  # from the epoch its checkpoint held
+    assert retry.user_attrs["resumed_at_epoch"] == on_disk + 1 and retry.params == killed.trials[1].params
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert pruned, "no trial was pruned"
     tempered = [t for t in finished(study) if t.params["loss"] == LOSS]
@@ -78,7 +90,7 @@ def test_a_search_of_your_own_model_and_loss_resumes_after_a_kill_and_every_comm
     assert report.returncode == 0, report.stderr
     assert "tempered_ce" in (tmp_path / "r.html").read_text()
 
-    refused = run_cli("search", *studies, "--study", NAME, "--trials", "11", *SEARCH[:-4], "--model",
+    refused = run_cli("search", *studies, "--study", NAME, "--trials", "11", *SEARCH, "--model",
                       "tests/userparts.py:other")
     assert refused.returncode == 1
     assert f"model: '{MODEL}' -> 'tests/userparts.py:other'" in refused.stderr and "--force" in refused.stderr
@@ -86,7 +98,7 @@ def test_a_search_of_your_own_model_and_loss_resumes_after_a_kill_and_every_comm
 
 
 def test_local_workers_import_your_model_and_loss_each(tmp_path, augment):
-    done = run_cli("search", "--studies-dir", str(tmp_path), "--trials", "4", "--workers", "2", *SEARCH[:-4],
+    done = run_cli("search", "--studies-dir", str(tmp_path), "--trials", "4", "--workers", "2", *PARTS,
                    "--epochs", "1", timeout=900)
     assert done.returncode == 0, done.stderr
     study = load(tmp_path, NAME)
