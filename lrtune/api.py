@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 from lrtune import config as config_mod
 from lrtune.config import Config
 from lrtune.progress import ConsoleProgress, ProgressSink
-from lrtune.user_parts import take
+from lrtune.training.parts import take
 from lrtune.storage import (
     default_storage_url,
     load_study,

@@ -32,7 +32,7 @@ from lrtune.errors import ConfigError
 from lrtune.progress import ProgressSink
 from lrtune.storage import study_dir
 from lrtune.training.loop import resolve_device
-from lrtune.user_parts import take
+from lrtune.training.parts import take
 
 MODELS = "models"
 
