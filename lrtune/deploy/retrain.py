@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from lrtune import config as config_mod
-from lrtune.config import effective_image_size
 from lrtune.deploy.files import replace_folder, temporary_sibling
 from lrtune.deploy.modelfolder import save_model_folder
 from lrtune.deploy.spec import TrialSpec, versions
@@ -161,7 +160,7 @@ def _write_folder(run: TrainingRun, spec: TrialSpec, folder: Path, *, on: str, e
         curves = {k: [None if v != v else v for v in vs] for k, vs in run.state.curves.items()}  # NaN: no validation
         curves["lr_steps"] = run.state.lr_steps
         save_model_folder(
-            tmp, run.model, classes=classes, image_size=effective_image_size(run.cfg), training=training, curves=curves,
+            tmp, run.model, classes=classes, image_size=run.data.image_size, training=training, curves=curves,
             architecture=run.cfg.model,
         )
         replace_folder(tmp, folder)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Callable
 
 import optuna
 
-from lrtune.config import effective_image_size
 from lrtune.progress import ProgressSink
 from lrtune.storage import resilient
 from lrtune.training.metrics import confusion
@@ -70,7 +69,7 @@ def weights_record(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> 
         "model": run.cfg.model,
         "state_dict": files.best_weights,
         "classes": list(run.data.imageset.classes),
-        "image_size": effective_image_size(run.cfg),
+        "image_size": run.data.image_size,
         "params": run.params.to_dict(),
         "trial": trial.number,
         "epoch": run.state.best["epoch"],
