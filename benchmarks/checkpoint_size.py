@@ -41,7 +41,7 @@ def sizes(model: str, image_size: int, folder: Path) -> dict:
     last, best = folder / model / checkpoints.LAST, folder / model / checkpoints.BEST
     checkpoints.save(last, run.checkpoint(checkpoints.pack(run.model.state_dict())))
     checkpoints.save(best, {"model": model, "state_dict": run.model.state_dict(), "classes": data.imageset.classes})
-    model_bytes = check_model(model, num_classes=data.n_classes, pretrained=False, weights="")
+    model_bytes, _ = check_model(model, num_classes=data.n_classes, pretrained=False, weights="")
     return {"model": model, "parameters": sum(p.numel() for p in run.model.parameters()),
             "last_pt": last.stat().st_size, "best_pt": best.stat().st_size,
             "estimated_last_pt": model_bytes * (1 + faults.OPTIMIZER_COPIES)}
