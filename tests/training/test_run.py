@@ -65,14 +65,15 @@ def epochs_of(cfg, data, amp, epochs, restore_from=None):
 
 @pytest.mark.parametrize("augment", ["cpu", "device"])
 def test_an_fp16_run_checkpoints_its_grad_scaler_and_resumes_exactly_on_both_paths(digits, augment):
-    cfg = Config(augment=augment, batch_size=64, image_size=8, epochs=3)
-    fp16 = AmpPolicy(torch.device("cpu"), amp_dtype=torch.float16)
-    full = epochs_of(cfg, digits, fp16, 3)
+    cfg = Config(augment=augment, batch_size=16, image_size=8, epochs=2)
+    fp16 = AmpPolicy(torch.device("cpu"), amp_dtype=torch.float16)  # emulated on the CPU, slowly: a few small batches
+    digits = dataclasses.replace(digits, train_idx=digits.train_idx[:96], val_idx=digits.val_idx[:64])
+    full = epochs_of(cfg, digits, fp16, 2)
     assert augment_path(cfg, digits, fp16.device) == augment and full.scaler is not None
     first = epochs_of(cfg, digits, fp16, 1)
     saved = first.checkpoint(checkpoints.pack(first.model.state_dict()))
     assert saved["scaler"]["scale"] == first.scaler.get_scale()
-    resumed = epochs_of(cfg, digits, fp16, 3, restore_from=saved)
+    resumed = epochs_of(cfg, digits, fp16, 2, restore_from=saved)
     assert resumed.state.curves == full.state.curves
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
@@ -87,7 +88,9 @@ def test_a_bf16_run_trains_under_autocast_without_a_scaler_on_both_paths(tmp_pat
     """
     cfg = Config(studies_dir=str(tmp_path), augment=augment, batch_size=64, image_size=32, epochs=2)
     bf16 = AmpPolicy(torch.device("cpu"), amp_dtype=torch.bfloat16)
-    run = TrainingRun(cfg, PARAMS, data=load_training_data(cfg), amp=bf16, seed=5)
+    data = load_training_data(cfg)
+    data = dataclasses.replace(data, train_idx=data.train_idx[:192], val_idx=data.val_idx[:64])  # a few batches
+    run = TrainingRun(cfg, PARAMS, data=data, amp=bf16, seed=5)
     seen = []
     run.model.get_classifier().register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     outcomes = [run.train_epoch(epoch) for epoch in (1, 2)]
