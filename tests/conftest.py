@@ -24,8 +24,9 @@ def one_thread():
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The PostgreSQL tests share one server (one of them restarts it): under ``pytest -n``, one worker runs them
-    all, one after another (``--dist loadgroup``)."""
+    """The PostgreSQL tests share one server (one of them restarts it, one counts its connections): under
+    ``pytest -n``, one worker runs them all, one after another (``--dist loadgroup``)."""
     for item in items:
-        if item.get_closest_marker("postgres"):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.get_closest_marker("postgres") or "postgresql" in params.values():
             item.add_marker(pytest.mark.xdist_group("postgres"))

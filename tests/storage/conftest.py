@@ -13,7 +13,7 @@ def storage_url(tmp_path):
     return storage_mod.default_storage_url(tmp_path)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def any_url(request, tmp_path):
     """SQLite, and the test PostgreSQL server (skipped without one, except in CI)."""
     if request.param == "sqlite":
