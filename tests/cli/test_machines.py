@@ -232,22 +232,32 @@ def test_a_server_restart_mid_search_loses_and_duplicates_no_trial(tmp_path):
     assert {t.number for t in trials if t.state == TrialState.FAIL} <= set(retried)
 
 
-def _connections(url: str, since) -> int:
-    """Client connections to the server opened since ``since`` (the server's clock), but this one."""
+PROBE_APP = "lrtune-test-probe"  # the test's own connections, left out of the count
+
+
+def _probe_engine(url: str):
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    with engine.connect() as conn:
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                    connect_args={"application_name": PROBE_APP})
+
+
+def _connections(url: str, since) -> int:
+    """Client connections to the server opened since ``since`` (the server's clock), but the test's own: a
+    closed probe's backend may still be ending on a busy machine."""
+    import sqlalchemy
+
+    with _probe_engine(url).connect() as conn:
         count = conn.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
-                                             "'client backend' AND backend_start >= :since"), {"since": since})
-        return int(count.scalar()) - 1
+                                             "'client backend' AND backend_start >= :since AND application_name <> "
+                                             ":probe"), {"since": since, "probe": PROBE_APP})
+        return int(count.scalar())
 
 
 def _server_now(url: str):
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    with engine.connect() as conn:
+    with _probe_engine(url).connect() as conn:
         return conn.execute(sqlalchemy.text("SELECT now()")).scalar()
 
 
