@@ -101,7 +101,7 @@ def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threa
                              amp=first.amp, should_stop=should_stop, on_batch=on_batch if hearing else None)
     seconds = time.perf_counter() - started
     if threads is not None:
-        threads.observe(sum(result.images for result in results), seconds)
+        threads.observe(sum(result.images for result in results), seconds, slots=len(runs))
     outcomes: list[EpochOutcome | Diverged | None] = []
     for run, result in zip(runs, results):
         try:
@@ -259,16 +259,20 @@ PROBE_BATCHES = 4  # batches each count of --fuse auto's probe trains on, after 
 
 
 def probe_fused(make_runs: Callable[[int], list[TrainingRun]], counts: Sequence[int], *,
-                free_bytes: int | None = None) -> dict[int, tuple[float, int]]:
+                free_bytes: int | None = None,
+                prepare: Callable[[int], None] | None = None) -> dict[int, tuple[float, int]]:
     """Training images per second of ``k`` fused runs (fresh ones from ``make_runs(k)``, thrown away after) and
-    their peak device memory, for each of ``counts`` in order; a count whose projected peak would not fit in
-    ``free_bytes`` (on CUDA) is not tried, nor any after it."""
+    their peak device memory, for each of ``counts`` in order, ``prepare(k)`` called before each (to set its
+    threads); a count whose projected peak would not fit in ``free_bytes`` (on CUDA) is not tried, nor any
+    after it."""
     measured: dict[int, tuple[float, int]] = {}
     for k in counts:
         if measured and free_bytes is not None:
             last = max(measured)
             if measured[last][1] / last * k * memory.MEMORY_MARGIN > free_bytes:
                 break
+        if prepare is not None:
+            prepare(k)
         runs = make_runs(k)
         first = runs[0]
         net = FusedModel([run.model for run in runs]) if k > 1 else first.net

@@ -252,7 +252,8 @@ def thread_guard(
                             device_type=amp.device.type, measure=measure)
     if say is not None and not cfg.threads:  # a count the user set goes unsaid
         say(f"threads: {choice.threads} ({choice.reason})")
-    guard = ThreadGuard(choice.threads, say=say, fixed=cfg.threads > 0 or amp.device.type != "cpu")
+    guard = ThreadGuard(choice.threads, say=say, fixed=cfg.threads > 0 or amp.device.type != "cpu",
+                        budget=choice.budget)
     guard.start()
     return guard
 

@@ -119,6 +119,7 @@ class ThreadChoice:
     threads: int
     reason: str
     measured: dict[int, float] = field(default_factory=dict)  # images/s at each count measured
+    budget: int = 0  # the most threads the process may use (its share of the cores), 0 when asked for a count
 
 
 def choose_threads(
@@ -146,11 +147,11 @@ def choose_threads(
     why = where + (f", shared by {' and '.join(share)}" if share else "")
     options = candidates(budget)
     if device_type != "cpu" or measure is None or len(options) == 1:
-        return ThreadChoice(budget, why)
+        return ThreadChoice(budget, why, budget=budget)
     rates = measure(options)
     threads = pick(rates)
     shown = ", ".join(f"{rates[n]:,.0f} at {n}" for n in sorted(rates, reverse=True))
-    return ThreadChoice(threads, f"{why}; measured images/s: {shown}", rates)
+    return ThreadChoice(threads, f"{why}; measured images/s: {shown}", rates, budget)
 
 
 def apply_threads(threads: int) -> None:
@@ -185,19 +186,23 @@ def kept_threads() -> Iterator[None]:
 class ThreadGuard:
     """Keeps a run's steps from collapsing when other processes take its cores.
 
-    ``observe`` is told each epoch's training images and seconds. An epoch
+    ``observe`` is told each epoch's training images and seconds (and, for a
+    fused pass, its slots: rates compare only at the same count of them). An epoch
     under ``FALL`` times the best seen at its thread count halves the count
     from the next epoch on (said once, through ``say``). After ``RETRY_S``
     the higher count gets one epoch again: kept when it beats the lower
     count's best by ``RECOVER``, else the wait doubles. ``fixed`` guards
-    nothing: the user chose the count.
+    nothing: the user chose the count. ``budget`` is the most threads the
+    count was chosen from.
     """
 
     def __init__(self, threads: int, *, say: Callable[[str], None] | None = None, fixed: bool = False,
-                 clock: Callable[[], float] = time.monotonic, apply: Callable[[int], None] = apply_threads) -> None:
+                 clock: Callable[[], float] = time.monotonic, apply: Callable[[int], None] = apply_threads,
+                 budget: int = 0) -> None:
         self.threads = self.ceiling = threads
+        self.budget = budget or threads
         self.say, self.fixed, self.clock, self.apply = say, fixed, clock, apply
-        self.best: dict[int, float] = {}
+        self.best: dict[tuple[int, int], float] = {}  # (threads, slots) -> the best images/s seen
         self.falls = 0
         self.trying: int | None = None  # the lower count a retry of a higher one goes back to
         self.retry_at, self.wait = math.inf, RETRY_S
@@ -206,34 +211,35 @@ class ThreadGuard:
         """Put this process at the guard's count (a run starts here)."""
         self.apply(self.threads)
 
-    def observe(self, images: int, seconds: float) -> None:
+    def observe(self, images: int, seconds: float, *, slots: int = 1) -> None:
         if self.fixed or images <= 0 or seconds <= 0:
             return
-        rate, counted = images / seconds, self.threads
+        rate, counted = images / seconds, (self.threads, slots)
         if self.trying is not None:
-            self._settle(rate)
-        elif rate < FALL * self.best.get(counted, 0.0) and counted > 1:
-            self._fall(rate)
+            self._settle(rate, slots)
+        elif rate < FALL * self.best.get(counted, 0.0) and self.threads > 1:
+            self._fall(rate, slots)
             return
-        elif counted < self.ceiling and self.clock() >= self.retry_at:
-            self.trying = counted
-            self._set(min(self.ceiling, counted * 2))
+        elif self.threads < self.ceiling and self.clock() >= self.retry_at:
+            self.trying = self.threads
+            self._set(min(self.ceiling, self.threads * 2))
         self.best[counted] = max(self.best.get(counted, 0.0), rate)
 
-    def _fall(self, rate: float) -> None:
+    def _fall(self, rate: float, slots: int) -> None:
         lower = max(1, self.threads // 2)
         if not self.falls and self.say is not None:
-            self.say(f"training fell to {rate:,.0f} images/s from {self.best[self.threads]:,.0f} at "
+            self.say(f"training fell to {rate:,.0f} images/s from {self.best[self.threads, slots]:,.0f} at "
                      f"{self.threads} threads: another process is using the cores; {lower} thread"
                      f"{'s' if lower > 1 else ''} from the next epoch")
         self.falls += 1
-        self.best.pop(self.threads, None)  # the machine changed: its old best no longer holds
+        for key in [key for key in self.best if key[0] == self.threads]:  # the machine changed: its old bests
+            del self.best[key]
         self._set(lower)
         self.retry_at = self.clock() + self.wait
 
-    def _settle(self, rate: float) -> None:
+    def _settle(self, rate: float, slots: int) -> None:
         lower, self.trying = self.trying, None
-        if rate >= RECOVER * self.best.get(lower, 0.0):
+        if rate >= RECOVER * self.best.get((lower, slots), 0.0):
             self.wait = RETRY_S
             self.retry_at = self.clock() + self.wait if self.threads < self.ceiling else math.inf
             return

@@ -22,6 +22,7 @@ import optuna
 from lrtune.config import Config
 from lrtune.progress import ProgressSink
 from lrtune.storage import count_finished
+from lrtune.training.threads import ThreadGuard
 
 AUTO_COUNTS = (1, 2, 4, 8)  # --fuse auto measures these, in order
 AUTO_GAIN = 1.10  # and stops growing K when the next count is not at least this much faster
@@ -51,9 +52,15 @@ def resolve_fuse(cfg: Config, objective: Any, study: optuna.Study, say: Callable
     if reason is not None:
         say(f"{flag}: trials run one at a time: {reason}")
         return 1
+    guard = objective.threads
+    chosen = guard is not None and not guard.fixed  # --threads auto on the CPU: chosen again for fused passes
     k, why = cfg.fuse, ""
     if cfg.fuse == 0:
-        k, why = auto_fuse(probe_fused(runs, AUTO_COUNTS, free_bytes=_free(objective)))
+        def prepare(count: int) -> None:  # each count measured at the threads it would train on
+            if chosen:
+                guard.apply(guard.threads if count == 1 else fused_count(guard))
+
+        k, why = auto_fuse(probe_fused(runs, AUTO_COUNTS, free_bytes=_free(objective), prepare=prepare))
     left = max(1, cfg.trials - count_finished(study))
     if k > left:
         why = f"{why}; " if why else ""
@@ -61,7 +68,28 @@ def resolve_fuse(cfg: Config, objective: Any, study: optuna.Study, say: Callable
         k = left
     what = f"{k} trials side by side in one fused step" if k > 1 else "1, trials run one at a time"
     say(f"{flag}: {what}" + (f" ({why})" if why else ""))
+    if chosen:
+        objective.threads = fused_threads(guard, k, say)
     return k
+
+
+def fused_threads(guard: ThreadGuard, k: int, say: Callable[[str], None]) -> ThreadGuard:
+    """The threads of ``k`` fused trials when ``--threads`` is auto on the CPU: the passes train on one fewer than
+    the process may use (at least one), as the group's trials report, checkpoint and sample on the others; one
+    trial (``k`` = 1) keeps ``guard``'s count."""
+    if k == 1:
+        guard.start()
+        return guard
+    threads = fused_count(guard)
+    say(f"threads: {threads} for {k} fused trials (of {guard.budget}: the trials report, checkpoint and sample "
+        "beside the passes)")
+    fused = ThreadGuard(threads, say=say, budget=guard.budget, clock=guard.clock, apply=guard.apply)
+    fused.start()
+    return fused
+
+
+def fused_count(guard: ThreadGuard) -> int:
+    return max(1, guard.budget - 1)
 
 
 def _free(objective: Any) -> int | None:

@@ -242,7 +242,10 @@ def test_the_probe_measures_each_count_and_stops_before_one_that_would_not_fit(d
     from lrtune.training.fused import probe_fused
 
     cfg = _cfg("cpu")
-    measured = probe_fused(lambda k: _runs(cfg, digits, [SLOTS[0]] * k, list(range(k))), [1, 2, 4])
+    prepared: list[int] = []
+    measured = probe_fused(lambda k: _runs(cfg, digits, [SLOTS[0]] * k, list(range(k))), [1, 2, 4],
+                           prepare=prepared.append)
     assert sorted(measured) == [1, 2, 4] and all(rate > 0 for rate, _ in measured.values())
+    assert prepared == [1, 2, 4]  # before each count, to set the threads it trains on
     tight = probe_fused(lambda k: _runs(cfg, digits, [SLOTS[0]] * k, list(range(k))), [1, 2], free_bytes=-1)
     assert sorted(tight) == [1]

@@ -133,6 +133,24 @@ def test_a_collapsed_epoch_halves_the_threads_and_says_so_once():
     assert guard.threads == 1  # one thread is the floor
 
 
+def test_a_fused_pass_is_compared_with_passes_of_as_many_slots():
+    guard, applied, said, clock = _guard(2)
+    guard.observe(4000, 1.0, slots=8)
+    guard.observe(1000, 1.0, slots=1)  # one slot left: slower than eight, not a collapse
+    assert guard.threads == 2 and applied == [] and said == []
+    guard.observe(300, 1.0, slots=1)
+    assert guard.threads == 1 and said == ["training fell to 300 images/s from 1,000 at 2 threads: another process "
+                                           "is using the cores; 1 thread from the next epoch"]
+
+
+def test_a_choice_keeps_the_budget_it_chose_within():
+    measured = choose_threads(0, workers=1, loader_workers=0, device_type="cpu", measure=lambda counts: {4: 1.0, 2: 9.0, 1: 1.0},
+                              cores=(4, "4 cores"))
+    assert measured.threads == 2 and measured.budget == 4
+    assert choose_threads(0, workers=2, loader_workers=0, device_type="cpu", cores=(2, "2 cores")).budget == 1
+    assert choose_threads(3, workers=1, loader_workers=0, device_type="cpu").budget == 0
+
+
 def test_after_a_fall_the_higher_count_is_tried_again_and_kept_when_it_is_faster():
     guard, applied, said, clock = _guard(2)
     guard.observe(2000, 1.0)
