@@ -8,7 +8,7 @@ default search with each K.
 3. Searches: `lrtune search --trials N --fuse K` in a fresh studies folder for each K, one after another:
    wall time, peak RSS of the process tree (sampled every 0.1 s), best value, and trials complete / pruned.
 
-    python benchmarks/fuse_throughput.py [--searches] [--trials 50] [--out FILE.json]
+    python benchmarks/fuse_throughput.py [--searches] [--trials 50] [--probe-threads N] [--out FILE.json]
     python benchmarks/fuse_throughput.py --smoke     # tiny, for the test suite
 """
 
@@ -100,11 +100,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", default="auto", help="--threads of the searches")
+    parser.add_argument("--probe-threads", type=int, default=0, help="threads of the throughput table (0: torch's)")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fuse-"))
     if args.smoke:
         torch.set_num_threads(1)  # a smoke run checks the script, not the speed: one thread never collapses
+    elif args.probe_threads:
+        torch.set_num_threads(args.probe_threads)
     counts = [1, 2] if args.smoke else [1, 2, 4, 8]
     record: dict = {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
                     "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"}

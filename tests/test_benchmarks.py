@@ -113,6 +113,18 @@ def test_the_gpu_throughput_script_runs_every_part_and_its_table_on_the_cpu(tmp_
     assert figures["digits_2_images_per_s"] > 0 and figures["jpeg_trial_images_per_s"] > 0
 
 
+def test_the_gpu_fuse_script_compares_fused_groups_with_workers_on_the_cpu(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_fuse.py"), "--smoke", "--work",
+                             str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| count | --fuse K, images/s | --workers N, images/s |" in result.stdout
+    figures = json.loads((tmp_path / "out" / "gpu_fuse.json").read_text())
+    assert sorted(figures["searches"]) == ["1", "2"]
+    assert all(row["fuse"] > 0 and row["workers"] > 0 for row in figures["searches"].values())
+    assert sorted(figures["probe"]) == ["1", "2"] and all(row["images_per_s"] > 0 for row in figures["probe"].values())
+
+
 def _confirm_quality():
     spec = importlib.util.spec_from_file_location("confirm_quality", ROOT / "benchmarks" / "confirm_quality.py")
     module = importlib.util.module_from_spec(spec)
