@@ -74,7 +74,8 @@ def main() -> int:
         results["searches"][count] = row
         print(f"| {count} | {row['fuse']:,.0f} | {row['workers']:,.0f} |", flush=True)
     measured = probe(sizes, folder, work, counts)
-    results["probe"] = {k: {"images_per_s": rate, "peak_bytes_per_slot": peak // k} for k, (rate, peak) in measured.items()}
+    results["probe"] = {k: {"images_per_s": rate, "peak_bytes_per_slot": peak // k}
+                        for k, (rate, peak) in measured.items()}
     for k, row in results["probe"].items():
         print(f"probe K={k}: {row['images_per_s']:,.0f} images/s, peak {row['peak_bytes_per_slot'] / 2**30:.2f} GiB "
               "allocated per slot", flush=True)

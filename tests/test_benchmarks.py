@@ -102,11 +102,16 @@ def test_the_seed_job_script_runs_its_search_and_projects_the_full_scale_on_the_
     assert record["finished"] == 2 and record["epochs"] == 2 and record["projected_full_s"] > 0
 
 
-def test_the_gpu_throughput_script_runs_every_part_and_its_table_on_the_cpu(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--smoke", "--work",
-                             str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                            timeout=900)
+def _gpu_smoke(script: str, tmp_path) -> subprocess.CompletedProcess:
+    """A GPU benchmark's ``--smoke`` run on the CPU, its JSON written under ``tmp_path / "out"``."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--work", str(tmp_path),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_the_gpu_throughput_script_runs_every_part_and_its_table_on_the_cpu(tmp_path):
+    result = _gpu_smoke("gpu_throughput.py", tmp_path)
     assert "| workers | compile off | compile on (reduce-overhead) |" in result.stdout
     figures = json.loads((tmp_path / "out" / "gpu_throughput.json").read_text())
     assert figures["search_table_images_per_s"]["workers 2, compile off"] > 0
@@ -114,10 +119,7 @@ def test_the_gpu_throughput_script_runs_every_part_and_its_table_on_the_cpu(tmp_
 
 
 def test_the_gpu_fuse_script_compares_fused_groups_with_workers_on_the_cpu(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_fuse.py"), "--smoke", "--work",
-                             str(tmp_path), "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = _gpu_smoke("gpu_fuse.py", tmp_path)
     assert "| count | --fuse K, images/s | --workers N, images/s |" in result.stdout
     figures = json.loads((tmp_path / "out" / "gpu_fuse.json").read_text())
     assert sorted(figures["searches"]) == ["1", "2"]

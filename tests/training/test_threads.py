@@ -144,8 +144,8 @@ def test_a_fused_pass_is_compared_with_passes_of_as_many_slots():
 
 
 def test_a_choice_keeps_the_budget_it_chose_within():
-    measured = choose_threads(0, workers=1, loader_workers=0, device_type="cpu", measure=lambda counts: {4: 1.0, 2: 9.0, 1: 1.0},
-                              cores=(4, "4 cores"))
+    measured = choose_threads(0, workers=1, loader_workers=0, device_type="cpu",
+                              measure=lambda counts: {4: 1.0, 2: 9.0, 1: 1.0}, cores=(4, "4 cores"))
     assert measured.threads == 2 and measured.budget == 4
     assert choose_threads(0, workers=2, loader_workers=0, device_type="cpu", cores=(2, "2 cores")).budget == 1
     assert choose_threads(3, workers=1, loader_workers=0, device_type="cpu").budget == 0
