@@ -4,7 +4,8 @@ EfficientNet-B0 at 224 px, batch 64, bf16 (AMP), on a long-tailed 18-class JPEG 
 For each count 1, 2, 4 and 8: one ``lrtune search`` of that many trials with ``--fuse K`` (one process), and
 one with ``--workers N`` (one trial per process), pruning off; each row is the search's total training images/s
 over the span of its trials. Then ``--fuse auto``'s probe (``training.fused.probe_fused``) gives each count's
-training images/s alone and its peak allocated memory per slot. About 6 minutes on an H100 or H200.
+training images/s alone and its peak allocated memory per slot. Its sizes (3,000 images, 2 epochs a trial)
+aim at a run under 8 minutes on one GPU; it has not been timed on one yet.
 
     python benchmarks/gpu_fuse.py [--out DIR]
     python benchmarks/gpu_fuse.py --smoke      # tiny sizes on the CPU: checks that the script runs
