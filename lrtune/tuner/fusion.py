@@ -57,10 +57,10 @@ def resolve_fuse(cfg: Config, objective: Any, study: optuna.Study, say: Callable
     k, why = cfg.fuse, ""
     if cfg.fuse == 0:
         def prepare(count: int) -> None:  # each count measured at the threads it would train on
-            if chosen:
-                guard.apply(guard.threads if count == 1 else fused_count(guard))
+            guard.apply(guard.threads if count == 1 else fused_count(guard))
 
-        k, why = auto_fuse(probe_fused(runs, AUTO_COUNTS, free_bytes=_free(objective), prepare=prepare))
+        k, why = auto_fuse(probe_fused(runs, AUTO_COUNTS, free_bytes=_free(objective),
+                                       prepare=prepare if chosen else None))
     left = max(1, cfg.trials - count_finished(study))
     if k > left:
         why = f"{why}; " if why else ""
@@ -89,6 +89,7 @@ def fused_threads(guard: ThreadGuard, k: int, say: Callable[[str], None]) -> Thr
 
 
 def fused_count(guard: ThreadGuard) -> int:
+    """The threads a fused pass trains on: one fewer than ``guard``'s budget, at least one."""
     return max(1, guard.budget - 1)
 
 
