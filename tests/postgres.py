@@ -51,7 +51,15 @@ def new_study_name() -> str:
 
 
 def load(url: str, name: str) -> optuna.Study:
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": __import__("sqlalchemy").pool.NullPool})
+    """Study ``name``, read through a storage that holds no connection between calls.
+
+    It may be opened while a worker creates the tables: it waits for them as lrtune does.
+    """
+    import sqlalchemy
+
+    from lrtune.storage.backend import _created
+
+    storage = _created(lambda: optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": sqlalchemy.pool.NullPool}))
     return optuna.load_study(study_name=name, storage=storage)
 
 

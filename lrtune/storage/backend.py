@@ -45,6 +45,7 @@ POOL_SIZE = 2  # connections per process to a server database: the trial's threa
 POOL_RECYCLE = 600  # seconds before a pooled connection is replaced, ahead of servers and firewalls that drop idle ones
 RETRY_FOR = 120.0  # default seconds a lost connection to the database is retried before giving up
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0  # seconds between tries: doubling from the first up to the max
+SCHEMA_TRIES = 8  # tries at creating the tables while other processes create them at the same moment
 
 
 def _connection_lost(exc: BaseException) -> bool:
@@ -59,6 +60,35 @@ def _connection_lost(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """True when creating the tables failed because another process was creating them at the same moment."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (sa_exc.IntegrityError, sa_exc.ProgrammingError)):
+            text = str(seen).lower()
+            return "already exists" in text or "duplicate key" in text
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _created(create: Callable[[], Any], sleep: Callable[[float], None] = time.sleep) -> Any:
+    """``create()``, tried again while it loses a race to create the tables to another process.
+
+    Several workers started at once on an empty server database all find no
+    tables, and all but one fail on creating them; a try after that one has
+    finished finds them made.
+    """
+    for attempt in range(1, SCHEMA_TRIES + 1):
+        try:
+            return create()
+        except Exception as exc:
+            if attempt == SCHEMA_TRIES or not _schema_race(exc):
+                raise
+            sleep(0.05 * attempt)
 
 
 def retrying(call: Callable[[], Any], *, url: str, retry_for: float, sleep: Callable[[float], None] = time.sleep,
@@ -389,7 +419,7 @@ def open_storage(url: str, *, heartbeat: Heartbeat | None = None, retry_for: flo
         return ResilientStorage(url, engine_kwargs=_engine_kwargs(url, trials), **extra)
 
     try:
-        storage = retrying(create, url=url, retry_for=retry_for, say=say)
+        storage = retrying(lambda: _created(create), url=url, retry_for=retry_for, say=say)
     except LRTuneError:
         raise
     except Exception as exc:  # SQLAlchemy and drivers raise many types for a bad URL

@@ -65,6 +65,76 @@ def test_errors_other_than_a_lost_connection_are_not_retried():
         storage_mod.retrying(bad, url="sqlite://", retry_for=60, sleep=lambda s: pytest.fail("retried"))
 
 
+def _duplicate(what: str) -> Exception:
+    import sqlalchemy
+
+    return sqlalchemy.exc.IntegrityError("CREATE TYPE studydirection", {}, Exception(what))
+
+
+def test_losing_the_race_to_create_the_tables_is_tried_again():
+    calls, waits = [], []
+
+    def racing():
+        calls.append(1)
+        if len(calls) < 3:
+            raise _duplicate('duplicate key value violates unique constraint "pg_type_typname_nsp_index"')
+        return "opened"
+
+    assert backend_mod._created(racing, sleep=waits.append) == "opened"
+    assert len(waits) == 2
+
+
+def test_other_integrity_errors_while_opening_are_not_tried_again():
+    def bad():
+        raise _duplicate("null value in column violates not-null constraint")
+
+    with pytest.raises(Exception, match="not-null"):
+        backend_mod._created(bad, sleep=lambda s: pytest.fail("tried again"))
+
+
+@pytest.mark.postgres
+def test_workers_opening_an_empty_server_database_at_once_all_open_it():
+    """Machines started together on a new database: one creates the tables, the others wait for them."""
+    import threading
+    import uuid
+
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    server = make_url(postgres.server_url())
+    database = f"fresh_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
+    url = server.set(database=database).render_as_string(hide_password=False)
+    workers = 6
+    start, errors, opened = threading.Barrier(workers), [], []
+
+    def open_it():
+        start.wait()
+        try:
+            storage = storage_mod.open_storage(url, retry_for=30)
+            opened.append(storage.get_all_studies())
+            storage.engine.dispose()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(str(exc))
+
+    try:
+        threads = [threading.Thread(target=open_it) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and opened == [[]] * workers
+        with sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool).connect() as connection:
+            assert connection.execute(sqlalchemy.text("SELECT count(*) FROM version_info")).scalar() == 1
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE "{database}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def test_server_databases_get_a_small_pool_checked_before_use():
     kwargs = backend_mod._engine_kwargs("postgresql+psycopg://me:pw@db/x")
     assert kwargs["pool_pre_ping"] is True
