@@ -105,12 +105,12 @@ def study_dir(studies_dir: str | Path, study_name: str) -> Path:
     return Path(studies_dir) / safe
 
 
-def count_finished(study: optuna.Study) -> int:
-    """Complete and pruned trials: one query on lrtune's storage, which need not load them."""
+def count_finished(study: optuna.Study, states: tuple[TrialState, ...] = FINISHED) -> int:
+    """Trials in ``states`` (complete and pruned): one query on lrtune's storage, which need not load them."""
     backend = resilient(study._storage)
     if backend is not None:
-        return len(backend.trial_ids(study._study_id, FINISHED))
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+        return len(backend.trial_ids(study._study_id, states))
+    return len(study.get_trials(deepcopy=False, states=states))
 
 
 def best_first(trials: list[FrozenTrial]) -> list[FrozenTrial]:

@@ -142,6 +142,7 @@ class FusedGroup:
         self.threads, self.should_stop = threads, should_stop
         self.cond = threading.Condition()
         self.live = size  # threads that may still bring a run
+        self.waiting = 0  # of them, those held back from starting a trial: passes do not wait for them
         self.members: list[TrainingRun] = []
         self.arrived: set[int] = set()  # ids of the members waiting for a pass
         self.results: dict[int, EpochOutcome | BaseException] = {}
@@ -157,6 +158,19 @@ class FusedGroup:
             with self.cond:
                 self.live -= 1
                 self.cond.notify_all()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """A thread that may not start its next trial yet: passes go on without it meanwhile."""
+        with self.cond:
+            self.waiting += 1
+            self.cond.notify_all()
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.waiting -= 1
+                self.changed = time.monotonic()  # between trials again: the next pass may wait for its run
 
     @contextlib.contextmanager
     def member(self, run: TrainingRun) -> Iterator[None]:
@@ -204,7 +218,7 @@ class FusedGroup:
     def _ready(self) -> bool:
         everyone = all(id(run) in self.arrived for run in self.members)
         waited = time.monotonic() - self.changed >= self.GRACE_S
-        return everyone and (len(self.members) >= self.live or waited)
+        return everyone and (len(self.members) >= self.live - self.waiting or waited)
 
     def _pass(self) -> None:
         """Train one pass of every member, holding the lock: the others are waiting for it anyway."""

@@ -144,6 +144,13 @@ def create_pruner(name: str, *, warmup: int, epochs: int) -> optuna.pruners.Base
     return PRUNERS[name](warmup, epochs)
 
 
+def unpruned_trials(pruner: optuna.pruners.BasePruner) -> int:
+    """The complete trials ``pruner`` waits for before it prunes any (the median pruner's startup), or 0."""
+    if isinstance(pruner, optuna.pruners.PercentilePruner):
+        return int(pruner._n_startup_trials)
+    return 0
+
+
 def check_names(cfg: Config) -> None:
     """An unknown sampler or pruner fails before anything is opened or loaded."""
     create_sampler(cfg.sampler, cfg.seed)

@@ -249,3 +249,29 @@ def test_the_probe_measures_each_count_and_stops_before_one_that_would_not_fit(d
     assert prepared == [1, 2, 4]  # before each count, to set the threads it trains on
     tight = probe_fused(lambda k: _runs(cfg, digits, [SLOTS[0]] * k, list(range(k))), [1, 2], free_bytes=-1)
     assert sorted(tight) == [1]
+
+
+def test_a_pass_does_not_wait_for_a_thread_held_back_from_starting_a_trial():
+    import threading
+
+    group = FusedGroup(name="test", seed=0, size=2)
+    run = object()
+    group.members.append(run)
+    group.arrived.add(id(run))
+    assert not group._ready()  # the other thread is between trials: the pass waits for its run, a while
+    entered, leave = threading.Event(), threading.Event()
+
+    def held():
+        with group.held():
+            entered.set()
+            leave.wait(timeout=60)
+
+    thread = threading.Thread(target=held)
+    thread.start()
+    entered.wait(timeout=60)
+    try:
+        assert group._ready()  # held back: the pass goes on with the run that is here
+    finally:
+        leave.set()
+        thread.join(timeout=60)
+    assert group.waiting == 0 and not group._ready()  # back between trials: waited for again, a while

@@ -1,4 +1,6 @@
-"""The threads of a fused group."""
+"""The threads of a fused group, and the trials it starts."""
+
+import pytest
 
 from lrtune.training.threads import ThreadGuard
 from lrtune.tuner.fusion import fused_threads
@@ -59,3 +61,44 @@ def test_a_fused_search_with_auto_threads_trains_its_passes_on_one_fewer_and_say
     assert fused == [f"threads: {max(1, budget - 1)} for 2 fused trials (of {budget}: the trials report, checkpoint "
                      "and sample beside the passes)"], sink.messages
     assert len({t.user_attrs.get("fused_group") for t in study.trials if t.number > 0}) == 1
+
+
+def test_trials_start_only_as_the_pruner_still_needs_them_until_its_first_trials_are_complete():
+    import optuna
+
+    from lrtune.tuner.fusion import admitted
+    from lrtune.tuner.samplers import create_pruner, unpruned_trials
+
+    assert unpruned_trials(create_pruner("median", warmup=1, epochs=5)) == 5
+    assert unpruned_trials(create_pruner("hyperband", warmup=1, epochs=5)) == 0
+    assert unpruned_trials(create_pruner("none", warmup=1, epochs=5)) == 0
+    study = optuna.create_study(direction="maximize")
+    for _ in range(3):
+        study.tell(study.ask(), 0.5)
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)  # a pruned trial is not one the pruner waits for
+    assert admitted(study, 5, running=1)  # 3 complete and 1 running: one more may still start
+    assert not admitted(study, 5, running=2)  # 3 and 2: those 5 are what the pruner waits for
+    assert admitted(study, 0, running=7)  # a pruner that waits for none
+    for _ in range(2):
+        study.tell(study.ask(), 0.5)
+    assert admitted(study, 5, running=7)  # 5 complete: the pruner prunes from now on
+
+
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_a_fused_search_starts_no_more_trials_than_the_median_pruner_waits_for(tmp_path, augment):
+    """Every trial started before the fifth one completed trains all its epochs: at most five start then, plus one
+    for each that ended without completing (diverged)."""
+    import lrtune
+    from optuna.trial import TrialState
+
+    cfg = lrtune.Config(trials=10, epochs=3, fuse=4, lr_range="off", pruner="median", pruner_warmup=0,
+                        augment=augment, studies_dir=str(tmp_path))
+    trials = lrtune.search(config=cfg).trials
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.datetime_complete)
+    assert len(complete) >= 5, [t.state for t in trials]
+    fifth = complete[4].datetime_complete
+    started = [t for t in trials if t.datetime_start < fifth]
+    ended_early = [t for t in trials if t.state != TrialState.COMPLETE and t.datetime_complete is not None
+                   and t.datetime_complete < fifth]
+    assert len(started) <= 5 + len(ended_early), [(t.number, t.datetime_start, t.state) for t in trials]
+    assert len({t.user_attrs.get("fused_group") for t in trials if t.number > 0}) == 1
