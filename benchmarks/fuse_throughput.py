@@ -9,6 +9,7 @@ default search with each K.
    wall time, peak RSS of the process tree (sampled every 0.1 s), best value, and trials complete / pruned.
 
     python benchmarks/fuse_throughput.py [--searches] [--trials 50] [--probe-threads N] [--out FILE.json]
+    python benchmarks/fuse_throughput.py --searches-only [--search-rounds R]   # the searches alone, R rounds
     python benchmarks/fuse_throughput.py --smoke     # tiny, for the test suite
 """
 
@@ -101,6 +102,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", default="auto", help="--threads of the searches")
     parser.add_argument("--probe-threads", type=int, default=0, help="threads of the throughput table (0: torch's)")
+    parser.add_argument("--search-rounds", type=int, default=1, help="rounds of the searches, each K once a round")
+    parser.add_argument("--searches-only", action="store_true", help="skip the throughput table and the models")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fuse-"))
@@ -112,12 +115,15 @@ def main() -> int:
     record: dict = {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
                     "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"}
     cases = CASES[:1] if args.smoke else CASES
-    record["throughput"] = {f"{m}@{s or 'native'}": throughput(m, s, counts, work, 1 if args.smoke else args.rounds)
-                            for m, s in cases}
-    record["fuses"] = {m: fuses(m, work) for m in (FUSES[:1] if args.smoke else FUSES)}
-    if args.searches or args.smoke:
+    record["throughput"], record["fuses"] = {}, {}
+    if not args.searches_only:
+        record["throughput"] = {f"{m}@{s or 'native'}": throughput(m, s, counts, work, 1 if args.smoke else args.rounds)
+                                for m, s in cases}
+        record["fuses"] = {m: fuses(m, work) for m in (FUSES[:1] if args.smoke else FUSES)}
+    if args.searches or args.searches_only or args.smoke:
         extra = ["--threads", args.threads] + (["--epochs", "1"] if args.smoke else [])
-        record["searches"] = [search(k, 3 if args.smoke else args.trials, work, extra) for k in counts]
+        record["searches"] = [search(k, 3 if args.smoke else args.trials, work, extra)
+                              for _ in range(args.search_rounds) for k in counts]
     print("| model | " + " | ".join(f"K={k}" for k in counts) + " |")
     print("|---|" + "---|" * len(counts))
     for case, rates in record["throughput"].items():
