@@ -10,6 +10,7 @@ default search with each K.
 
     python benchmarks/fuse_throughput.py [--searches] [--trials 50] [--probe-threads N] [--out FILE.json]
     python benchmarks/fuse_throughput.py --searches-only [--search-rounds R]   # the searches alone, R rounds
+    python benchmarks/fuse_throughput.py --ceiling [--rounds R]   # what two cores can give the default model
     python benchmarks/fuse_throughput.py --smoke     # tiny, for the test suite
 """
 
@@ -33,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_memory import tree_rss  # noqa: E402
 
 from lrtune.config import Config  # noqa: E402
-from lrtune.training.fused import check_fusion, probe_fused  # noqa: E402
-from lrtune.training.loop import AmpPolicy  # noqa: E402
+from lrtune.training.fused import FusedModel, check_fusion, probe_fused  # noqa: E402
+from lrtune.training.loop import AmpPolicy, train_together  # noqa: E402
 from lrtune.training.run import Hyperparams, TrainingRun, load_training_data  # noqa: E402
 from lrtune.tuner.space import baseline_params  # noqa: E402
 
@@ -57,6 +58,58 @@ def throughput(model: str, image_size: int, counts: list[int], work: Path, round
         for k, (rate, _peak) in probe_fused(runs, counts).items():
             best[k] = max(best.get(k, 0.0), rate)
     return best
+
+
+def ceiling(work: Path, rounds: int) -> list[dict]:
+    """What two cores can give the default model: K runs as one group at 2 threads and at 1, against the same
+    K runs split in two halves, each trained on its own Python thread at one torch thread (two plain runs when
+    K = 2). Total training images/s over one pass of the digits set after one batch to warm up."""
+    cfg = Config(studies_dir=str(work))
+    data = load_training_data(cfg)
+    amp = AmpPolicy(torch.device("cpu"))
+    params = Hyperparams.from_dict(baseline_params(cfg))
+
+    def group(k: int, seed: int) -> tuple:
+        runs = [TrainingRun(cfg, params, data=data, amp=amp, seed=seed + i) for i in range(k)]
+        net = FusedModel([run.model for run in runs]) if k > 1 else runs[0].net
+        batches = list(iter(runs[0].loader))
+        learners = [run.learner() for run in runs]
+        train_together(net, batches[:1], learners, amp=amp)
+        return net, batches[1:], learners
+
+    def timed(*groups: tuple) -> float:
+        def one(g: tuple) -> None:
+            torch.set_num_threads(1)
+            train_together(g[0], g[1], g[2], amp=amp)
+
+        started = time.perf_counter()
+        workers = [threading.Thread(target=one, args=(g,)) for g in groups]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return time.perf_counter() - started
+
+    rows = []
+    before = torch.get_num_threads()
+    for round_ in range(rounds):
+        for k in (1, 2, 4, 8):
+            whole = group(k, 0)
+            images = k * sum(len(y) for _, y in whole[1])
+            torch.set_num_threads(2)
+            started = time.perf_counter()
+            train_together(whole[0], whole[1], whole[2], amp=amp)
+            at_two = time.perf_counter() - started
+            torch.set_num_threads(1)
+            started = time.perf_counter()
+            train_together(whole[0], whole[1], whole[2], amp=amp)
+            at_one = time.perf_counter() - started
+            half = max(1, k // 2)
+            split = timed(group(half, 100), group(half, 200))
+            rows.append({"round": round_, "k": k, "group_2_threads": images / at_two, "group_1_thread": images / at_one,
+                         "halves_on_2_threads": images / k * 2 * half / split})
+    torch.set_num_threads(before)
+    return rows
 
 
 def fuses(model: str, work: Path) -> str:
@@ -104,6 +157,7 @@ def main() -> int:
     parser.add_argument("--probe-threads", type=int, default=0, help="threads of the throughput table (0: torch's)")
     parser.add_argument("--search-rounds", type=int, default=1, help="rounds of the searches, each K once a round")
     parser.add_argument("--searches-only", action="store_true", help="skip the throughput table and the models")
+    parser.add_argument("--ceiling", action="store_true", help="only the two-core ceiling of the default model")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fuse-"))
@@ -115,6 +169,15 @@ def main() -> int:
     record: dict = {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
                     "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"}
     cases = CASES[:1] if args.smoke else CASES
+    if args.ceiling:
+        record["ceiling"] = ceiling(work, args.rounds)
+        print("| round | K | one group, 2 threads | one group, 1 thread | two halves, own thread each |")
+        print("|---|---|---|---|---|")
+        for row in record["ceiling"]:
+            print(f"| {row['round']} | {row['k']} | {row['group_2_threads']:,.0f} | {row['group_1_thread']:,.0f} | "
+                  f"{row['halves_on_2_threads']:,.0f} |")
+        (args.out or work / "fuse_ceiling.json").write_text(json.dumps(record, indent=1))
+        return 0
     record["throughput"], record["fuses"] = {}, {}
     if not args.searches_only:
         record["throughput"] = {f"{m}@{s or 'native'}": throughput(m, s, counts, work, 1 if args.smoke else args.rounds)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import queue
 import threading
 import time
 from typing import Callable, Iterator, Sequence
@@ -31,9 +32,16 @@ from torch.func import functional_call, vmap
 
 from lrtune.errors import ConfigError
 from lrtune.training import memory
-from lrtune.training.loop import Diverged, evaluate_together, train_together
+from lrtune.training.loop import Diverged, Interrupted, evaluate_together, train_together
 from lrtune.training.run import EpochOutcome, TrainingRun, epoch_seed
-from lrtune.training.threads import ThreadGuard
+from lrtune.training.threads import ThreadGuard, kept_threads
+
+# Layers that draw random numbers in training: a pass of a model with them is not split (``parts_of``).
+RANDOM_LAYERS: tuple[type, ...] = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+with contextlib.suppress(ImportError):
+    from timm.layers import DropBlock2d, DropPath
+
+    RANDOM_LAYERS += (DropPath, DropBlock2d)
 
 
 class FusedModel(nn.Module):
@@ -82,11 +90,104 @@ class FusedModel(nn.Module):
         return out
 
 
+class _Feed:
+    """The batches of one pass as one part of a split pass reads them, handed over one by one (``put``)."""
+
+    def __init__(self, n_batches: int) -> None:
+        self.n_batches, self.ended = n_batches, False
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self) -> Iterator:
+        while (batch := self.queue.get()) is not None:
+            yield batch
+        self.ended = True
+
+    def drain(self) -> None:
+        """Take what is still handed over until the end, so the hand that feeds never waits on a part that left."""
+        while not self.ended:
+            self.ended = self.queue.get() is None
+
+
+def draws_random(model: nn.Module) -> bool:
+    """Whether ``model`` draws random numbers in training (dropout, drop path, DropBlock)."""
+    return any(isinstance(m, RANDOM_LAYERS) and getattr(m, "p", getattr(m, "drop_prob", 0.0)) for m in model.modules())
+
+
+def splits(run: TrainingRun, threads: ThreadGuard | None) -> bool:
+    """Whether fused passes of runs like ``run`` split over the cores (``train_split``): on the CPU, with threads
+    lrtune chooses (``--threads auto``), for a model that draws no random numbers (their draws would interleave)."""
+    return (threads is not None and not threads.fixed and run.amp.device.type == "cpu"
+            and not draws_random(run.model))
+
+
+def parts_of(runs: Sequence[TrainingRun], threads: ThreadGuard | None) -> int:
+    """How many parts a pass of ``runs`` splits into, each on its own thread at one torch thread: the guard's
+    threads when ``splits``, else one, trained on the guard's threads."""
+    if len(runs) < 2 or threads is None or not splits(runs[0], threads):
+        return 1
+    return max(1, min(len(runs), threads.threads))
+
+
+def train_split(runs: Sequence[TrainingRun], parts: int, *, should_stop: Callable[[], bool] | None = None,
+                on_batch: Callable[[int, int, int], None] | None = None, batches: Sequence | None = None) -> list:
+    """One epoch of ``runs`` in ``parts`` parts, each a fused model (or a plain one) on its own thread at one torch
+    thread, all on the same batches (the first run's loader's, or ``batches``), read once here: what one part
+    trains is what it trains unsplit. Returns each run's ``EpochResult``, in order."""
+    first = runs[0]
+    loader = first.loader if batches is None else batches
+    size = -(-len(runs) // parts)
+    chunks = [list(runs[i:i + size]) for i in range(0, len(runs), size)]
+    feeds = [_Feed(len(loader)) for _ in chunks]
+    results: list[list | None] = [None] * len(chunks)
+    errors: list[BaseException] = []
+
+    def part(i: int) -> None:
+        torch.set_num_threads(1)
+        chunk = chunks[i]
+        try:
+            net = FusedModel([run.model for run in chunk]) if len(chunk) > 1 else chunk[0].net
+            results[i] = train_together(net, feeds[i], [run.learner() for run in chunk], amp=first.amp)
+        except BaseException as exc:  # raised on the pass's thread once every part has stopped
+            errors.append(exc)
+        finally:
+            feeds[i].drain()
+
+    workers = [threading.Thread(target=part, args=(i,), name=f"lrtune-part-{i}", daemon=True)
+               for i in range(len(chunks))]
+    with kept_threads():
+        for worker in workers:
+            worker.start()
+        try:
+            seen = 0
+            for i, batch in enumerate(loader):
+                if errors or (should_stop is not None and should_stop()):
+                    break
+                for feed in feeds:
+                    feed.queue.put(batch)
+                seen += len(batch[1])
+                if on_batch is not None:
+                    on_batch(i + 1, len(loader), seen)
+        finally:
+            for feed in feeds:
+                feed.queue.put(None)
+            for worker in workers:
+                worker.join()
+    if errors:
+        raise errors[0]
+    if should_stop is not None and should_stop():
+        raise Interrupted
+    return [result for chunk in results for result in chunk]  # type: ignore[union-attr]
+
+
 def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threads: ThreadGuard | None = None,
-               should_stop: Callable[[], bool] | None = None) -> list[EpochOutcome | Diverged]:
+               should_stop: Callable[[], bool] | None = None, parts: int = 1) -> list[EpochOutcome | Diverged]:
     """One epoch of every run (each at its own next epoch) on the same batches, drawn from ``seed``: ``net``
-    holds the runs' models as its slots. A run whose loss diverges gets ``Diverged`` as its outcome, the others
-    their ``EpochOutcome``. The batches are the first run's loader's."""
+    holds the runs' models as its slots, trained in ``parts`` (``train_split``) when more than one. A run whose
+    loss diverges gets ``Diverged`` as its outcome, the others their ``EpochOutcome``. The batches are the first
+    run's loader's."""
     first = runs[0]
     for run in runs:
         run.start_pass(seed)
@@ -97,8 +198,12 @@ def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threa
         for hear in hearing:
             hear(done, total, images)
 
-    results = train_together(net if len(runs) > 1 else first.net, first.loader, [run.learner() for run in runs],
-                             amp=first.amp, should_stop=should_stop, on_batch=on_batch if hearing else None)
+    if parts > 1 and len(runs) > 1:
+        results = train_split(runs, min(parts, len(runs)), should_stop=should_stop,
+                              on_batch=on_batch if hearing else None)
+    else:
+        results = train_together(net if len(runs) > 1 else first.net, first.loader, [run.learner() for run in runs],
+                                 amp=first.amp, should_stop=should_stop, on_batch=on_batch if hearing else None)
     seconds = time.perf_counter() - started
     if threads is not None:
         threads.observe(sum(result.images for result in results), seconds, slots=len(runs))
@@ -230,7 +335,8 @@ class FusedGroup:
             else:
                 self.net.set_slots([run.model for run in runs])
             outcomes: list = train_pass(self.net, runs, seed=epoch_seed(self.seed, self.passes),
-                                        threads=self.threads, should_stop=self.should_stop)
+                                        threads=self.threads, should_stop=self.should_stop,
+                                        parts=parts_of(runs, self.threads))
         except BaseException as exc:  # an interrupt, or a fault of the pass: every member's trial hears it
             outcomes = [exc] * len(runs)
         for run, outcome in zip(runs, outcomes):
@@ -274,11 +380,12 @@ PROBE_BATCHES = 4  # batches each count of --fuse auto's probe trains on, after 
 
 def probe_fused(make_runs: Callable[[int], list[TrainingRun]], counts: Sequence[int], *,
                 free_bytes: int | None = None,
-                prepare: Callable[[int], None] | None = None) -> dict[int, tuple[float, int]]:
+                prepare: Callable[[int], None] | None = None,
+                parts: Callable[[int], int] | None = None) -> dict[int, tuple[float, int]]:
     """Training images per second of ``k`` fused runs (fresh ones from ``make_runs(k)``, thrown away after) and
     their peak device memory, for each of ``counts`` in order, ``prepare(k)`` called before each (to set its
-    threads); a count whose projected peak would not fit in ``free_bytes`` (on CUDA) is not tried, nor any
-    after it."""
+    threads), in ``parts(k)`` parts (``train_split``) when given; a count whose projected peak would not fit in
+    ``free_bytes`` (on CUDA) is not tried, nor any after it."""
     measured: dict[int, tuple[float, int]] = {}
     for k in counts:
         if measured and free_bytes is not None:
@@ -292,12 +399,19 @@ def probe_fused(make_runs: Callable[[int], list[TrainingRun]], counts: Sequence[
         net = FusedModel([run.model for run in runs]) if k > 1 else first.net
         batches = list(itertools.islice(iter(first.loader), PROBE_BATCHES + 1))
         learners = [run.learner() for run in runs]
-        train_together(net, batches[:1], learners, amp=first.amp)
+        split = parts(k) if parts is not None and k > 1 else 1
+
+        def train(part: list) -> list:
+            if split > 1:
+                return train_split(runs, split, batches=part)
+            return train_together(net, part, learners, amp=first.amp)
+
+        train(batches[:1])
         memory.peak_bytes(first.amp.device)  # resets the peak
         if first.amp.device.type == "cuda":
             torch.cuda.synchronize(first.amp.device)
         started = time.perf_counter()
-        results = train_together(net, batches[1:], learners, amp=first.amp)
+        results = train(batches[1:])
         seconds = time.perf_counter() - started
         measured[k] = (k * results[0].images / seconds, memory.peak_bytes(first.amp.device))
         del runs, net, learners

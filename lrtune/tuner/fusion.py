@@ -39,7 +39,7 @@ def fused_trials(cfg: Config) -> int:
 def resolve_fuse(cfg: Config, objective: Any, study: optuna.Study, say: Callable[[str], None]) -> int:
     """How many trials this worker trains side by side: ``cfg.fuse`` or auto's pick, at most the trials left,
     and 1 when the model or the options cannot fuse; said in one line whenever it is not 1."""
-    from lrtune.training.fused import check_fusion, probe_fused
+    from lrtune.training.fused import check_fusion, probe_fused, splits
     from lrtune.training.run import Hyperparams, TrainingRun
     from lrtune.tuner.space import baseline_params
 
@@ -51,19 +51,22 @@ def resolve_fuse(cfg: Config, objective: Any, study: optuna.Study, say: Callable
         return [TrainingRun(cfg, params, data=objective.data, amp=objective.amp, seed=cfg.seed + i) for i in range(k)]
 
     flag = "--fuse auto" if cfg.fuse == 0 else f"--fuse {cfg.fuse}"
-    reason = check_fusion(runs(2))
+    sample = runs(2)
+    reason = check_fusion(sample)
     if reason is not None:
         say(f"{flag}: trials run one at a time: {reason}")
         return 1
     guard = objective.threads
     chosen = guard is not None and not guard.fixed  # --threads auto on the CPU: chosen again for fused passes
+    split = chosen and splits(sample[0], guard)
     k, why = cfg.fuse, ""
     if cfg.fuse == 0:
         def prepare(count: int) -> None:  # each count measured at the threads it would train on
-            guard.apply(guard.threads if count == 1 else fused_count(guard))
+            guard.apply(guard.threads if count == 1 else guard.budget if split else fused_count(guard))
 
         k, why = auto_fuse(probe_fused(runs, AUTO_COUNTS, free_bytes=_free(objective),
-                                       prepare=prepare if chosen else None))
+                                       prepare=prepare if chosen else None,
+                                       parts=(lambda count: min(count, guard.budget)) if split else None))
     left = max(1, cfg.trials - count_finished(study))
     if k > left:
         why = f"{why}; " if why else ""
@@ -72,20 +75,26 @@ def resolve_fuse(cfg: Config, objective: Any, study: optuna.Study, say: Callable
     what = f"{k} trials side by side in one fused step" if k > 1 else "1, trials run one at a time"
     say(f"{flag}: {what}" + (f" ({why})" if why else ""))
     if chosen:
-        objective.threads = fused_threads(guard, k, say)
+        objective.threads = fused_threads(guard, k, say, split=split)
     return k
 
 
-def fused_threads(guard: ThreadGuard, k: int, say: Callable[[str], None]) -> ThreadGuard:
-    """The threads of ``k`` fused trials when ``--threads`` is auto on the CPU: the passes train on one fewer than
-    the process may use (at least one), as the group's trials report, checkpoint and sample on the others; one
-    trial (``k`` = 1) keeps ``guard``'s count."""
+def fused_threads(guard: ThreadGuard, k: int, say: Callable[[str], None], *, split: bool = False) -> ThreadGuard:
+    """The threads of ``k`` fused trials when ``--threads`` is auto on the CPU; one trial (``k`` = 1) keeps
+    ``guard``'s count. Passes that ``split`` use every core the process may use, in parts of one thread each
+    (as many as the guard's threads, at most ``k``); passes that do not train on one thread fewer (at least
+    one), as the group's trials report, checkpoint and sample on the others."""
     if k == 1:
         guard.start()
         return guard
-    threads = fused_count(guard)
-    say(f"threads: {threads} for {k} fused trials (of {guard.budget}: the trials report, checkpoint and sample "
-        "beside the passes)")
+    split = split and guard.budget > 1
+    threads = guard.budget if split else fused_count(guard)
+    if split:
+        parts = min(k, threads)
+        say(f"threads: {threads} for {k} fused trials: {parts} parts, each on its own thread at one torch thread")
+    else:
+        say(f"threads: {threads} for {k} fused trials (of {guard.budget}: the trials report, checkpoint and sample "
+            "beside the passes)")
     fused = ThreadGuard(threads, say=say, budget=guard.budget, clock=guard.clock, apply=guard.apply)
     fused.start()
     return fused

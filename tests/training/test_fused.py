@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lrtune.config import Config
-from lrtune.training.fused import FusedGroup, FusedModel, fusable, train_pass
+from lrtune.training.fused import FusedGroup, FusedModel, fusable, parts_of, train_pass
 from lrtune.training.loop import AmpPolicy, Diverged, train_together
 from lrtune.training.run import Hyperparams, TrainingRun, epoch_seed, load_training_data, seed_everything
 
@@ -275,3 +275,62 @@ def test_a_pass_does_not_wait_for_a_thread_held_back_from_starting_a_trial():
         leave.set()
         thread.join(timeout=60)
     assert group.waiting == 0 and not group._ready()  # back between trials: waited for again, a while
+
+
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_a_pass_split_in_parts_trains_what_the_whole_group_trains(digits, augment):
+    """Three slots in two parts (a fused pair and a plain run), each on its own thread, on the batches read once:
+    with SGD every slot's weights and BatchNorm statistics match the unsplit pass's to float32 round-off, and
+    its epoch's loss and validation values agree."""
+    cfg = _cfg(augment, optimizer="sgd")
+    whole, split = Passes(_runs(cfg, digits), seed=8), _runs(cfg, digits)
+    expected = whole.train_pass()
+    before = torch.get_num_threads()
+    outcomes = train_pass(FusedModel([run.model for run in split]), split, seed=epoch_seed(8, 1), parts=2)
+    assert torch.get_num_threads() == before  # the parts' one thread each stays theirs
+    for run, reference, got, want in zip(split, whole.runs, outcomes, expected):
+        _close(reference.model.state_dict(), run.model.state_dict())
+        assert run.state.step == reference.state.step and got.epoch == want.epoch == 1
+        assert run.state.curves["train_loss"] == pytest.approx(reference.state.curves["train_loss"], rel=1e-4)
+        assert run.state.curves["val_f1"] == pytest.approx(reference.state.curves["val_f1"], abs=0.01)
+
+
+def test_a_split_pass_that_is_stopped_or_fails_in_a_part_leaves_no_part_waiting(digits):
+    import threading
+
+    from lrtune.training.loop import Interrupted
+
+    cfg = _cfg("cpu")
+    alive = threading.active_count()
+    batches = [0]
+
+    def stop_after_two() -> bool:
+        batches[0] += 1
+        return batches[0] > 2
+
+    runs = _runs(cfg, digits)
+    with pytest.raises(Interrupted):
+        train_pass(FusedModel([run.model for run in runs]), runs, seed=1, parts=3, should_stop=stop_after_two)
+
+    class Broken(torch.nn.Module):
+        def forward(self, logits, targets):
+            raise RuntimeError("a loss that fails")
+
+    runs = _runs(cfg, digits)
+    runs[2].loss_fn = Broken()
+    with pytest.raises(RuntimeError, match="a loss that fails"):
+        train_pass(FusedModel([run.model for run in runs]), runs, seed=1, parts=2)
+    assert threading.active_count() == alive
+
+
+def test_passes_split_on_the_cpu_with_chosen_threads_for_a_model_that_draws_no_random_numbers(digits):
+    from lrtune.training.threads import ThreadGuard
+
+    runs = _runs(_cfg("cpu"), digits)
+    assert parts_of(runs, ThreadGuard(2)) == 2
+    assert parts_of(runs, ThreadGuard(8)) == 3  # at most one part per run
+    assert parts_of(runs, ThreadGuard(2, fixed=True)) == 1  # --threads N: the user's threads, one part
+    assert parts_of(runs, None) == 1 and parts_of(runs[:1], ThreadGuard(2)) == 1
+    dropping = _runs(_cfg("cpu", model="test_efficientnet"), digits)
+    dropping[0].model.classifier = torch.nn.Sequential(torch.nn.Dropout(0.2), dropping[0].model.classifier)
+    assert parts_of(dropping, ThreadGuard(2)) == 1  # its draws would interleave between the parts

@@ -26,7 +26,16 @@ def test_one_trial_keeps_the_guard_and_its_count():
     assert applied == [2] and said == []
 
 
-def test_a_fused_search_with_auto_threads_trains_its_passes_on_one_fewer_and_says_so(tmp_path):
+def test_split_passes_use_every_core_of_the_budget_in_parts_of_one_thread():
+    applied, said = [], []
+    fused = fused_threads(_guard(2, 4, applied), 3, said.append, split=True)
+    assert fused.threads == 4 and applied == [4]
+    assert said == ["threads: 4 for 3 fused trials: 3 parts, each on its own thread at one torch thread"]
+    assert fused_threads(_guard(1, 1, applied), 2, said.append, split=True).threads == 1  # one core: no split
+    assert said[-1].startswith("threads: 1 for 2 fused trials (of 1:")
+
+
+def test_a_fused_search_with_auto_threads_splits_its_passes_over_the_cores_and_says_so(tmp_path):
     import torch
 
     import lrtune
@@ -57,9 +66,12 @@ def test_a_fused_search_with_auto_threads_trains_its_passes_on_one_fewer_and_say
                           progress=sink)
     assert torch.get_num_threads() == before  # the caller's count, as it was
     budget = threads.available_cores()[0]
-    fused = [m for m in sink.messages if " fused trials (of " in m]
-    assert fused == [f"threads: {max(1, budget - 1)} for 2 fused trials (of {budget}: the trials report, checkpoint "
-                     "and sample beside the passes)"], sink.messages
+    fused = [m for m in sink.messages if " fused trials" in m]
+    if budget > 1:  # test_resnet draws no random numbers: its passes split, one part per core
+        expected = f"threads: {budget} for 2 fused trials: 2 parts, each on its own thread at one torch thread"
+    else:
+        expected = "threads: 1 for 2 fused trials (of 1: the trials report, checkpoint and sample beside the passes)"
+    assert fused == [expected], sink.messages
     assert len({t.user_attrs.get("fused_group") for t in study.trials if t.number > 0}) == 1
 
 
