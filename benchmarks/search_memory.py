@@ -23,8 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tree_rss(proc: psutil.Process) -> int:
+    """The resident memory of ``proc`` and its descendants (0 for one that has just ended)."""
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    try:
+        tree = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for p in tree:
         try:
             total += p.memory_info().rss
         except psutil.NoSuchProcess:

@@ -8,7 +8,9 @@ K as one vmapped call (``torch.func``: a convolution of K slots becomes one
 grouped convolution), so one step trains every slot on the same batch. The
 gradients of one slot come from its own loss only, so a slot never changes
 another: a slot at LR 0 keeps its weights, a slot whose loss turns NaN is
-dropped and the others go on.
+dropped and the others go on. On the CPU a pass may split the slots into
+parts (``train_split``), each trained on its own thread at one torch thread:
+on two cores two plain steps side by side outrun one step on two threads.
 
 What the group shares: the batches. Every pass over the training data draws
 its order and augmentation from the group's seed and pass number, so a slot's
@@ -311,7 +313,8 @@ class FusedGroup:
 
         One thread trains them all: torch's OpenMP threads belong to the thread
         that calls them, and passes on several threads would keep several teams
-        of them spinning on the same cores.
+        of them spinning on the same cores (a split pass's parts each train at
+        one torch thread: no team).
         """
         with self.cond:
             while self.live > 0:
