@@ -48,30 +48,28 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0  # seconds between tries: doubling from t
 SCHEMA_TRIES = 8  # tries at creating the tables while other processes create them at the same moment
 
 
-def _connection_lost(exc: BaseException) -> bool:
-    """True when ``exc`` (or what caused it) says the database could not be reached, not that a query was bad."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it, eight deep at most."""
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
-            return False
-        if isinstance(seen, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-            return True
-        if isinstance(seen, sa_exc.DBAPIError) and seen.connection_invalidated:
-            return True
+            return
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the database could not be reached, not that a query was bad."""
+    return any(isinstance(seen, (sa_exc.OperationalError, sa_exc.InterfaceError))
+               or (isinstance(seen, sa_exc.DBAPIError) and seen.connection_invalidated) for seen in _causes(exc))
 
 
 def _schema_race(exc: BaseException) -> bool:
     """True when creating the tables failed because another process was creating them at the same moment."""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
+    for seen in _causes(exc):
         if isinstance(seen, (sa_exc.IntegrityError, sa_exc.ProgrammingError)):
             text = str(seen).lower()
             return "already exists" in text or "duplicate key" in text
-        seen = seen.__cause__ or seen.__context__
     return False
 
 
