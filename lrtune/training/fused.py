@@ -126,10 +126,12 @@ def splits(run: TrainingRun, threads: ThreadGuard | None) -> bool:
 
 
 def parts_of(runs: Sequence[TrainingRun], threads: ThreadGuard | None) -> int:
-    """How many parts a pass of ``runs`` splits into, each on its own thread at one torch thread: the guard's
-    threads when ``splits``, else one, trained on the guard's threads."""
-    if len(runs) < 2 or threads is None or not splits(runs[0], threads):
-        return 1
+    """How many parts a pass of ``runs`` splits into, each on its own thread at one torch thread, when it
+    ``splits``: as many as the guard's threads, at most one per run (a run alone is one part: the group's other
+    trials sample, build and checkpoint on the other cores meanwhile). 0 when it does not split: the pass trains
+    on the guard's threads."""
+    if threads is None or not splits(runs[0], threads):
+        return 0
     return max(1, min(len(runs), threads.threads))
 
 
@@ -185,9 +187,9 @@ def train_split(runs: Sequence[TrainingRun], parts: int, *, should_stop: Callabl
 
 
 def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threads: ThreadGuard | None = None,
-               should_stop: Callable[[], bool] | None = None, parts: int = 1) -> list[EpochOutcome | Diverged]:
+               should_stop: Callable[[], bool] | None = None, parts: int = 0) -> list[EpochOutcome | Diverged]:
     """One epoch of every run (each at its own next epoch) on the same batches, drawn from ``seed``: ``net``
-    holds the runs' models as its slots, trained in ``parts`` (``train_split``) when more than one. A run whose
+    holds the runs' models as its slots, trained in ``parts`` (``train_split``) when that is not 0. A run whose
     loss diverges gets ``Diverged`` as its outcome, the others their ``EpochOutcome``. The batches are the first
     run's loader's."""
     first = runs[0]
@@ -200,7 +202,7 @@ def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threa
         for hear in hearing:
             hear(done, total, images)
 
-    if parts > 1 and len(runs) > 1:
+    if parts > 0:
         results = train_split(runs, min(parts, len(runs)), should_stop=should_stop,
                               on_batch=on_batch if hearing else None)
     else:

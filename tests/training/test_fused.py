@@ -329,8 +329,18 @@ def test_passes_split_on_the_cpu_with_chosen_threads_for_a_model_that_draws_no_r
     runs = _runs(_cfg("cpu"), digits)
     assert parts_of(runs, ThreadGuard(2)) == 2
     assert parts_of(runs, ThreadGuard(8)) == 3  # at most one part per run
-    assert parts_of(runs, ThreadGuard(2, fixed=True)) == 1  # --threads N: the user's threads, one part
-    assert parts_of(runs, None) == 1 and parts_of(runs[:1], ThreadGuard(2)) == 1
+    assert parts_of(runs[:1], ThreadGuard(2)) == 1  # a run alone: one part, at one thread
+    assert parts_of(runs, ThreadGuard(2, fixed=True)) == 0  # --threads N: unsplit, on the user's threads
+    assert parts_of(runs, None) == 0
     dropping = _runs(_cfg("cpu", model="test_efficientnet"), digits)
     dropping[0].model.classifier = torch.nn.Sequential(torch.nn.Dropout(0.2), dropping[0].model.classifier)
-    assert parts_of(dropping, ThreadGuard(2)) == 1  # its draws would interleave between the parts
+    assert parts_of(dropping, ThreadGuard(2)) == 0  # its draws would interleave between the parts
+
+
+def test_a_run_alone_in_one_part_trains_what_it_trains_unsplit(digits):
+    cfg = _cfg("cpu", optimizer="sgd")
+    (alone,), (part,) = _runs(cfg, digits, SLOTS[:1], SEEDS[:1]), _runs(cfg, digits, SLOTS[:1], SEEDS[:1])
+    expected = train_pass(alone.net, [alone], seed=epoch_seed(2, 1))
+    got = train_pass(part.net, [part], seed=epoch_seed(2, 1), parts=1)
+    _close(alone.model.state_dict(), part.model.state_dict())
+    assert got[0].value == pytest.approx(expected[0].value, abs=0.01) and got[0].epoch == expected[0].epoch == 1
