@@ -194,6 +194,16 @@ def test_the_fuse_benchmark_measures_each_count_and_runs_its_searches(tmp_path):
     assert all(row["complete"] + row["pruned"] == 3 for row in record["searches"])
 
 
+def test_the_pass_timer_counts_every_pass_of_a_fused_search(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fused_passes.py"), "--trials", "3", "--epochs",
+                             "1", "--fuse", "2", "--lr-range", "off", "--studies-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    # 3 trials of 1 epoch: each trained in one pass, alone or beside another
+    assert sum(int(row[0]) * int(row[3]) for row in rows[1:]) == 3, result.stdout
+
+
 def test_the_fuse_quality_benchmark_pairs_each_seed_with_and_without_fusing(tmp_path):
     out = tmp_path / "quality.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuse_quality.py"), "--smoke", "--fuse", "2",
