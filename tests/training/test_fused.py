@@ -338,8 +338,9 @@ def test_passes_split_on_the_cpu_with_chosen_threads_for_a_model_that_draws_no_r
     assert parts_of(dropping, ThreadGuard(2)) == 0  # its draws would interleave between the parts
 
 
-def test_a_run_alone_in_one_part_trains_what_it_trains_unsplit(digits):
-    cfg = _cfg("cpu", optimizer="sgd")
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_a_run_alone_in_one_part_trains_what_it_trains_unsplit(digits, augment):
+    cfg = _cfg(augment, optimizer="sgd")
     (alone,), (part,) = _runs(cfg, digits, SLOTS[:1], SEEDS[:1]), _runs(cfg, digits, SLOTS[:1], SEEDS[:1])
     expected = train_pass(alone.net, [alone], seed=epoch_seed(2, 1))
     got = train_pass(part.net, [part], seed=epoch_seed(2, 1), parts=1)
