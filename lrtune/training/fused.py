@@ -2,20 +2,20 @@
 
 Each slot is an ordinary ``TrainingRun``: its own model (a plain timm module,
 so its ``state_dict`` is what a solo run saves), optimizer, schedule, loss,
-accumulation, AMP scaler and state. ``FusedModel`` stacks the slots'
-parameters and buffers on a leading slot dimension and runs the forward of all
-K as one vmapped call (``torch.func``: a convolution of K slots becomes one
-grouped convolution), so one step trains every slot on the same batch. The
-gradients of one slot come from its own loss only, so a slot never changes
-another: a slot at LR 0 keeps its weights, a slot whose loss turns NaN is
-dropped and the others go on. On the CPU a pass may split the slots into
+accumulation, AMP scaler and state. ``FusedModel`` runs the K slots' layers
+side by side over their channels (``widen``: the K slots' convolutions as one
+grouped convolution, their BatchNorms as one), so one step trains every slot
+on the same batch. The gradients of one slot come from its own loss only, so a
+slot never changes another: a slot at LR 0 keeps its weights, a slot whose
+loss turns NaN is dropped and the others go on. On the CPU a pass may split the slots into
 parts (``train_split``), each trained on its own thread at one torch thread:
 on two cores two plain steps side by side outrun one step on two threads.
 
 What the group shares: the batches. Every pass over the training data draws
 its order and augmentation from the group's seed and pass number, so a slot's
-own seed sets its initial weights (and its dropout), not its data order. A
-slot's epoch is the group's pass it trained in.
+own seed sets its initial weights, not its data order. Dropout draws its own
+mask for each slot's channels; DropPath's per-image draw is one for the pass's
+slots, like the batch. A slot's epoch is the group's pass it trained in.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
 from lrtune.errors import ConfigError
 from lrtune.training import memory
-from lrtune.training.loop import Diverged, Interrupted, evaluate_together, train_together
+from lrtune.training.loaders import to_model_input
+from lrtune.training.loop import AmpPolicy, Diverged, Interrupted, evaluate_together, train_together
 from lrtune.training.run import EpochOutcome, TrainingRun, epoch_seed
 from lrtune.training.threads import ThreadGuard, kept_threads
+from lrtune.training.widen import NotWide, rebind, widen
 
 # Layers that draw random numbers in training: a pass of a model with them is not split (``parts_of``).
 RANDOM_LAYERS: tuple[type, ...] = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -49,47 +50,34 @@ with contextlib.suppress(ImportError):
 class FusedModel(nn.Module):
     """The forward of K modules of one architecture as one call: ``[batch, ...] -> [K, batch, classes]``.
 
-    The slots stay ordinary modules with their own parameters; each call
-    stacks them (autograd carries each slot's gradient back to its own
-    parameters) and writes the buffers a training forward updated (BatchNorm's
-    running statistics) back to each slot.
+    The slots stay ordinary modules with their own parameters; each call runs their layers side by side
+    (``widen``: one grouped convolution for the K slots' convolutions, one BatchNorm over their channels), and
+    autograd carries each slot's gradient back to its own parameters.
     """
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
         if not models:
             raise ConfigError("a fused group needs at least one model")
-        self.slots = nn.ModuleList(models)
-        # The architecture without weights: functional_call runs it on the stacked ones.
+        # The architecture without weights: each number of slots gets a copy whose layers read theirs.
         object.__setattr__(self, "_shape", copy.deepcopy(models[0]).to("meta"))
-        self._names = [name for name, _ in models[0].named_parameters()]
-        self._buffer_names = [name for name, _ in models[0].named_buffers()]
-        self._call = vmap(self._one, in_dims=(0, 0, None), randomness="different")
-        self.relink()
-
-    def relink(self) -> None:
-        """Read the slots' parameters and buffers again (after a slot's module was replaced)."""
-        self._params = [list(slot.parameters()) for slot in self.slots]
-        self._buffers_of = [list(slot.buffers()) for slot in self.slots]
+        self._wides: dict[int, nn.Module] = {}
+        self.set_slots(models)
 
     def set_slots(self, models: Sequence[nn.Module]) -> None:
         """Train ``models`` from now on: the same architecture, any number of them."""
         self.slots = nn.ModuleList(models)
-        self.relink()
-
-    def _one(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self._shape, (params, buffers), (x,))
+        wide = self._wides.get(len(models))
+        if wide is None:
+            wide = self._wides[len(models)] = widen(self._shape, models)
+        else:
+            rebind(wide, models)
+        object.__setattr__(self, "_wide", wide)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._shape.train(self.training)
-        params = {name: torch.stack([p[i] for p in self._params]) for i, name in enumerate(self._names)}
-        buffers = {name: torch.stack([b[i] for b in self._buffers_of]) for i, name in enumerate(self._buffer_names)}
-        out = self._call(params, buffers, x)
-        if self.training and buffers:
-            with torch.no_grad():
-                stacked = [buffers[name][k] for k in range(len(self.slots)) for name in self._buffer_names]
-                torch._foreach_copy_([b for slot in self._buffers_of for b in slot], stacked)
-        return out
+        self._wide.train(self.training)
+        out = self._wide(x)
+        return out.unflatten(-1, (len(self.slots), -1)).movedim(-2, 0)
 
 
 class _Feed:
@@ -364,20 +352,41 @@ def fusable(runs: Sequence[TrainingRun]) -> str | None:
 
 
 def check_fusion(runs: Sequence[TrainingRun]) -> str | None:
-    """Why ``runs`` (fresh runs of one config, thrown away afterwards) cannot train fused, or None: one fused
-    step on one batch, against ``FusedModel``'s view of the model."""
+    """Why ``runs`` (fresh runs of one config, thrown away afterwards) cannot train fused, or None: the fused
+    forward against each run's own on one batch, then one fused step."""
     reason = fusable(runs)
     if reason is not None:
         return reason
     first = runs[0]
     batch = [next(iter(first.loader))]
     try:
-        train_together(FusedModel([run.model for run in runs]), batch, [run.learner() for run in runs],
-                       amp=first.amp)
-    except Exception as exc:  # what vmap or functional_call cannot run: the model runs unfused
+        net = FusedModel([run.model for run in runs])
+        differs = disagreement(net, first.amp, batch[0][0])
+        if differs > AGREEMENT:
+            return (f"{first.cfg.model} does not fuse: its fused outputs differ from its own by {differs:.1e} "
+                    "of their scale (a layer mixes the slots' channels)")
+        train_together(net, batch, [run.learner() for run in runs], amp=first.amp)
+    except NotWide as exc:
+        return f"{first.cfg.model} does not fuse: {exc}"
+    except Exception as exc:  # what the fused layers cannot run: the model runs unfused
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"{first.cfg.model} does not fuse ({type(exc).__name__}: {text})"
     return None
+
+
+AGREEMENT = 1e-4  # the largest difference of fused and own outputs, relative to their scale: float32 round-off
+
+
+@torch.no_grad()
+def disagreement(net: FusedModel, amp: AmpPolicy, images: torch.Tensor) -> float:
+    """The largest difference of ``net``'s outputs and each slot's own on ``images`` (evaluation mode), relative
+    to the outputs' largest magnitude (at least 1)."""
+    net.eval()
+    x = to_model_input(images, amp.device, channels_last=amp.channels_last)
+    fused = net(x).float()
+    own = torch.stack([slot(x) for slot in net.slots]).float()
+    net.train()
+    return float((fused - own).abs().max() / own.abs().max().clamp(min=1.0))
 
 
 PROBE_BATCHES = 4  # batches each count of --fuse auto's probe trains on, after one to warm up

@@ -76,6 +76,16 @@ def test_what_cannot_fuse_runs_alone_and_says_why(tmp_path):
     assert len(finished(study)) == 3 and any(t.user_attrs.get("lr_free") for t in study.trials)
 
 
+def test_a_model_with_a_layer_the_fuser_does_not_know_runs_alone_and_names_it(tmp_path):
+    done = run_cli("search", "--studies-dir", str(tmp_path), "--fuse", "2", "--trials", "2", "--epochs", "1",
+                   "--batch-size", "64", "--model", "test_efficientnet_ln")
+    assert done.returncode == 0, done.stderr
+    assert ("--fuse 2: trials run one at a time: test_efficientnet_ln does not fuse: LayerNormAct2d (bn1) is a "
+            "layer with weights the fuser does not know") in done.stderr
+    study = load(tmp_path, "digits-lt-test_efficientnet_ln")
+    assert len(finished(study)) == 2 and not any(t.user_attrs.get("fused_group") for t in study.trials)
+
+
 def test_more_slots_than_trials_left_is_a_stated_reduction(tmp_path):
     done = run_cli("search", "--studies-dir", str(tmp_path), "--fuse", "8", "--trials", "2", "--epochs", "1",
                    "--batch-size", "64")
