@@ -41,7 +41,7 @@ from lrtune.tuner.space import baseline_params  # noqa: E402
 
 CASES = [("test_resnet", 0), ("test_efficientnet", 64)]
 FUSES = ["test_resnet", "test_efficientnet", "resnet18", "efficientnet_b0", "mobilenetv3_small_100",
-         "convnext_atto"]
+         "convnext_atto", "densenet121", "test_vit"]
 
 
 def throughput(model: str, image_size: int, counts: list[int], work: Path, rounds: int) -> dict[int, float]:

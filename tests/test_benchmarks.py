@@ -194,6 +194,16 @@ def test_the_fuse_benchmark_measures_each_count_and_runs_its_searches(tmp_path):
     assert all(row["complete"] + row["pruned"] == 3 for row in record["searches"])
 
 
+def test_the_layer_benchmark_times_each_convolution_of_the_default_model_both_ways(tmp_path):
+    out = tmp_path / "layers.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuse_layers.py"), "--smoke", "--out",
+                             str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 15 and all(row["grouped_ms"] > 0 and row["wide_ms"] > 0 for row in rows)
+    assert {tuple(row["kernel"]) for row in rows} == {(1, 1), (3, 3)}
+
+
 def test_the_pass_timer_counts_every_pass_of_a_fused_search(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fused_passes.py"), "--trials", "3", "--epochs",
                              "1", "--fuse", "2", "--lr-range", "off", "--studies-dir", str(tmp_path)],

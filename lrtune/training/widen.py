@@ -64,8 +64,14 @@ class _WideConv(_Wide):
             if conv.groups == 1:  # one dense convolution of every slot's filters
                 return self._convolve(x, weight, bias, 1)
             x = x.repeat(1, self.k, 1, 1)
+        if self.centred(x):  # a 1x1 map meets only the kernel's centre: a 1x1 convolution of it
+            kh, kw = conv.kernel_size
+            weight = weight[:, :, kh // 2:kh // 2 + 1, kw // 2:kw // 2 + 1]
+            if conv.groups == 1:
+                return self._pointwise(x, weight, bias, stride=(1, 1))
+            return F.conv2d(x, weight, bias, 1, 0, 1, conv.groups * self.k)
         if self.pointwise:
-            return self._pointwise(x, weight, bias)
+            return self._pointwise(x, weight, bias, stride=conv.stride)
         return self._convolve(x, weight, bias, conv.groups * self.k)
 
     @property
@@ -75,13 +81,23 @@ class _WideConv(_Wide):
         return (conv.kernel_size == (1, 1) and conv.groups == 1 and conv.dilation == (1, 1)
                 and conv.padding in ((0, 0), "valid") and type(conv) is nn.Conv2d)
 
-    def _pointwise(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def centred(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is a 1x1 map that only the kernel's centre reaches: an odd kernel zero-padded by half
+        its dilated extent, so every other tap falls on padding and the output is 1x1 too."""
         conv: nn.Conv2d = self.template  # type: ignore[assignment]
-        if conv.stride != (1, 1):
-            x = x[:, :, ::conv.stride[0], ::conv.stride[1]]
+        return (x.shape[-2:] == (1, 1) and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+                and conv.kernel_size != (1, 1) and not isinstance(conv.padding, str)
+                and all(k % 2 == 1 and p == d * (k // 2)
+                        for k, p, d in zip(conv.kernel_size, conv.padding, conv.dilation)))
+
+    def _pointwise(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
+                   stride: tuple[int, ...]) -> torch.Tensor:
+        conv: nn.Conv2d = self.template  # type: ignore[assignment]
+        if stride != (1, 1):
+            x = x[:, :, ::stride[0], ::stride[1]]
         b, _, h, w = x.shape
         out = torch.einsum("bkil,koi->bkol", x.reshape(b, self.k, conv.in_channels, h * w),
-                           weight.view(self.k, conv.out_channels, conv.in_channels))
+                           weight.reshape(self.k, conv.out_channels, conv.in_channels))
         out = out.reshape(b, self.k * conv.out_channels, h, w)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
 

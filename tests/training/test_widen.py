@@ -33,6 +33,9 @@ LAYERS = {  # each ends in [batch, features]; the input is [batch, 4, 6, 6]
                                          nn.Flatten),
     "depthwise": _layered(lambda: nn.Conv2d(4, 8, 3, groups=4), lambda: nn.Conv2d(8, 8, 3, groups=8),
                           nn.Flatten),
+    "3x3 on a 1x1 map": _layered(lambda: nn.Conv2d(4, 4, 1), lambda: nn.AdaptiveAvgPool2d(1),
+                                 lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1),
+                                 lambda: nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=3), nn.Flatten),
     "reflect padding": _layered(lambda: nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten),
     "timm's same padding": _layered(lambda: Conv2dSame(4, 6, 3, stride=2), nn.Flatten),
     "BatchNorm first": _layered(lambda: nn.BatchNorm2d(4), lambda: nn.Conv2d(4, 3, 1), nn.Flatten),
@@ -84,7 +87,7 @@ def test_batchnorm_statistics_and_counts_are_each_slots_own():
     assert all(torch.equal(m[1].running_mean, b) for m, b in zip(slots, before))
 
 
-@pytest.mark.parametrize("model", ["test_resnet", "test_efficientnet", "test_byobnet"])
+@pytest.mark.parametrize("model", ["test_resnet", "test_efficientnet", "test_efficientnet_gn", "test_byobnet"])
 def test_timm_families_fuse_to_round_off(model):
     slots = _slots(lambda: timm.create_model(model, num_classes=5), k=2)
     assert disagreement(FusedModel(slots), CPU, torch.rand(4, 3, 32, 32)) < 1e-5
