@@ -212,6 +212,7 @@ def test_the_pass_timer_counts_every_pass_of_a_fused_search(tmp_path):
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     # 3 trials of 1 epoch: each trained in one pass, alone or beside another
     assert sum(int(row[0]) * int(row[3]) for row in rows[1:]) == 3, result.stdout
+    assert "trial-epochs" in result.stdout and " 3 trial-epochs" in result.stdout, result.stdout
 
 
 def test_the_fuse_quality_benchmark_pairs_each_seed_with_and_without_fusing(tmp_path):
