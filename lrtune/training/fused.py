@@ -389,44 +389,53 @@ def disagreement(net: FusedModel, amp: AmpPolicy, images: torch.Tensor) -> float
     return float((fused - own).abs().max() / own.abs().max().clamp(min=1.0))
 
 
-PROBE_BATCHES = 4  # batches each count of --fuse auto's probe trains on, after one to warm up
+PROBE_BATCHES = 8  # batches each count of --fuse auto's probe trains on, after one to warm up
+PROBE_ROUNDS = 2  # rounds over the counts, each count's best kept: one busy moment does not decide K
 
 
 def probe_fused(make_runs: Callable[[int], list[TrainingRun]], counts: Sequence[int], *,
                 free_bytes: int | None = None,
                 prepare: Callable[[int], None] | None = None,
-                parts: Callable[[int], int] | None = None) -> dict[int, tuple[float, int]]:
+                parts: Callable[[int], int] | None = None,
+                rounds: int = PROBE_ROUNDS) -> dict[int, tuple[float, int]]:
     """Training images per second of ``k`` fused runs (fresh ones from ``make_runs(k)``, thrown away after) and
-    their peak device memory, for each of ``counts`` in order, ``prepare(k)`` called before each (to set its
-    threads), in ``parts(k)`` parts (``train_split``) when given; a count whose projected peak would not fit in
-    ``free_bytes`` (on CUDA) is not tried, nor any after it."""
+    their peak device memory, for each of ``counts`` in order, the best of ``rounds`` rounds over them,
+    ``prepare(k)`` called before each (to set its threads), in ``parts(k)`` parts (``train_split``) when given;
+    a count whose projected peak would not fit in ``free_bytes`` (on CUDA) is not tried, nor any after it."""
     measured: dict[int, tuple[float, int]] = {}
-    for k in counts:
-        if measured and free_bytes is not None:
-            last = max(measured)
-            if measured[last][1] / last * k * memory.MEMORY_MARGIN > free_bytes:
-                break
-        if prepare is not None:
-            prepare(k)
-        runs = make_runs(k)
-        first = runs[0]
-        net = FusedModel([run.model for run in runs]) if k > 1 else first.net
-        batches = list(itertools.islice(iter(first.loader), PROBE_BATCHES + 1))
-        learners = [run.learner() for run in runs]
-        split = parts(k) if parts is not None and k > 1 else 1
-
-        def train(part: list) -> list:
-            if split > 1:
-                return train_split(runs, split, batches=part)
-            return train_together(net, part, learners, amp=first.amp)
-
-        train(batches[:1])
-        memory.peak_bytes(first.amp.device)  # resets the peak
-        if first.amp.device.type == "cuda":
-            torch.cuda.synchronize(first.amp.device)
-        started = time.perf_counter()
-        results = train(batches[1:])
-        seconds = time.perf_counter() - started
-        measured[k] = (k * results[0].images / seconds, memory.peak_bytes(first.amp.device))
-        del runs, net, learners
+    tried = list(counts)
+    for round_ in range(rounds):
+        for k in tried:
+            if round_ == 0 and measured and free_bytes is not None:
+                last = max(measured)
+                if measured[last][1] / last * k * memory.MEMORY_MARGIN > free_bytes:
+                    break
+            if prepare is not None:
+                prepare(k)
+            rate, peak = _probe_once(make_runs(k), parts(k) if parts is not None and k > 1 else 1)
+            before = measured.get(k, (0.0, 0))
+            measured[k] = (max(before[0], rate), max(before[1], peak))
+        tried = sorted(measured)
     return measured
+
+
+def _probe_once(runs: list[TrainingRun], split: int) -> tuple[float, int]:
+    """Training images per second of ``runs`` fused (in ``split`` parts when over 1), and their peak memory."""
+    first = runs[0]
+    net = FusedModel([run.model for run in runs]) if len(runs) > 1 else first.net
+    batches = list(itertools.islice(iter(first.loader), PROBE_BATCHES + 1))
+    learners = [run.learner() for run in runs]
+
+    def train(part: list) -> list:
+        if split > 1:
+            return train_split(runs, split, batches=part)
+        return train_together(net, part, learners, amp=first.amp)
+
+    train(batches[:1])
+    memory.peak_bytes(first.amp.device)  # resets the peak
+    if first.amp.device.type == "cuda":
+        torch.cuda.synchronize(first.amp.device)
+    started = time.perf_counter()
+    results = train(batches[1:])
+    seconds = time.perf_counter() - started
+    return len(runs) * results[0].images / seconds, memory.peak_bytes(first.amp.device)
