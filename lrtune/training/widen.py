@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrtune.errors import ModelError
 
-class NotWide(ValueError):
+
+class NotWide(ModelError):
     """A model ``widen`` cannot run as K slots side by side: the message names the layer."""
 
 
@@ -56,6 +58,11 @@ class _Wide(nn.Module):
         return None if tensors[0] is None else torch.cat(tensors)
 
 
+# Devices where a 1x1 convolution runs as a batched product and a kernel on a 1x1 map as its centre: measured
+# faster than oneDNN's grouped convolution on the CPU (benchmarks/fuse_layers.py); elsewhere the grouped one runs.
+PRODUCT_DEVICES: tuple[str, ...] = ("cpu",)
+
+
 class _WideConv(_Wide):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv: nn.Conv2d = self.template  # type: ignore[assignment]
@@ -64,13 +71,14 @@ class _WideConv(_Wide):
             if conv.groups == 1:  # one dense convolution of every slot's filters
                 return self._convolve(x, weight, bias, 1)
             x = x.repeat(1, self.k, 1, 1)
-        if self.centred(x):  # a 1x1 map meets only the kernel's centre: a 1x1 convolution of it
+        products = x.device.type in PRODUCT_DEVICES
+        if products and self.centred(x):  # a 1x1 map meets only the kernel's centre: a 1x1 convolution of it
             kh, kw = conv.kernel_size
             weight = weight[:, :, kh // 2:kh // 2 + 1, kw // 2:kw // 2 + 1]
             if conv.groups == 1:
                 return self._pointwise(x, weight, bias, stride=(1, 1))
             return F.conv2d(x, weight, bias, 1, 0, 1, conv.groups * self.k)
-        if self.pointwise:
+        if products and self.pointwise:
             return self._pointwise(x, weight, bias, stride=conv.stride)
         return self._convolve(x, weight, bias, conv.groups * self.k)
 

@@ -172,6 +172,26 @@ class _Tickets:
             self.ended.notify_all()
 
 
+class SamplingTurn:
+    """One thread of a fused worker at a time from asking for a trial to its parameters drawn: each trial draws
+    whole and in the order of its number, as one after another would, so the sampler's random draws give the
+    same trials as a solo search's (threads drawing at once would interleave the draws of one sequence)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def begin(self) -> None:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def end(self) -> None:
+        """Let the next thread ask (a no-op on a thread that does not hold the turn, or no longer)."""
+        if self._owner == threading.get_ident():
+            self._owner = None
+            self._lock.release()
+
+
 def optimize_fused(
     study: optuna.Study, objective: Any, cfg: Config, k: int, *, stop: Callable[[], bool],
     progress: ProgressSink | None, worker: int = 0,
@@ -190,7 +210,7 @@ def optimize_fused(
 
     group = FusedGroup(name=f"{socket.gethostname()}:{os.getpid()}:{worker}", seed=cfg.seed * 1000 + worker, size=k,
                        threads=objective.threads, should_stop=halted)
-    objective.group = group
+    objective.group, objective.turn = group, SamplingTurn()
     tickets = _Tickets(study, cfg, halted)
 
     def work() -> None:
@@ -202,6 +222,7 @@ def optimize_fused(
                     return
                 if verdict == "wait":
                     continue
+                objective.turn.begin()  # the objective ends the turn once the trial's parameters are drawn
                 try:
                     optimize(study, objective, cfg, stop=halted, progress=progress, n_trials=1)
                 except Interrupted:
@@ -210,6 +231,7 @@ def optimize_fused(
                     errors.append(exc)
                     return
                 finally:
+                    objective.turn.end()
                     tickets.done()
 
     threads = [threading.Thread(target=work, name=f"lrtune-fused-{i}", daemon=True) for i in range(k)]
@@ -220,7 +242,7 @@ def optimize_fused(
         for thread in threads:
             thread.join()
     finally:
-        objective.group = None
+        objective.group = objective.turn = None
     if errors:
         raise errors[0]
     if stop():

@@ -121,6 +121,7 @@ class Objective:
         self.checkpoint_every_epoch = False  # else when due: a kill then loses at most 1 / CHECKPOINT_SHARE of the time
         self.threads: ThreadGuard | None = None  # this process's CPU threads, set by ``use_threads``
         self.group: FusedGroup | None = None  # with --fuse: where this process's trials train together
+        self.turn: Any = None  # with --fuse: a ``fusion.SamplingTurn``, ended once a trial's parameters are drawn
         self.fault: BaseException | None = None  # a fault of the machine that stopped this process's trials
         self.tracking: Any = None  # a ``tracking.Tracking``: each trial's run in MLflow or TensorBoard
 
@@ -131,6 +132,8 @@ class Objective:
             wait_for_room(self.device, int(self.peak * memory.MEMORY_MARGIN), self.progress)
         with params_together(trial):
             params = suggest(trial, self.cfg)
+        if self.turn is not None:
+            self.turn.end()
         seed, retry_of = _start(trial, self.cfg, params, {"fused_group": self.group.name} if self.group else {})
         if self.tracking is not None:
             self.tracking.start(trial)

@@ -10,6 +10,7 @@ from torch import nn
 
 from lrtune.training.fused import FusedModel, disagreement
 from lrtune.training.loop import AmpPolicy
+import lrtune.training.widen as widen_module
 from lrtune.training.widen import NotWide, rebind, widen
 
 CPU = AmpPolicy(torch.device("cpu"))
@@ -50,13 +51,21 @@ LAYERS = {  # each ends in [batch, features]; the input is [batch, 4, 6, 6]
 }
 
 
+@pytest.mark.parametrize("products", [True, False], ids=["products", "grouped"])  # the CPU's forms, and CUDA's
 @pytest.mark.parametrize("name", LAYERS)
-def test_each_known_layer_trains_each_slot_as_alone(name):
+def test_each_known_layer_trains_each_slot_as_alone(name, products, monkeypatch):
+    monkeypatch.setattr(widen_module, "PRODUCT_DEVICES", ("cpu",) if products else ())
+    products_run = []
+    pointwise = widen_module._WideConv._pointwise
+    monkeypatch.setattr(widen_module._WideConv, "_pointwise",
+                        lambda self, *args, **kwargs: products_run.append(1) or pointwise(self, *args, **kwargs))
     make = LAYERS[name]
     slots, alone = _slots(make), _slots(make)
     x = torch.randn(5, 4, 6, 6)
     fused = FusedModel(slots).train()
     out = fused(x)
+    assert bool(products_run) == (products and name in ("strided 1x1 after a conv", "3x3 on a 1x1 map",
+                                                        "BatchNorm first"))
     out.sum().backward()
     for k, model in enumerate(alone):
         own = model.train()(x)
