@@ -379,14 +379,26 @@ AGREEMENT = 1e-4  # the largest difference of fused and own outputs, relative to
 
 @torch.no_grad()
 def disagreement(net: FusedModel, amp: AmpPolicy, images: torch.Tensor) -> float:
-    """The largest difference of ``net``'s outputs and each slot's own on ``images`` (evaluation mode), relative
-    to the outputs' largest magnitude (at least 1)."""
+    """The largest difference of ``net``'s outputs and each slot's own on ``images`` (evaluation mode, full
+    float32: TF32 off on CUDA for the check), relative to the outputs' largest magnitude (at least 1)."""
     net.eval()
     x = to_model_input(images, amp.device, channels_last=amp.channels_last)
-    fused = net(x).float()
-    own = torch.stack([slot(x) for slot in net.slots]).float()
+    with _full_float32():
+        fused = net(x).float()
+        own = torch.stack([slot(x) for slot in net.slots]).float()
     net.train()
     return float((fused - own).abs().max() / own.abs().max().clamp(min=1.0))
+
+
+@contextlib.contextmanager
+def _full_float32() -> Iterator[None]:
+    """Convolutions and products in full float32 within (CUDA may run them in TF32, 10 bits of mantissa)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 PROBE_BATCHES = 8  # batches each count of --fuse auto's probe trains on, after one to warm up

@@ -8,7 +8,7 @@ import torch
 from timm.layers import BatchNormAct2d, Conv2dSame, GroupNormAct
 from torch import nn
 
-from lrtune.training.fused import FusedModel, disagreement
+from lrtune.training.fused import AGREEMENT, FusedModel, disagreement
 from lrtune.training.loop import AmpPolicy
 import lrtune.training.widen as widen_module
 from lrtune.training.widen import NotWide, rebind, widen
@@ -99,7 +99,7 @@ def test_batchnorm_statistics_and_counts_are_each_slots_own():
 @pytest.mark.parametrize("model", ["test_resnet", "test_efficientnet", "test_efficientnet_gn", "test_byobnet"])
 def test_timm_families_fuse_to_round_off(model):
     slots = _slots(lambda: timm.create_model(model, num_classes=5), k=2)
-    assert disagreement(FusedModel(slots), CPU, torch.rand(4, 3, 32, 32)) < 1e-5
+    assert disagreement(FusedModel(slots), CPU, torch.rand(4, 3, 32, 32)) < AGREEMENT  # float32 round-off
 
 
 @pytest.mark.parametrize(("make", "culprit"), [
@@ -153,8 +153,9 @@ def test_a_fused_step_under_bf16_autocast_and_channels_last_trains_every_slot_as
     with amp.autocast():
         fused = FusedModel(slots).train()(x)
         own = torch.stack([model.train()(x) for model in alone])
-    # bf16 keeps about 3 digits, and the fused and own layers sum in different orders: within 5% of the scale
-    assert float((fused - own).detach().float().abs().max() / own.detach().float().abs().max()) < 0.05
+    # bf16 keeps about 3 digits, and the fused and own layers sum in different orders: within 10% of the scale
+    # (2% on the CPU box; a slot reading another's weights is off by its whole scale)
+    assert float((fused - own).detach().float().abs().max() / own.detach().float().abs().max()) < 0.1
     fused.float().sum().backward()
     own.float().sum().backward()
     for mine, theirs in zip(slots, alone):
@@ -162,4 +163,18 @@ def test_a_fused_step_under_bf16_autocast_and_channels_last_trains_every_slot_as
         assert all(a is not None and torch.isfinite(a).all() for a, _ in grads)
         cosine = torch.nn.functional.cosine_similarity(torch.cat([a.flatten() for a, _ in grads]),
                                                        torch.cat([b.flatten() for _, b in grads]), dim=0)
-        assert cosine > 0.99
+        assert cosine > 0.98
+
+
+def test_the_agreement_check_runs_in_full_float32_and_restores_tf32():
+    torch.backends.cudnn.allow_tf32 = True
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(torch.backends.cudnn.allow_tf32)
+            return x
+
+    make = _layered(lambda: nn.Conv2d(3, 2, 1), Spy, nn.Flatten)
+    disagreement(FusedModel(_slots(make, k=2)), CPU, torch.rand(2, 3, 2, 2))
+    assert seen and not any(seen) and torch.backends.cudnn.allow_tf32
