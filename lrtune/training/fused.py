@@ -7,9 +7,10 @@ side by side over their channels (``widen``: the K slots' convolutions as one
 grouped convolution, their BatchNorms as one), so one step trains every slot
 on the same batch. The gradients of one slot come from its own loss only, so a
 slot never changes another: a slot at LR 0 keeps its weights, a slot whose
-loss turns NaN is dropped and the others go on. On the CPU a pass may split the slots into
-parts (``train_split``), each trained on its own thread at one torch thread:
-on two cores two plain steps side by side outrun one step on two threads.
+loss turns NaN is dropped and the others go on. On the CPU a pass may split
+the slots into parts (``train_split``), each trained on its own thread at one
+torch thread: on two cores two plain steps side by side outrun one step on two
+threads.
 
 What the group shares: the batches. Every pass over the training data draws
 its order and augmentation from the group's seed and pass number, so a slot's
