@@ -56,13 +56,14 @@ class FusedModel(nn.Module):
     autograd carries each slot's gradient back to its own parameters.
     """
 
-    def __init__(self, models: Sequence[nn.Module]) -> None:
+    def __init__(self, models: Sequence[nn.Module], *, shape: nn.Module | None = None) -> None:
         super().__init__()
         if not models:
             raise ConfigError("a fused group needs at least one model")
         # The architecture without weights: each number of slots gets a copy whose layers read theirs.
-        object.__setattr__(self, "_shape", copy.deepcopy(models[0]).to("meta"))
+        object.__setattr__(self, "_shape", shape if shape is not None else copy.deepcopy(models[0]).to("meta"))
         self._wides: dict[int, nn.Module] = {}
+        self._parts: dict[int, FusedModel] = {}
         self.set_slots(models)
 
     def set_slots(self, models: Sequence[nn.Module]) -> None:
@@ -75,8 +76,19 @@ class FusedModel(nn.Module):
             rebind(wide, models)
         object.__setattr__(self, "_wide", wide)
 
+    def part(self, index: int, models: Sequence[nn.Module]) -> FusedModel:
+        """The fused model of part ``index`` of a split pass (``train_split``), training ``models`` of this one's
+        architecture: each part has its own, as the parts train at once, and keeps it from pass to pass."""
+        held = self._parts.get(index)
+        if held is None:
+            held = self._parts[index] = FusedModel(models, shape=self._shape)
+        else:
+            held.set_slots(models)
+        return held
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._wide.train(self.training)
+        if self._wide.training != self.training:  # its layers follow this model's mode (the slots are its own)
+            self._wide.train(self.training)
         out = self._wide(x)
         return out.unflatten(-1, (len(self.slots), -1)).movedim(-2, 0)
 
@@ -125,10 +137,12 @@ def parts_of(runs: Sequence[TrainingRun], threads: ThreadGuard | None) -> int:
 
 
 def train_split(runs: Sequence[TrainingRun], parts: int, *, should_stop: Callable[[], bool] | None = None,
-                on_batch: Callable[[int, int, int], None] | None = None, batches: Sequence | None = None) -> list:
+                on_batch: Callable[[int, int, int], None] | None = None, batches: Sequence | None = None,
+                net: FusedModel | None = None) -> list:
     """One epoch of ``runs`` in ``parts`` parts, each a fused model (or a plain one) on its own thread at one torch
     thread, all on the same batches (the first run's loader's, or ``batches``), read once here: what one part
-    trains is what it trains unsplit. Returns each run's ``EpochResult``, in order."""
+    trains is what it trains unsplit. A part's fused model is ``net``'s (``FusedModel.part``) when given.
+    Returns each run's ``EpochResult``, in order."""
     first = runs[0]
     loader = first.loader if batches is None else batches
     size = -(-len(runs) // parts)
@@ -141,8 +155,9 @@ def train_split(runs: Sequence[TrainingRun], parts: int, *, should_stop: Callabl
         torch.set_num_threads(1)
         chunk = chunks[i]
         try:
-            net = FusedModel([run.model for run in chunk]) if len(chunk) > 1 else chunk[0].net
-            results[i] = train_together(net, feeds[i], [run.learner() for run in chunk], amp=first.amp)
+            models = [run.model for run in chunk]
+            fused = (FusedModel(models) if net is None else net.part(i, models)) if len(chunk) > 1 else chunk[0].net
+            results[i] = train_together(fused, feeds[i], [run.learner() for run in chunk], amp=first.amp)
         except BaseException as exc:  # raised on the pass's thread once every part has stopped
             errors.append(exc)
         finally:
@@ -193,7 +208,7 @@ def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threa
 
     if parts > 0:
         results = train_split(runs, min(parts, len(runs)), should_stop=should_stop,
-                              on_batch=on_batch if hearing else None)
+                              on_batch=on_batch if hearing else None, net=net)
     else:
         results = train_together(net if len(runs) > 1 else first.net, first.loader, [run.learner() for run in runs],
                                  amp=first.amp, should_stop=should_stop, on_batch=on_batch if hearing else None)
@@ -240,7 +255,6 @@ class FusedGroup:
         self.threads, self.should_stop = threads, should_stop
         self.cond = threading.Condition()
         self.live = size  # threads that may still bring a run
-        self.waiting = 0  # of them, those held back from starting a trial: passes do not wait for them
         self.members: list[TrainingRun] = []
         self.arrived: set[int] = set()  # ids of the members waiting for a pass
         self.results: dict[int, EpochOutcome | BaseException] = {}
@@ -256,19 +270,6 @@ class FusedGroup:
             with self.cond:
                 self.live -= 1
                 self.cond.notify_all()
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """A thread that may not start its next trial yet: passes go on without it meanwhile."""
-        with self.cond:
-            self.waiting += 1
-            self.cond.notify_all()
-        try:
-            yield
-        finally:
-            with self.cond:
-                self.waiting -= 1
-                self.changed = time.monotonic()  # between trials again: the next pass may wait for its run
 
     @contextlib.contextmanager
     def member(self, run: TrainingRun) -> Iterator[None]:
@@ -317,7 +318,7 @@ class FusedGroup:
     def _ready(self) -> bool:
         everyone = all(id(run) in self.arrived for run in self.members)
         waited = time.monotonic() - self.changed >= self.GRACE_S
-        return everyone and (len(self.members) >= self.live - self.waiting or waited)
+        return everyone and (len(self.members) >= self.live or waited)
 
     def _pass(self) -> None:
         """Train one pass of every member, holding the lock: the others are waiting for it anyway."""

@@ -237,10 +237,11 @@ def epoch_seed(run_seed: int, epoch: int) -> int:
 
 def thread_guard(
     cfg: Config, params: Hyperparams, *, data: TrainingData, amp: AmpPolicy, workers: int = 1,
-    say: Callable[[str], None] | None = None,
+    say: Callable[[str], None] | None = None, probe: bool = True,
 ) -> ThreadGuard:
     """This process's CPU threads for runs like ``params``'s: ``cfg.threads``, or chosen (``threads.choose_threads``)
-    by a short probe of such a run's step; set, and when chosen, said in one line through ``say``."""
+    by a short probe of such a run's step (without ``probe``, the process's share of the cores); set, and when
+    chosen, said in one line through ``say``."""
     loader_workers = cfg.num_workers if augment_path(cfg, data, amp.device) == "cpu" else 0
     probe_cfg = dataclasses.replace(cfg, num_workers=0)  # the loader's processes are not what is measured
 
@@ -249,7 +250,7 @@ def thread_guard(
                              apply=apply_threads)
 
     choice = choose_threads(cfg.threads, workers=max(1, workers), loader_workers=loader_workers,
-                            device_type=amp.device.type, measure=measure)
+                            device_type=amp.device.type, measure=measure if probe else None)
     if say is not None and not cfg.threads:  # a count the user set goes unsaid
         say(f"threads: {choice.threads} ({choice.reason})")
     guard = ThreadGuard(choice.threads, say=say, fixed=cfg.threads > 0 or amp.device.type != "cpu",

@@ -42,19 +42,31 @@ def _shared(x: torch.Tensor, channels: int, k: int, dim: int) -> bool:
 class _Wide(nn.Module):
     """One layer of K slots: the slots' own modules (not registered here: the fused model holds them)."""
 
+    TENSORS: tuple[str, ...] = ("weight", "bias")  # what a forward reads of each slot's layer
+
     def __init__(self, name: str, layers: Sequence[nn.Module]) -> None:
         super().__init__()
         self.name = name
         self.bind(layers)
 
     def bind(self, layers: Sequence[nn.Module]) -> None:
-        """Read the weights of ``layers`` (as many as before) from now on."""
+        """Read the weights of ``layers`` (as many as before) from now on.
+
+        Each of ``TENSORS`` is looked up here once per slot, not at every forward: the slots' tensors are
+        updated in place (optimizer steps, loaded checkpoints, running statistics), and a fused model binds its
+        slots again before each pass.
+        """
         self.layers = list(layers)
         self.k = len(layers)
         object.__setattr__(self, "template", layers[0])  # not a submodule: it belongs to slot 0
+        self.tensors = {name: [getattr(layer, name) for layer in layers] for name in self.TENSORS}
+        self.prepare(layers[0])
+
+    def prepare(self, template: nn.Module) -> None:
+        """What a forward needs to know of the layers' configuration, read once per bind."""
 
     def cat(self, name: str) -> torch.Tensor | None:
-        tensors = [getattr(layer, name) for layer in self.layers]
+        tensors = self.tensors[name]
         return None if tensors[0] is None else torch.cat(tensors)
 
 
@@ -64,6 +76,19 @@ PRODUCT_DEVICES: tuple[str, ...] = ("cpu",)
 
 
 class _WideConv(_Wide):
+    def prepare(self, template: nn.Module) -> None:
+        conv: nn.Conv2d = template  # type: ignore[assignment]
+        plain = type(conv) is nn.Conv2d
+        # A 1x1 convolution of each slot's channels (no groups, no padding): one batched product per slot.
+        self.pointwise = (plain and conv.kernel_size == (1, 1) and conv.groups == 1 and conv.dilation == (1, 1)
+                          and conv.padding in ((0, 0), "valid"))
+        # An odd kernel zero-padded by half its dilated extent: on a 1x1 map every tap but the centre falls on
+        # padding, and the output is 1x1 too (``centred``).
+        self.centre_only = (plain and conv.padding_mode == "zeros" and conv.kernel_size != (1, 1)
+                            and not isinstance(conv.padding, str)
+                            and all(k % 2 == 1 and p == d * (k // 2)
+                                    for k, p, d in zip(conv.kernel_size, conv.padding, conv.dilation)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv: nn.Conv2d = self.template  # type: ignore[assignment]
         weight, bias = self.cat("weight"), self.cat("bias")
@@ -82,21 +107,9 @@ class _WideConv(_Wide):
             return self._pointwise(x, weight, bias, stride=conv.stride)
         return self._convolve(x, weight, bias, conv.groups * self.k)
 
-    @property
-    def pointwise(self) -> bool:
-        """A 1x1 convolution of each slot's channels (no groups, no padding): one batched product per slot."""
-        conv: nn.Conv2d = self.template  # type: ignore[assignment]
-        return (conv.kernel_size == (1, 1) and conv.groups == 1 and conv.dilation == (1, 1)
-                and conv.padding in ((0, 0), "valid") and type(conv) is nn.Conv2d)
-
     def centred(self, x: torch.Tensor) -> bool:
-        """Whether ``x`` is a 1x1 map that only the kernel's centre reaches: an odd kernel zero-padded by half
-        its dilated extent, so every other tap falls on padding and the output is 1x1 too."""
-        conv: nn.Conv2d = self.template  # type: ignore[assignment]
-        return (x.shape[-2:] == (1, 1) and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
-                and conv.kernel_size != (1, 1) and not isinstance(conv.padding, str)
-                and all(k % 2 == 1 and p == d * (k // 2)
-                        for k, p, d in zip(conv.kernel_size, conv.padding, conv.dilation)))
+        """Whether ``x`` is a 1x1 map that only the kernel's centre reaches."""
+        return self.centre_only and x.shape[-2:] == (1, 1)
 
     def _pointwise(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
                    stride: tuple[int, ...]) -> torch.Tensor:
@@ -124,23 +137,30 @@ class _WideConv(_Wide):
 class _WideBatchNorm(_Wide):
     """``nn.BatchNorm2d`` over K*C channels, and timm's ``BatchNormAct2d`` (its dropout and activation after)."""
 
+    TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+    def prepare(self, template: nn.Module) -> None:
+        bn: nn.BatchNorm2d = template  # type: ignore[assignment]
+        self.tracked = bn.track_running_stats and self.tensors["running_mean"][0] is not None
+        self.counted = self.tracked and self.tensors["num_batches_tracked"][0] is not None
+        self.stats = self.tensors["running_mean"] + self.tensors["running_var"]  # written back after a training step
+        self.after = _after_of(bn)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn: nn.BatchNorm2d = self.template  # type: ignore[assignment]
         if _shared(x, bn.num_features, self.k, 1):
             x = x.repeat(1, self.k, 1, 1)
-        tracked = bn.track_running_stats and bn.running_mean is not None
-        if self.training and tracked and bn.num_batches_tracked is not None:
-            torch._foreach_add_([layer.num_batches_tracked for layer in self.layers], 1)
-        use_stats = tracked and (not self.training or bn.track_running_stats)
+        if self.training and self.counted:
+            torch._foreach_add_(self.tensors["num_batches_tracked"], 1)
+        use_stats = self.tracked and (not self.training or bn.track_running_stats)
         mean = self.cat("running_mean") if use_stats else None
         var = self.cat("running_var") if use_stats else None
         out = F.batch_norm(x, mean, var, self.cat("weight"), self.cat("bias"), self.training or mean is None,
                            bn.momentum or 0.0, bn.eps)
         if self.training and mean is not None and var is not None:
             with torch.no_grad():
-                mine = [layer.running_mean for layer in self.layers] + [layer.running_var for layer in self.layers]
-                torch._foreach_copy_(mine, list(mean.chunk(self.k)) + list(var.chunk(self.k)))
-        return _after(bn, out)
+                torch._foreach_copy_(self.stats, list(mean.chunk(self.k)) + list(var.chunk(self.k)))
+        return self.after(out)
 
 
 class _WideLinear(_Wide):
@@ -156,17 +176,26 @@ class _WideLinear(_Wide):
 
 
 class _WideGroupNorm(_Wide):
+    def prepare(self, template: nn.Module) -> None:
+        self.after = _after_of(template)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm: nn.GroupNorm = self.template  # type: ignore[assignment]
         if _shared(x, norm.num_channels, self.k, 1):
             x = x.repeat(1, self.k, *[1] * (x.dim() - 2))
-        return _after(norm, F.group_norm(x, norm.num_groups * self.k, self.cat("weight"), self.cat("bias"), norm.eps))
+        return self.after(F.group_norm(x, norm.num_groups * self.k, self.cat("weight"), self.cat("bias"), norm.eps))
 
 
-def _after(norm: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """What timm's norm-and-activation layers (``BatchNormAct2d``, ``GroupNormAct``) do after the norm."""
-    if hasattr(norm, "act") and hasattr(norm, "drop"):
-        out = norm.act(norm.drop(out))
+def _after_of(norm: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What timm's norm-and-activation layers (``BatchNormAct2d``, ``GroupNormAct``) do after the norm: their
+    dropout, then their activation (the slot's own modules: they have no weights); nothing for a plain norm."""
+    act, drop = getattr(norm, "act", None), getattr(norm, "drop", None)
+    if act is None or drop is None:
+        return _same
+    return lambda out: act(drop(out))
+
+
+def _same(out: torch.Tensor) -> torch.Tensor:
     return out
 
 

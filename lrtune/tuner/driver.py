@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import warnings
 from pathlib import Path
@@ -197,9 +198,34 @@ def optimize(
 def run_trials(study: optuna.Study, objective: Any, cfg: Config, *, stop: Callable[[], bool],
                progress: ProgressSink | None, say: Callable[[str], None], worker: int = 0) -> None:
     """This process's trials: one at a time, or ``--fuse``'s group of them side by side."""
+    with _frozen_heap():
+        _run_trials(study, objective, cfg, stop=stop, progress=progress, say=say, worker=worker)
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Within, what the process already holds (torch, timm, the data, the study) is left out of the garbage
+    collector's full passes, which would otherwise scan it all again every few trials, holding up every thread;
+    afterwards it is collected as before. A process that froze its own heap keeps it as it was."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _run_trials(study: optuna.Study, objective: Any, cfg: Config, *, stop: Callable[[], bool],
+                progress: ProgressSink | None, say: Callable[[str], None], worker: int = 0) -> None:
     from lrtune.tuner.fusion import optimize_fused, resolve_fuse
 
     k = resolve_fuse(cfg, objective, study, say)
+    if k == 1 and not objective.threads_probed:  # trials one at a time after all: their threads, measured
+        from lrtune.tuner.trial import use_threads
+
+        use_threads(objective, workers=max(1, cfg.workers), say=say)
     if k > 1:
         optimize_fused(study, objective, cfg, k, stop=stop, progress=progress, worker=worker)
     else:
@@ -295,7 +321,7 @@ def _search(
     cfg = _workers_for_objects(cfg)
     objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=progress)
     study = prepare_study(cfg, dataset=objective.data.summary(), storage=storage)
-    use_threads(objective, say=say)  # local workers choose their own share when they start
+    use_threads(objective, say=say, probe=cfg.fuse == 1)  # local workers choose their own share when they start
     tracking = attach_tracking(objective, study, cfg, say)  # the study's parent run before any worker's trial
     lr_range.seed_study(study, cfg, data=objective.data, amp=objective.amp, progress=progress)
     recovered = recovery.recover_orphans(study)

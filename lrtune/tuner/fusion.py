@@ -4,11 +4,11 @@ Each of K threads runs trials as a worker does (``driver.optimize``: Optuna
 asks, the objective trains, reports, prunes and checkpoints, Optuna tells);
 their runs meet in one ``FusedGroup``, which trains one pass of every run
 at a time on the same batches. A trial that ends frees its thread, which asks
-for the next one at once, except while the median pruner waits for its first
-complete trials: then no more trials run than it waits for, since every trial
-started before then trains all its epochs. Nothing else differs from a solo trial: each trial
-has its own parameters, seed, checkpoints and retry, and its ``fused_group``
-attribute names the group it trained in.
+for the next one at once. The median pruner judges a trial against the
+group's running trials numbered before it too (``samplers.MedianPruner``), as a
+solo search would have finished them first. Nothing else differs from a solo
+trial: each trial has its own parameters, seed, checkpoints and retry, and its
+``fused_group`` attribute names the group it trained in.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lrtune.config import Config
 from lrtune.progress import ProgressSink
 from lrtune.storage import count_finished
 from lrtune.training.threads import ThreadGuard
-from lrtune.tuner.samplers import unpruned_trials
+from lrtune.tuner.samplers import MedianPruner
 
 AUTO_COUNTS = (1, 2, 4, 8)  # --fuse auto measures these, in order
 AUTO_GAIN = 1.10  # and stops growing K when the next count is not at least this much faster
@@ -126,50 +126,28 @@ def auto_fuse(measured: dict[int, tuple[float, int | None]]) -> tuple[int, str]:
     return pick, f"images/s: {shown}; each step up must gain {AUTO_GAIN - 1:.0%}{note}"
 
 
-WAIT_S = 1.0  # a held thread looks again at least this often (other workers' trials end too)
-
-
-def admitted(study: optuna.Study, unpruned: int, running: int) -> bool:
-    """Whether a trial may start beside ``running`` others here while the pruner prunes none until ``unpruned``
-    trials are complete: each trial started before then trains every epoch, so no more start than that needs."""
-    if unpruned <= 0:
-        return True
-    complete = count_finished(study, (optuna.trial.TrialState.COMPLETE,))
-    return complete >= unpruned or complete + running < unpruned
-
-
 class _Tickets:
-    """Which of a fused worker's threads may start a trial: within the budget and the timeout, and, while the
-    pruner waits for its first complete trials, no more than it waits for (``admitted``)."""
+    """Whether a fused worker's thread may start a trial: within the budget and the timeout."""
 
     def __init__(self, study: optuna.Study, cfg: Config, halted: Callable[[], bool]) -> None:
         self.study, self.trials, self.halted = study, cfg.trials, halted
         self.lock = threading.Lock()
-        self.ended = threading.Condition(self.lock)  # a trial here started or ended
         self.running = 0
         self.deadline = time.monotonic() + cfg.timeout if cfg.timeout else None
-        self.unpruned = unpruned_trials(study.pruner)
 
-    def take(self) -> str:
-        """One thread's answer: "go" (a trial may start; it counts as running here until ``done``), "wait"
-        (given after a trial here starts or ends, or after ``WAIT_S``: ask again) or "stop" (no more trials)."""
+    def take(self) -> bool:
+        """True when a trial may start (it counts as running here until ``done``); False: no more trials."""
         with self.lock:
             if self.halted() or (self.deadline is not None and time.monotonic() >= self.deadline):
-                return "stop"
+                return False
             if count_finished(self.study) + self.running >= self.trials:
-                return "stop"
-            if admitted(self.study, self.unpruned, self.running):
-                self.running += 1
-                self.ended.notify_all()
-                return "go"
-            seen = self.running
-            self.ended.wait_for(lambda: self.running != seen, timeout=WAIT_S)
-            return "wait"
+                return False
+            self.running += 1
+            return True
 
     def done(self) -> None:
         with self.lock:
             self.running -= 1
-            self.ended.notify_all()
 
 
 class SamplingTurn:
@@ -215,13 +193,7 @@ def optimize_fused(
 
     def work() -> None:
         with group.thread():
-            while True:
-                with group.held():  # passes go on without this thread until it has a trial to bring
-                    verdict = tickets.take()
-                if verdict == "stop":
-                    return
-                if verdict == "wait":
-                    continue
+            while tickets.take():
                 objective.turn.begin()  # the objective ends the turn once the trial's parameters are drawn
                 try:
                     optimize(study, objective, cfg, stop=halted, progress=progress, n_trials=1)
@@ -233,6 +205,8 @@ def optimize_fused(
                 finally:
                     objective.turn.end()
                     tickets.done()
+                    if isinstance(study.pruner, MedianPruner):  # the trial is told: it counts as complete, or not
+                        study.pruner.reread()
 
     threads = [threading.Thread(target=work, name=f"lrtune-fused-{i}", daemon=True) for i in range(k)]
     try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 
@@ -102,31 +103,70 @@ class MedianPruner(optuna.pruners.MedianPruner):
     Optuna's pruner loads every unfinished trial of the study, with all its
     attributes, at every decision. With one worker the decisions are Optuna's;
     with several, a trial another worker completes counts from the next read.
+
+    In a fused group (``ahead``) a trial is also judged against the group's
+    running trials numbered before it, as if complete: a solo search would
+    have finished those before starting it. A decision at an epoch reads only
+    that epoch's values, which such a trial, a pass or more ahead, already has.
+    So the first ``startup`` trials (which a solo search never prunes: fewer
+    are complete before each) count from their first epoch, and the trials
+    beside them are judged as a solo search judges them; later, a running
+    trial that the pruner would still stop counts as if it were not. Without
+    this, a group's short pruned trials would all be judged against the few
+    trials complete when they began, while its long ones still run.
     """
 
     REREAD_S = 10.0
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, n_startup_trials: int = MEDIAN_STARTUP_TRIALS, **kwargs: Any) -> None:
+        super().__init__(n_startup_trials=n_startup_trials, **kwargs)
+        self.startup = n_startup_trials
         self._lock = threading.Lock()
         self._curves: dict[tuple[int, int], _Curve] = {}  # (study id, trial id) -> its curve
         self._complete: dict[int, list[int]] = {}  # study id -> ids of its complete trials, when last read
         self._read: tuple[int, int, float] | None = None  # (study id, trial number, time) of the last read
+        self._ahead: dict[tuple[int, int], Callable[[], dict[int, float]]] = {}  # (study id, number) -> its curve
+
+    @contextlib.contextmanager
+    def ahead(self, study_id: int, number: int, curve: Callable[[], dict[int, float]]) -> Iterator[None]:
+        """Within, trial ``number`` runs in a fused group: later-numbered trials' decisions count ``curve()``."""
+        with self._lock:
+            self._ahead[study_id, number] = curve
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._ahead.pop((study_id, number), None)
+
+    def reread(self) -> None:
+        """Read the complete trials again at the next decision: a trial of this process's fused group ended.
+
+        (A fused group's decisions read them only then, or after ``REREAD_S``: its running trials are ``ahead``.)
+        """
+        with self._lock:
+            self._read = None
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        complete = self._complete_curves(study, trial)
+        with self._lock:
+            running = [curve for (study_id, number), curve in self._ahead.items()
+                       if study_id == study._study_id and number < trial.number]
+        return super().prune(_CompleteTrials(study, [*complete, *(_Curve(curve()) for curve in running)]), trial)
+
+    def _complete_curves(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[Any]:
         backend = resilient(study._storage)
         if backend is None:
-            return super().prune(study, trial)
+            return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         study_id, now = study._study_id, time.monotonic()
         with self._lock:
-            if self._read is None or self._read[:2] != (study_id, trial.number) or now - self._read[2] >= self.REREAD_S:
+            if (self._read is None or self._read[0] != study_id or now - self._read[2] >= self.REREAD_S
+                    or (self._read[1] != trial.number and not self._ahead)):
                 ids = backend.trial_ids(study_id, (optuna.trial.TrialState.COMPLETE,))
                 new = [i for i in ids if (study_id, i) not in self._curves]
                 for trial_id, values in backend.intermediate_values(new).items():
                     self._curves[study_id, trial_id] = _Curve(values)
                 self._complete[study_id], self._read = ids, (study_id, trial.number, now)
-            complete = [self._curves[study_id, i] for i in self._complete[study_id]]
-        return super().prune(_CompleteTrials(study, complete), trial)
+            return [self._curves[study_id, i] for i in self._complete[study_id]]
 
 
 PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
@@ -142,13 +182,6 @@ def create_pruner(name: str, *, warmup: int, epochs: int) -> optuna.pruners.Base
     if name not in PRUNERS:
         raise ConfigError(f"unknown pruner {name!r} (valid: {', '.join(PRUNERS)})")
     return PRUNERS[name](warmup, epochs)
-
-
-def unpruned_trials(pruner: optuna.pruners.BasePruner) -> int:
-    """The complete trials ``pruner`` waits for before it prunes any (the median pruner's startup), or 0."""
-    if isinstance(pruner, optuna.pruners.PercentilePruner):
-        return int(pruner._n_startup_trials)
-    return 0
 
 
 def check_names(cfg: Config) -> None:

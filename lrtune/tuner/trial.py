@@ -25,7 +25,7 @@ from lrtune.config import CURVE_KEYS, Config
 from lrtune.errors import LRTuneError, StudyError, first_line
 from lrtune.progress import ProgressSink
 from lrtune.storage import resilient
-from lrtune.tuner import faults
+from lrtune.tuner import faults, samplers
 from lrtune.tuner.artifacts import RemoteCheckpoints
 from lrtune.tuner.records import batch_reporter, params_together, publish, set_user_attrs, weights_record
 from lrtune.tuner.space import baseline_params, check_space, suggest
@@ -120,6 +120,7 @@ class Objective:
         self.remote = RemoteCheckpoints(cfg.artifacts, self.study_dir.name) if cfg.artifacts else None
         self.checkpoint_every_epoch = False  # else when due: a kill then loses at most 1 / CHECKPOINT_SHARE of the time
         self.threads: ThreadGuard | None = None  # this process's CPU threads, set by ``use_threads``
+        self.threads_probed = True  # False while ``threads`` is the share of the cores, unmeasured
         self.group: FusedGroup | None = None  # with --fuse: where this process's trials train together
         self.turn: Any = None  # with --fuse: a ``fusion.SamplingTurn``, ended once a trial's parameters are drawn
         self.fault: BaseException | None = None  # a fault of the machine that stopped this process's trials
@@ -208,7 +209,7 @@ class Objective:
         if self.cfg.keep != "none" and state.best and state.best.get("epoch") == state.epoch and not state.best_saved:
             files.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         try:
-            with _fused(self.group, run, self.progress):
+            with _fused(self.group, run, self.progress), _counted_ahead(trial, run, fused=self.group is not None):
                 for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
                     self._epoch(trial, run, files, epoch)
             if files.best_weights is not None and not state.best_saved:
@@ -264,6 +265,24 @@ def _fused(group: FusedGroup | None, run: TrainingRun, say: ProgressSink | None)
         yield
 
 
+@contextlib.contextmanager
+def _counted_ahead(trial: optuna.Trial, run: TrainingRun, *, fused: bool) -> Iterator[None]:
+    """Within, a fused trial's curve counts in the median pruner's decisions of the trials numbered after it
+    (``samplers.MedianPruner``): a solo search would have finished it before them."""
+    study = getattr(trial, "study", None)
+    pruner = getattr(study, "pruner", None)
+    if not fused or not isinstance(pruner, samplers.MedianPruner):
+        yield
+        return
+    curves, key = run.state.curves, CURVE_KEYS[run.cfg.metric]
+
+    def curve() -> dict[int, float]:
+        return {int(epoch): float(value) for epoch, value in zip(curves["epoch"], curves[key])}
+
+    with pruner.ahead(study._study_id, trial.number, curve):
+        yield
+
+
 def resumed(trial: optuna.Trial, run: TrainingRun, files: TrialFiles, *, study_dir: Path,
             fresh: Callable[[], TrainingRun], progress: ProgressSink | None) -> TrainingRun:
     """``run`` continued from the trial's ``last.pt``; when that cannot be read (torn, truncated, another model's),
@@ -314,12 +333,19 @@ def save_best(trial: optuna.Trial, run: TrainingRun, files: TrialFiles) -> None:
     run.state.best_saved = True
 
 
-def use_threads(objective: Objective, *, workers: int = 1, say: Callable[[str], None] | None = None) -> None:
+def use_threads(objective: Objective, *, workers: int = 1, say: Callable[[str], None] | None = None,
+                probe: bool = True) -> None:
     """Choose this process's CPU threads (``cfg.threads``, or auto from a probe of the baseline's step), with
-    ``workers`` trial processes sharing the cores, and guard every trial of ``objective`` from then on."""
+    ``workers`` trial processes sharing the cores, and guard every trial of ``objective`` from then on.
+
+    Without ``probe`` the count is the process's share of the cores, unmeasured (``objective.threads_probed``
+    says so): ``--fuse`` chooses the threads of its passes itself, and probes only if its trials run one at a time.
+    """
     cfg = objective.cfg
     params = Hyperparams.from_dict(baseline_params(cfg))
-    objective.threads = thread_guard(cfg, params, data=objective.data, amp=objective.amp, workers=workers, say=say)
+    objective.threads = thread_guard(cfg, params, data=objective.data, amp=objective.amp, workers=workers, say=say,
+                                     probe=probe)
+    objective.threads_probed = probe
 
 
 def wait_for_room(device: torch.device, need: int, progress: ProgressSink | None) -> None:

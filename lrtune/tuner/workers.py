@@ -46,7 +46,8 @@ def _worker_main(cfg_values: dict, name: str, index: int, verbosity: int, device
             # No sink while the data loads: the parent process showed that already.
             objective = Objective(cfg, study_dir=study_dir(cfg.studies_dir, name), stop=signals.flag, progress=None)
             objective.progress = progress
-            use_threads(objective, workers=cfg.workers, say=progress.message)  # the workers share the cores
+            use_threads(objective, workers=cfg.workers, say=progress.message,  # the workers share the cores
+                        probe=cfg.fuse == 1)
             storage = open_storage(storage_url(cfg), heartbeat=recovery.heartbeat(cfg),
                                    retry_for=cfg.storage_retry, trials=fused_trials(cfg), say=progress.message)
             study = optuna.load_study(study_name=name, storage=storage)

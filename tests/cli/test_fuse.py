@@ -14,6 +14,7 @@ import torch
 import launcher
 from helpers import ROOT, cli_env, load, run_cli, states
 from lrtune.training import checkpoints
+from lrtune.training.threads import available_cores
 
 NAME = "digits-lt-test_resnet"
 
@@ -78,19 +79,22 @@ def test_what_cannot_fuse_runs_alone_and_says_why(tmp_path):
 
 def test_a_model_with_a_layer_the_fuser_does_not_know_runs_alone_and_names_it(tmp_path):
     done = run_cli("search", "--studies-dir", str(tmp_path), "--fuse", "2", "--trials", "2", "--epochs", "1",
-                   "--batch-size", "64", "--model", "test_efficientnet_ln")
+                   "--batch-size", "64", "--model", "test_efficientnet_ln", LRTUNE_THREADS=None)
     assert done.returncode == 0, done.stderr
     assert ("--fuse 2: trials run one at a time: test_efficientnet_ln does not fuse: LayerNormAct2d (bn1) is a "
             "layer with weights the fuser does not know") in done.stderr
+    if available_cores()[0] > 1:  # its trials run one at a time after all: their threads are measured then
+        assert "measured images/s" in done.stderr.split("trials run one at a time")[1]
     study = load(tmp_path, "digits-lt-test_efficientnet_ln")
     assert len(finished(study)) == 2 and not any(t.user_attrs.get("fused_group") for t in study.trials)
 
 
 def test_more_slots_than_trials_left_is_a_stated_reduction(tmp_path):
     done = run_cli("search", "--studies-dir", str(tmp_path), "--fuse", "8", "--trials", "2", "--epochs", "1",
-                   "--batch-size", "64")
+                   "--batch-size", "64", LRTUNE_THREADS=None)
     assert done.returncode == 0, done.stderr
     assert "--fuse 8: 2 trials side by side in one fused step (2 trials left to run)" in done.stderr
+    assert "measured images/s" not in done.stderr  # fused passes choose their own threads: no probe of a solo step
     assert len(finished(load(tmp_path, NAME))) == 2
 
 

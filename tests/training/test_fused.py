@@ -260,31 +260,27 @@ def test_the_probe_keeps_each_counts_best_round(monkeypatch):
     assert fused.probe_fused(lambda k: [None] * k, [1, 2], rounds=2) == {1: (100.0, 6), 2: (150.0, 9)}
 
 
-def test_a_pass_does_not_wait_for_a_thread_held_back_from_starting_a_trial():
-    import threading
-
+def test_a_pass_waits_for_a_thread_between_trials_until_it_brings_a_run_or_ends():
     group = FusedGroup(name="test", seed=0, size=2)
     group.GRACE_S = 3600.0  # the grace never runs out here, however slow the machine
     run = object()
     group.members.append(run)
     group.arrived.add(id(run))
     assert not group._ready()  # the other thread is between trials: the pass waits for its run, a while
-    entered, leave = threading.Event(), threading.Event()
+    with group.thread():  # that thread ends: no more runs from it
+        pass
+    assert group._ready()
 
-    def held():
-        with group.held():
-            entered.set()
-            leave.wait(timeout=60)
 
-    thread = threading.Thread(target=held)
-    thread.start()
-    entered.wait(timeout=60)
-    try:
-        assert group._ready()  # held back: the pass goes on with the run that is here
-    finally:
-        leave.set()
-        thread.join(timeout=60)
-    assert group.waiting == 0 and not group._ready()  # back between trials: waited for again, a while
+def test_a_split_pass_keeps_each_parts_fused_model_from_pass_to_pass(digits):
+    cfg = _cfg("cpu", optimizer="sgd")
+    runs = _runs(cfg, digits)
+    net = FusedModel([run.model for run in runs])
+    train_pass(net, runs, seed=epoch_seed(8, 1), parts=2)
+    kept = dict(net._parts)
+    train_pass(net, runs, seed=epoch_seed(8, 2), parts=2)
+    assert list(kept) == [0] and net._parts[0] is kept[0]  # three runs: a fused pair, and a plain run alone
+    assert list(kept[0].slots) == [runs[0].model, runs[1].model]
 
 
 @pytest.mark.parametrize("augment", ["cpu", "device"])

@@ -75,51 +75,73 @@ def test_a_fused_search_with_auto_threads_splits_its_passes_over_the_cores_and_s
     assert len({t.user_attrs.get("fused_group") for t in study.trials if t.number > 0}) == 1
 
 
-def test_trials_start_only_as_the_pruner_still_needs_them_until_its_first_trials_are_complete():
+def test_the_median_pruner_counts_the_running_trials_numbered_before_a_trial_as_complete():
+    """What a solo search would have finished before trial 5: trials 0 to 4, running a pass ahead in a fused group,
+    count from their first epoch (the pruner's startup included); a later-numbered trial does not, nor one that
+    has ended."""
     import optuna
 
-    from lrtune.tuner.fusion import admitted
-    from lrtune.tuner.samplers import create_pruner, unpruned_trials
+    from lrtune.tuner.samplers import MedianPruner
 
-    assert unpruned_trials(create_pruner("median", warmup=1, epochs=5)) == 5
-    assert unpruned_trials(create_pruner("hyperband", warmup=1, epochs=5)) == 0
-    assert unpruned_trials(create_pruner("none", warmup=1, epochs=5)) == 0
-    study = optuna.create_study(direction="maximize")
-    for _ in range(3):
-        study.tell(study.ask(), 0.5)
-    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)  # a pruned trial is not one the pruner waits for
-    assert admitted(study, 5, running=1)  # 3 complete and 1 running: one more may still start
-    assert not admitted(study, 5, running=2)  # 3 and 2: those 5 are what the pruner waits for
-    assert admitted(study, 0, running=7)  # a pruner that waits for none
-    for _ in range(2):
-        study.tell(study.ask(), 0.5)
-    assert admitted(study, 5, running=7)  # 5 complete: the pruner prunes from now on
+    pruner = MedianPruner(n_warmup_steps=0)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    asked = [study.ask() for _ in range(10)]
+    for trial in asked:
+        trial.report(0.5 if trial.number in (3, 5, 9) else 0.8, 1)
+
+    def frozen(number: int) -> optuna.trial.FrozenTrial:
+        return study._storage.get_trial(asked[number]._trial_id)
+
+    ahead = [pruner.ahead(study._study_id, n, lambda: {1: 0.8}) for n in (0, 1, 2, 4, 6, 7, 8)]
+    for context in ahead:
+        context.__enter__()
+    assert not pruner.prune(study, frozen(3))  # three ahead of it: fewer than the startup's five
+    assert not pruner.prune(study, frozen(5))  # 0, 1, 2 and 4: four, as 3 is not registered
+    assert pruner.prune(study, frozen(9))  # seven ahead of it, all at 0.8
+    with pruner.ahead(study._study_id, 3, lambda: {1: 0.5}):
+        assert pruner.prune(study, frozen(5))  # five: 0.8, 0.8, 0.8, 0.5, 0.8, median 0.8
+        ahead[3].__exit__(None, None, None)  # trial 4 ended (pruned; complete, the study would hold it)
+        assert not pruner.prune(study, frozen(5))  # four
+        with pruner.ahead(study._study_id, 4, lambda: {}):  # not at epoch 1 yet: five, four values there
+            assert pruner.prune(study, frozen(5))
+        with pruner.ahead(study._study_id + 1, 4, lambda: {1: 0.8}):  # another study's trial
+            assert not pruner.prune(study, frozen(5))
+    for context in ahead[:3] + ahead[4:]:
+        context.__exit__(None, None, None)
+    assert not pruner.prune(study, frozen(9)) and not pruner._ahead
 
 
 @pytest.mark.parametrize("augment", ["cpu", "device"])
-def test_a_fused_search_starts_no_more_trials_than_the_median_pruner_waits_for(tmp_path, augment):
-    """Every trial started before the fifth one completed trains all its epochs: at most five start then, plus one
-    for each that ended without completing (diverged)."""
+def test_a_fused_search_judges_each_trial_against_the_groups_trials_numbered_before_it(tmp_path, augment,
+                                                                                         monkeypatch):
+    """Every decision of a fused search's median pruner counts the group's running trials numbered before the
+    trial, and none after it; the first trials do not wait for the first five to complete."""
     import lrtune
-    from optuna.trial import TrialState
+    from lrtune.tuner import samplers
 
-    cfg = lrtune.Config(trials=10, epochs=3, fuse=4, lr_range="off", pruner="median", pruner_warmup=0,
+    seen: list[tuple[int, list[int]]] = []
+    prune = samplers.MedianPruner.prune
+
+    def spy(self, study, trial):
+        with self._lock:
+            seen.append((trial.number, sorted(number for (_, number) in self._ahead)))
+        return prune(self, study, trial)
+
+    monkeypatch.setattr(samplers.MedianPruner, "prune", spy)
+    cfg = lrtune.Config(trials=8, epochs=3, fuse=4, lr_range="off", pruner="median", pruner_warmup=0,
                         augment=augment, studies_dir=str(tmp_path))
     trials = lrtune.search(config=cfg).trials
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.datetime_complete)
-    assert len(complete) >= 5, [t.state for t in trials]
-    fifth = complete[4].datetime_complete
-    started = [t for t in trials if t.datetime_start < fifth]
-    ended_early = [t for t in trials if t.state != TrialState.COMPLETE and t.datetime_complete is not None
-                   and t.datetime_complete < fifth]
-    assert len(started) <= 5 + len(ended_early), [(t.number, t.datetime_start, t.state) for t in trials]
+    assert len(trials) == 8 and seen
+    assert any(number < trial for trial, running in seen for number in running if number != trial)
+    first = [running for trial, running in seen if trial == 3]
+    assert first and {0, 1, 2} <= set(first[0])  # trial 3's first decision: 0 to 2 were running beside it
     assert len({t.user_attrs.get("fused_group") for t in trials if t.number > 0}) == 1
 
 
 def test_a_fused_search_draws_the_same_trials_as_a_solo_search(tmp_path):
     """Each trial draws its parameters whole and in the order of its number: the sampler's random startup gives
-    trial n the parameters a solo search gives its trial n, however the group's threads interleave (the median
-    pruner's admission wakes held threads together: without the turn they draw at once, and this fails)."""
+    trial n the parameters a solo search gives its trial n, however the group's threads interleave (the group's
+    first threads ask at once: without the turn they draw at once, and this fails)."""
     import lrtune
 
     def params(fuse: int) -> dict:
