@@ -134,7 +134,8 @@ def test_a_fused_search_judges_each_trial_against_the_groups_trials_numbered_bef
     assert len(trials) == 8 and seen
     assert any(number < trial for trial, running in seen for number in running if number != trial)
     first = [running for trial, running in seen if trial == 3]
-    assert first and {0, 1, 2} <= set(first[0])  # trial 3's first decision: 0 to 2 were running beside it
+    beside = {t.number for t in trials if t.number < 3 and len(t.intermediate_values) >= 2}  # ran on past epoch 1
+    assert first and beside <= set(first[0])  # trial 3's first decision: those running beside it counted
     assert len({t.user_attrs.get("fused_group") for t in trials if t.number > 0}) == 1
 
 
