@@ -1,7 +1,8 @@
 """What the garbage collector costs a command's start: importing what a search imports (torch, timm,
 albumentations, scikit-learn's metrics, Optuna) in a fresh interpreter at Python's collector thresholds and at
 the command line's (``lrtune.cli.main.GC_THRESHOLDS``), alternated round by round, then `lrtune search --dry-run`
-with each.
+with each. And a command's end: the seconds from a short search's return to its process's end, with
+Python's own exit (the heap torn down) and with ``lrtune.cli.main.run``'s.
 
     python benchmarks/startup.py [--rounds 5] [--out FILE.json]
     python benchmarks/startup.py --smoke --out FILE.json   # one round, for the test suite
@@ -39,6 +40,15 @@ def dry_run(thresholds: tuple[int, ...], work: Path) -> float:
     return timed(code)
 
 
+def search_end(exit_call: str, work: Path) -> float:
+    """Seconds from a short search's return to its process's end, leaving by ``exit_call``."""
+    code = ("import importlib, sys, tempfile, time; m = importlib.import_module('lrtune.cli.main'); search = m.main; "
+            "m.main = lambda argv=None: (search(['search', '--trials', '2', '--epochs', '2', '-q', '--studies-dir', "
+            "tempfile.mkdtemp(dir=%r)]), print(time.time(), file=sys.stderr))[0]; %s" % (str(work), exit_call))
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return time.time() - float(done.stderr.strip().splitlines()[-1])
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -47,13 +57,16 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     rounds = 1 if args.smoke else args.rounds
     seconds: dict[str, list[float]] = {"imports_default": [], "imports_cli": [], "dry_run_default": [],
-                                       "dry_run_cli": []}
+                                       "dry_run_cli": [], "end_python_exit": [], "end_run": []}
     with tempfile.TemporaryDirectory() as work:
         for i in range(rounds):  # each round in both orders in turn: neither always runs on a warmer cache
             order = [("default", DEFAULT), ("cli", GC_THRESHOLDS)]
             for name, thresholds in order if i % 2 == 0 else order[::-1]:
                 seconds[f"imports_{name}"].append(timed(f"import gc; gc.set_threshold(*{tuple(thresholds)!r}); {IMPORTS}"))
                 seconds[f"dry_run_{name}"].append(dry_run(thresholds, Path(work)))
+            ends = [("python_exit", "sys.exit(m.main())"), ("run", "m.run()")]
+            for name, call in ends if i % 2 == 0 else ends[::-1]:
+                seconds[f"end_{name}"].append(search_end(call, Path(work)))
     medians = {key: statistics.median(values) for key, values in seconds.items()}
     record = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {platform.processor() or ''}".strip(", "),
               "python": platform.python_version(), "default_thresholds": list(DEFAULT),

@@ -1,3 +1,3 @@
-from lrtune.cli import main
+from lrtune.cli.main import run
 
-raise SystemExit(main())
+run()

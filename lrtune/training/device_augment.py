@@ -188,6 +188,9 @@ class DeviceLoader:
     def images_per_epoch(self) -> int:
         return len(self.indices)
 
+    def ahead(self) -> None:
+        return None  # augmented on the device already
+
     def __len__(self) -> int:
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)

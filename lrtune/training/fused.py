@@ -36,6 +36,7 @@ from lrtune.errors import ConfigError
 from lrtune.training import memory
 from lrtune.training.loaders import to_model_input
 from lrtune.training.loop import AmpPolicy, Diverged, Interrupted, evaluate_together, train_together
+from lrtune.training.prefetch import Prefetcher
 from lrtune.training.run import EpochOutcome, TrainingRun, epoch_seed
 from lrtune.training.threads import ThreadGuard, kept_threads
 from lrtune.training.widen import NotWide, rebind, widen
@@ -191,12 +192,14 @@ def train_split(runs: Sequence[TrainingRun], parts: int, *, should_stop: Callabl
 
 
 def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threads: ThreadGuard | None = None,
-               should_stop: Callable[[], bool] | None = None, parts: int = 0) -> list[EpochOutcome | Diverged]:
+               should_stop: Callable[[], bool] | None = None, parts: int = 0,
+               batches: Sequence | None = None) -> list[EpochOutcome | Diverged]:
     """One epoch of every run (each at its own next epoch) on the same batches, drawn from ``seed``: ``net``
     holds the runs' models as its slots, trained in ``parts`` (``train_split``) when that is not 0. A run whose
     loss diverges gets ``Diverged`` as its outcome, the others their ``EpochOutcome``. The batches are the first
-    run's loader's."""
+    run's loader's, or ``batches`` (the same ones, read from elsewhere: ``Prefetcher.epoch(seed)``)."""
     first = runs[0]
+    loader = first.loader if batches is None else batches
     for run in runs:
         run.start_pass(seed)
     started = time.perf_counter()
@@ -208,9 +211,9 @@ def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threa
 
     if parts > 0:
         results = train_split(runs, min(parts, len(runs)), should_stop=should_stop,
-                              on_batch=on_batch if hearing else None, net=net)
+                              on_batch=on_batch if hearing else None, batches=loader, net=net)
     else:
-        results = train_together(net if len(runs) > 1 else first.net, first.loader, [run.learner() for run in runs],
+        results = train_together(net if len(runs) > 1 else first.net, loader, [run.learner() for run in runs],
                                  amp=first.amp, should_stop=should_stop, on_batch=on_batch if hearing else None)
     seconds = time.perf_counter() - started
     if threads is not None:
@@ -260,6 +263,7 @@ class FusedGroup:
         self.results: dict[int, EpochOutcome | BaseException] = {}
         self.changed = time.monotonic()
         self.net: FusedModel | None = None
+        self.ahead: Prefetcher | None = None  # the first pass's loader's, augmenting each next pass meanwhile
 
     @contextlib.contextmanager
     def thread(self) -> Iterator[None]:
@@ -308,12 +312,16 @@ class FusedGroup:
         of them spinning on the same cores (a split pass's parts each train at
         one torch thread: no team).
         """
-        with self.cond:
-            while self.live > 0:
-                if self.members and self._ready():
-                    self._pass()
-                else:
-                    self.cond.wait(timeout=0.05)
+        try:
+            with self.cond:
+                while self.live > 0:
+                    if self.members and self._ready():
+                        self._pass()
+                    else:
+                        self.cond.wait(timeout=0.05)
+        finally:
+            if self.ahead is not None:
+                self.ahead.close()
 
     def _ready(self) -> bool:
         everyone = all(id(run) in self.arrived for run in self.members)
@@ -327,11 +335,13 @@ class FusedGroup:
         try:
             if self.net is None:
                 self.net = FusedModel([run.model for run in runs])
+                self.ahead = runs[0].loader.ahead()  # every run of the group has the same loader
             else:
                 self.net.set_slots([run.model for run in runs])
-            outcomes: list = train_pass(self.net, runs, seed=epoch_seed(self.seed, self.passes),
-                                        threads=self.threads, should_stop=self.should_stop,
-                                        parts=parts_of(runs, self.threads))
+            seed = epoch_seed(self.seed, self.passes)
+            batches = None if self.ahead is None else self.ahead.epoch(seed, then=epoch_seed(self.seed, self.passes + 1))
+            outcomes: list = train_pass(self.net, runs, seed=seed, threads=self.threads, should_stop=self.should_stop,
+                                        parts=parts_of(runs, self.threads), batches=batches)
         except BaseException as exc:  # an interrupt, or a fault of the pass: every member's trial hears it
             outcomes = [exc] * len(runs)
         for run, outcome in zip(runs, outcomes):

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 
 from lrtune.errors import ConfigError
 from lrtune.training.datasets import ImageSet, class_counts
+from lrtune.training.prefetch import Prefetcher
 
 BALANCE_MODES = ("none", "sampler", "oversample")
 
@@ -73,6 +74,12 @@ class EpochBatches(Protocol):
         ...
 
     def set_rng_state(self, state: Any) -> None:
+        ...
+
+    def ahead(self) -> Prefetcher | None:
+        """A source of this loader's epochs that augments each in a loader process while the one before it
+        trains (``prefetch.Prefetcher``), or None where that gains nothing: the augmentation runs on the device,
+        in the user's dataset, or already in loader processes."""
         ...
 
 
@@ -286,6 +293,24 @@ class HostLoader:
 
     def reseed(self, seed: int) -> None:
         self._dataset.reseed(seed)
+
+    def ahead(self) -> Prefetcher | None:
+        return Prefetcher(self) if self._loader.num_workers == 0 else None
+
+    def order(self) -> list[list[int]]:
+        """The indices of each batch of an epoch, drawn from torch's RNG as iterating this loader draws them."""
+        epoch = iter(self._loader)
+        batches = []
+        while True:
+            try:
+                batches.append([int(i) for i in epoch._next_index()])
+            except StopIteration:
+                return batches
+
+    def collate(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The augmented batch of ``indices`` as numpy arrays: the bytes iterating this loader collates."""
+        items = [self._dataset[i] for i in indices]
+        return np.stack([image.numpy() for image, _ in items]), np.array([label for _, label in items], np.int64)
 
     def rng_state(self) -> dict[str, Any]:
         dataset = self._dataset

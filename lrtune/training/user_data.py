@@ -172,6 +172,9 @@ class DatasetLoader:
         self.seed = seed
         self.generator.manual_seed(seed)
 
+    def ahead(self) -> None:
+        return None  # the user's dataset augments, in its own loader processes if it asks for them
+
     def rng_state(self) -> dict[str, Any]:
         return {"seed": self.seed, "generator": self.generator.get_state().tolist()}
 

@@ -167,7 +167,8 @@ def test_a_new_run_takes_a_slot_and_trains_from_its_own_first_epoch(digits):
 
 def test_threads_meet_in_a_group_and_one_pass_trains_every_run_that_arrived(digits):
     """Three threads each train their own run through ``TrainingRun.train_epoch``; one leaves after an epoch.
-    Every epoch is a pass of the group, and the runs train what the same passes train without threads."""
+    Every epoch is a pass of the group, and the runs train what the same passes train without threads (and
+    without the loader process that augments the group's next pass)."""
     import threading
 
     cfg = _cfg("cpu")
@@ -193,6 +194,8 @@ def test_threads_meet_in_a_group_and_one_pass_trains_every_run_that_arrived(digi
     for thread in threads:
         thread.join(timeout=600)
     assert not errors and group.passes == 3
+    # its passes read their batches from a loader process, which ended with the group
+    assert group.ahead is not None and group.ahead.lost is None and group.ahead._process is None
     reference.train_pass()
     reference.replace(1, reference.runs[2])  # as the group: the second run left after its first epoch
     reference.runs, reference.net = [reference.runs[0], reference.runs[2]], FusedModel(
