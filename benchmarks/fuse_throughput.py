@@ -6,7 +6,8 @@ default search with each K.
    its 16 px and for `test_efficientnet` at 64 px.
 2. Which models fuse: one fused step of two runs of each model (`training.fused.check_fusion`).
 3. Searches: `lrtune search --trials N --fuse K` in a fresh studies folder for each K, one after another:
-   wall time, peak RSS of the process tree (sampled every 0.1 s), best value, and trials complete / pruned.
+   wall time, peak RSS and peak PSS of the process tree (sampled every 0.1 s; PSS counts the pages a forked
+   loader process shares with the search once), best value, and trials complete / pruned.
 
     python benchmarks/fuse_throughput.py [--searches] [--trials 50] [--probe-threads N] [--out FILE.json]
     python benchmarks/fuse_throughput.py --searches-only [--search-rounds R]   # the searches alone, R rounds
@@ -31,7 +32,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_memory import tree_rss  # noqa: E402
+from search_memory import tree_pss, tree_rss  # noqa: E402
 
 from lrtune.config import Config  # noqa: E402
 from lrtune.training.fused import FusedModel, check_fusion, probe_fused  # noqa: E402
@@ -127,11 +128,12 @@ def search(k: int, trials: int, work: Path, extra: list[str]) -> dict:
            "--studies-dir", str(folder), "-q", *extra]
     started = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = [0]
+    peak = [0, 0]
 
     def sample() -> None:
         while proc.poll() is None:
             peak[0] = max(peak[0], tree_rss(proc))
+            peak[1] = max(peak[1], tree_pss(proc))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -142,6 +144,7 @@ def search(k: int, trials: int, work: Path, extra: list[str]) -> dict:
     study = optuna.load_study(study_name="digits-lt-test_resnet", storage=f"sqlite:///{folder / 'lrtune.db'}")
     states = [t.state.name for t in study.trials]
     return {"fuse": k, "seconds": round(seconds, 1), "exit": proc.returncode, "peak_rss_gib": round(peak[0] / 2**30, 2),
+            "peak_pss_gib": round(peak[1] / 2**30, 2),
             "best": study.best_value if any(s == "COMPLETE" for s in states) else None,
             "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
             "epochs": sum(len(t.intermediate_values) for t in study.trials), "stderr": err[-500:]}
@@ -194,7 +197,7 @@ def main() -> int:
     for model, verdict in record["fuses"].items():
         print(f"{model}: {verdict}")
     for row in record.get("searches", []):
-        print(f"--fuse {row['fuse']}: {row['seconds']} s, peak RSS {row['peak_rss_gib']} GiB, best {row['best']}, "
+        print(f"--fuse {row['fuse']}: {row['seconds']} s, peak RSS {row['peak_rss_gib']} GiB, PSS {row['peak_pss_gib']} GiB, best {row['best']}, "
               f"{row['complete']} complete / {row['pruned']} pruned, {row['epochs']} epochs")
     out = args.out or work / "fuse_throughput.json"
     out.write_text(json.dumps(record, indent=1))
