@@ -10,7 +10,7 @@ default search with each K.
    loader process shares with the search once), best value, and trials complete / pruned.
 
     python benchmarks/fuse_throughput.py [--searches] [--trials 50] [--probe-threads N] [--out FILE.json]
-    python benchmarks/fuse_throughput.py --searches-only [--search-rounds R]   # the searches alone, R rounds
+    python benchmarks/fuse_throughput.py --searches-only [--search-rounds R] [--counts 1,8]   # the searches alone
     python benchmarks/fuse_throughput.py --ceiling [--rounds R]   # what two cores can give the default model
     python benchmarks/fuse_throughput.py --smoke     # tiny, for the test suite
 """
@@ -161,6 +161,7 @@ def main() -> int:
     parser.add_argument("--search-rounds", type=int, default=1, help="rounds of the searches, each K once a round")
     parser.add_argument("--searches-only", action="store_true", help="skip the throughput table and the models")
     parser.add_argument("--ceiling", action="store_true", help="only the two-core ceiling of the default model")
+    parser.add_argument("--counts", default="1,2,4,8", help="the K values, comma-separated")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fuse-"))
@@ -168,7 +169,7 @@ def main() -> int:
         torch.set_num_threads(1)  # a smoke run checks the script, not the speed: one thread never collapses
     elif args.probe_threads:
         torch.set_num_threads(args.probe_threads)
-    counts = [1, 2] if args.smoke else [1, 2, 4, 8]
+    counts = [1, 2] if args.smoke else [int(k) for k in args.counts.split(",")]
     record: dict = {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
                     "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"}
     cases = CASES[:1] if args.smoke else CASES

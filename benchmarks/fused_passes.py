@@ -7,6 +7,10 @@ this process, and of them the passes', their training's and their validation's,
 and the trial-epochs the passes trained.
 
     python benchmarks/fused_passes.py --trials 30 --fuse 2 [--studies-dir DIR] [other search options]
+    python benchmarks/fused_passes.py --without-prefetch --trials 30 --fuse 8   # passes augment their own batches
+
+``--without-prefetch``: no loader process augments the next pass (``HostLoader.ahead`` gives None), so each
+pass's own thread augments its batches as the parts train.
 """
 
 from __future__ import annotations
@@ -51,8 +55,13 @@ def main(argv: list[str]) -> int:
     fused.train_split = timing("training", fused.train_split)
     fused.train_together = timing("training", fused.train_together)
     fused.evaluate_together = timing("validating", fused.evaluate_together)
-    began = time.perf_counter()
     args = list(argv)
+    if "--without-prefetch" in args:
+        from lrtune.training.loaders import HostLoader
+
+        args.remove("--without-prefetch")
+        HostLoader.ahead = lambda self: None  # type: ignore[method-assign]
+    began = time.perf_counter()
     if "--studies-dir" not in args:
         args += ["--studies-dir", tempfile.mkdtemp(prefix="fused-passes-")]
     code = cli_main(["search", *args, "-q"])

@@ -248,6 +248,8 @@ class FusedGroup:
     registered run has arrived and every thread has a run (or a thread between
     trials has kept the others waiting ``GRACE_S``): a run that ends frees its
     slot for the next trial at once, and no run waits for another's last epochs.
+    Each pass reads its batches from the first pass's loader's ``ahead()`` where
+    it has one (``prefetch.Prefetcher``), which augments the next pass meanwhile.
     """
 
     GRACE_S = 0.5
