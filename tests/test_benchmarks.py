@@ -268,7 +268,7 @@ def test_the_estimate_benchmark_times_a_search_against_its_estimate(tmp_path):
     assert 0 < row["unpruned_s"] <= row["unpruned_total_s"]
 
 
-def test_the_startup_benchmark_times_imports_and_a_dry_run_at_both_collector_thresholds(tmp_path):
+def test_the_startup_benchmark_times_imports_and_a_dry_run_at_both_collector_thresholds_and_a_searchs_end(tmp_path):
     out = tmp_path / "startup.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--smoke", "--out", str(out)],
                             capture_output=True, text=True, timeout=600)
@@ -277,4 +277,5 @@ def test_the_startup_benchmark_times_imports_and_a_dry_run_at_both_collector_thr
     assert record["rounds"] == 1 and record["cli_thresholds"] == [50_000, 20, 100]
     assert record["default_thresholds"] != record["cli_thresholds"]
     assert all(len(values) == 1 and values[0] > 0 for values in record["seconds"].values())
-    assert set(record["seconds"]) == {"imports_default", "imports_cli", "dry_run_default", "dry_run_cli"}
+    assert set(record["seconds"]) == {"imports_default", "imports_cli", "dry_run_default", "dry_run_cli",
+                                      "end_python_exit", "end_run"}
