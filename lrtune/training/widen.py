@@ -152,9 +152,8 @@ class _WideBatchNorm(_Wide):
             x = x.repeat(1, self.k, 1, 1)
         if self.training and self.counted:
             torch._foreach_add_(self.tensors["num_batches_tracked"], 1)
-        use_stats = self.tracked and (not self.training or bn.track_running_stats)
-        mean = self.cat("running_mean") if use_stats else None
-        var = self.cat("running_var") if use_stats else None
+        mean = self.cat("running_mean") if self.tracked else None
+        var = self.cat("running_var") if self.tracked else None
         out = F.batch_norm(x, mean, var, self.cat("weight"), self.cat("bias"), self.training or mean is None,
                            bn.momentum or 0.0, bn.eps)
         if self.training and mean is not None and var is not None:
@@ -168,10 +167,10 @@ class _WideLinear(_Wide):
         linear: nn.Linear = self.template  # type: ignore[assignment]
         if _shared(x, linear.in_features, self.k, -1):
             return F.linear(x, self.cat("weight"), self.cat("bias"))  # type: ignore[arg-type]
-        weight = torch.stack([layer.weight for layer in self.layers])  # [K, out, in]
+        weight = torch.stack(self.tensors["weight"])  # [K, out, in]
         out = torch.einsum("...ki,koi->...ko", x.unflatten(-1, (self.k, linear.in_features)), weight)
         if linear.bias is not None:
-            out = out + torch.stack([layer.bias for layer in self.layers])
+            out = out + torch.stack(self.tensors["bias"])
         return out.flatten(-2)
 
 

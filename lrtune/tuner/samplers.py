@@ -120,7 +120,6 @@ class MedianPruner(optuna.pruners.MedianPruner):
 
     def __init__(self, *, n_startup_trials: int = MEDIAN_STARTUP_TRIALS, **kwargs: Any) -> None:
         super().__init__(n_startup_trials=n_startup_trials, **kwargs)
-        self.startup = n_startup_trials
         self._lock = threading.Lock()
         self._curves: dict[tuple[int, int], _Curve] = {}  # (study id, trial id) -> its curve
         self._complete: dict[int, list[int]] = {}  # study id -> ids of its complete trials, when last read
