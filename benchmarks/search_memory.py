@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import psutil
@@ -24,31 +25,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def tree_rss(proc: psutil.Process) -> int:
     """The resident memory of ``proc`` and its descendants (0 for one that has just ended)."""
-    total = 0
-    try:
-        tree = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    for p in tree:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    return _tree_sum(proc, lambda p: p.memory_info().rss)
 
 
 def tree_pss(proc: psutil.Process) -> int:
     """The proportional set size of ``proc`` and its descendants: each page shared by n of them counts 1/n in
     each, so a forked child's pages shared with its parent count once (0 for one that has just ended)."""
-    total = 0
+    return _tree_sum(proc, lambda p: p.memory_full_info().pss)
+
+
+def _tree_sum(proc: psutil.Process, size: Callable[[psutil.Process], int]) -> int:
     try:
         tree = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0
+    total = 0
     for p in tree:
         try:
-            total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            total += size(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
 
