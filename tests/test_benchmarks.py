@@ -204,6 +204,16 @@ def test_the_layer_benchmark_times_each_convolution_of_the_default_model_both_wa
     assert {tuple(row["kernel"]) for row in rows} == {(1, 1), (3, 3)}
 
 
+def test_the_memory_format_benchmark_times_each_arm_in_both_layouts(tmp_path):
+    out = tmp_path / "format.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_format.py"), "--smoke", "--out",
+                             str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["runs"], row["threads"]) for row in rows] == [(1, 1), (1, 2), (2, 2)]
+    assert all(row["nchw"] > 0 and row["channels_last"] > 0 for row in rows)
+
+
 def test_the_pass_timer_counts_every_pass_of_a_fused_search(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fused_passes.py"), "--trials", "3", "--epochs",
                              "1", "--fuse", "2", "--lr-range", "off", "--studies-dir", str(tmp_path)],

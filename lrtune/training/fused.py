@@ -34,7 +34,7 @@ from torch import nn
 
 from lrtune.errors import ConfigError
 from lrtune.training import memory
-from lrtune.training.loaders import to_model_input
+from lrtune.training.loaders import Batches, to_model_input
 from lrtune.training.loop import AmpPolicy, Diverged, Interrupted, evaluate_together, train_together
 from lrtune.training.prefetch import Prefetcher
 from lrtune.training.run import EpochOutcome, TrainingRun, epoch_seed
@@ -138,7 +138,7 @@ def parts_of(runs: Sequence[TrainingRun], threads: ThreadGuard | None) -> int:
 
 
 def train_split(runs: Sequence[TrainingRun], parts: int, *, should_stop: Callable[[], bool] | None = None,
-                on_batch: Callable[[int, int, int], None] | None = None, batches: Sequence | None = None,
+                on_batch: Callable[[int, int, int], None] | None = None, batches: Batches | None = None,
                 net: FusedModel | None = None) -> list:
     """One epoch of ``runs`` in ``parts`` parts, each a fused model (or a plain one) on its own thread at one torch
     thread, all on the same batches (the first run's loader's, or ``batches``), read once here: what one part
@@ -193,7 +193,7 @@ def train_split(runs: Sequence[TrainingRun], parts: int, *, should_stop: Callabl
 
 def train_pass(net: FusedModel, runs: Sequence[TrainingRun], *, seed: int, threads: ThreadGuard | None = None,
                should_stop: Callable[[], bool] | None = None, parts: int = 0,
-               batches: Sequence | None = None) -> list[EpochOutcome | Diverged]:
+               batches: Batches | None = None) -> list[EpochOutcome | Diverged]:
     """One epoch of every run (each at its own next epoch) on the same batches, drawn from ``seed``: ``net``
     holds the runs' models as its slots, trained in ``parts`` (``train_split``) when that is not 0. A run whose
     loss diverges gets ``Diverged`` as its outcome, the others their ``EpochOutcome``. The batches are the first

@@ -41,6 +41,16 @@ CROP_RATIO = (3 / 4, 4 / 3)  # and its aspect ratio
 # --- the batches of an epoch ----------------------------------------------------------
 
 
+class Batches(Protocol):
+    """An epoch's batches, counted before they are read: an ``EpochBatches``, or the same batches from elsewhere."""
+
+    def __len__(self) -> int:
+        ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ...
+
+
 class EpochBatches(Protocol):
     """The augmented training batches of an epoch: what the loop, the range test and a run use.
 
