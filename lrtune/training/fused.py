@@ -39,6 +39,7 @@ from lrtune.training.loop import AmpPolicy, Diverged, Interrupted, evaluate_toge
 from lrtune.training.prefetch import Prefetcher
 from lrtune.training.run import EpochOutcome, TrainingRun, epoch_seed
 from lrtune.training.threads import ThreadGuard, kept_threads
+from lrtune.training.turns import Turns
 from lrtune.training.widen import NotWide, rebind, widen
 
 # Layers that draw random numbers in training: a pass of a model with them is not split (``parts_of``).
@@ -248,7 +249,8 @@ class FusedGroup:
     registered run has arrived and every thread has a run (or a thread between
     trials has kept the others waiting ``GRACE_S``): a run that ends frees its
     slot for the next trial at once, and no run waits for another's last epochs.
-    Each pass reads its batches from the first pass's loader's ``ahead()`` where
+    Between passes the threads take their turns (``turns.Turns``), so the same
+    search forms the same passes. Each pass reads its batches from the first pass's loader's ``ahead()`` where
     it has one (``prefetch.Prefetcher``), which augments the next pass meanwhile.
     """
 
@@ -263,24 +265,31 @@ class FusedGroup:
         self.members: list[TrainingRun] = []
         self.arrived: set[int] = set()  # ids of the members waiting for a pass
         self.results: dict[int, EpochOutcome | BaseException] = {}
+        self.numbers: dict[int, int] = {}  # run id -> its number (its trial's): a pass trains its runs in order
         self.changed = time.monotonic()
+        self.turns = Turns(self.cond, size)
+        self.building = threading.Lock()  # a run is built whole (seeded, then drawn from) before the next
         self.net: FusedModel | None = None
         self.ahead: Prefetcher | None = None  # the first pass's loader's, augmenting each next pass meanwhile
 
     @contextlib.contextmanager
-    def thread(self) -> Iterator[None]:
-        """One of the ``size`` threads, for as long as it may bring runs."""
+    def thread(self, index: int = 0) -> Iterator[None]:
+        """Thread ``index`` of the ``size``, for as long as it may bring runs."""
+        self.turns.join(index)
         try:
             yield
         finally:
             with self.cond:
                 self.live -= 1
+                self.turns.leave()
                 self.cond.notify_all()
 
     @contextlib.contextmanager
-    def member(self, run: TrainingRun) -> Iterator[None]:
+    def member(self, run: TrainingRun, number: int = 0) -> Iterator[None]:
+        """Within, ``run`` (numbered ``number``) trains in the group's passes."""
         with self.cond:
             self.members.append(run)
+            self.numbers[id(run)] = number
             self.changed = time.monotonic()
         try:
             yield
@@ -289,6 +298,8 @@ class FusedGroup:
                 self.members.remove(run)
                 self.arrived.discard(id(run))
                 self.results.pop(id(run), None)
+                self.numbers.pop(id(run), None)
+                self.turns.end_run(id(run))
                 self.changed = time.monotonic()
                 self.cond.notify_all()
 
@@ -298,6 +309,7 @@ class FusedGroup:
             if run.state.epoch + 1 != epoch:
                 raise ValueError(f"a fused run trains its next epoch ({run.state.epoch + 1}), not {epoch}")
             self.arrived.add(id(run))
+            self.turns.continues(id(run))
             self.cond.notify_all()
             while id(run) not in self.results:
                 self.cond.wait()
@@ -327,12 +339,12 @@ class FusedGroup:
 
     def _ready(self) -> bool:
         everyone = all(id(run) in self.arrived for run in self.members)
-        waited = time.monotonic() - self.changed >= self.GRACE_S
+        waited = time.monotonic() - max(self.changed, self.turns.changed) >= self.GRACE_S
         return everyone and (len(self.members) >= self.live or waited)
 
     def _pass(self) -> None:
         """Train one pass of every member, holding the lock: the others are waiting for it anyway."""
-        runs = list(self.members)
+        runs = sorted(self.members, key=lambda run: self.numbers[id(run)])
         self.passes += 1
         try:
             if self.net is None:
@@ -349,6 +361,7 @@ class FusedGroup:
         for run, outcome in zip(runs, outcomes):
             self.results[id(run)] = outcome
             self.arrived.discard(id(run))
+        self.turns.passed({id(run): self.numbers[id(run)] for run in runs})
         self.cond.notify_all()
 
 

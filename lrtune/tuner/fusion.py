@@ -151,23 +151,21 @@ class _Tickets:
 
 
 class SamplingTurn:
-    """One thread of a fused worker at a time from asking for a trial to its parameters drawn: each trial draws
-    whole and in the order of its number, as one after another would, so the sampler's random draws give the
-    same trials as a solo search's (threads drawing at once would interleave the draws of one sequence)."""
+    """One thread of a fused worker at a time from asking for a trial to its parameters drawn, in the order of the
+    group's turns (``training.turns.Turns``): after a pass, once every trial of it has been judged and the ended
+    ones told, the threads whose trials ended ask in the order of their indices. So each trial draws whole and in
+    the order of its number, from the same study as the same search before it: the sampler's random draws give
+    the same trials, and the same search the same trials, pass for pass."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owner: int | None = None
+    def __init__(self, group: Any) -> None:
+        self.turns = group.turns
 
-    def begin(self) -> None:
-        self._lock.acquire()
-        self._owner = threading.get_ident()
+    def begin(self, index: int) -> None:
+        self.turns.begin(index)
 
     def end(self) -> None:
         """Let the next thread ask (a no-op on a thread that does not hold the turn, or no longer)."""
-        if self._owner == threading.get_ident():
-            self._owner = None
-            self._lock.release()
+        self.turns.end()
 
 
 def optimize_fused(
@@ -188,13 +186,16 @@ def optimize_fused(
 
     group = FusedGroup(name=f"{socket.gethostname()}:{os.getpid()}:{worker}", seed=cfg.seed * 1000 + worker, size=k,
                        threads=objective.threads, should_stop=halted)
-    objective.group, objective.turn = group, SamplingTurn()
+    objective.group, objective.turn = group, SamplingTurn(group)
     tickets = _Tickets(study, cfg, halted)
 
-    def work() -> None:
-        with group.thread():
-            while tickets.take():
-                objective.turn.begin()  # the objective ends the turn once the trial's parameters are drawn
+    def work(index: int) -> None:
+        with group.thread(index):
+            while True:
+                objective.turn.begin(index)  # the objective ends the turn once the trial's parameters are drawn
+                if not tickets.take():  # taken in turn: every trial that ended before has been told
+                    objective.turn.end()
+                    return
                 try:
                     optimize(study, objective, cfg, stop=halted, progress=progress, n_trials=1)
                 except Interrupted:
@@ -208,7 +209,7 @@ def optimize_fused(
                     if isinstance(study.pruner, MedianPruner):  # the trial is told: it counts as complete, or not
                         study.pruner.reread()
 
-    threads = [threading.Thread(target=work, name=f"lrtune-fused-{i}", daemon=True) for i in range(k)]
+    threads = [threading.Thread(target=work, args=(i,), name=f"lrtune-fused-{i}", daemon=True) for i in range(k)]
     try:
         for thread in threads:
             thread.start()

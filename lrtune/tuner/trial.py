@@ -194,8 +194,9 @@ class Objective:
 
     def _run(self, trial: optuna.Trial, params: Hyperparams, seed: int, retry_of: int | None) -> float:
         def fresh() -> TrainingRun:
-            return TrainingRun(self.cfg, params, data=self.data, amp=self.amp, seed=seed, should_stop=self.stop,
-                               threads=self.threads)
+            with self.group.building if self.group is not None else contextlib.nullcontext():
+                return TrainingRun(self.cfg, params, data=self.data, amp=self.amp, seed=seed, should_stop=self.stop,
+                                   threads=self.threads)
 
         run = fresh()
         files = TrialFiles(checkpoints.trial_dir(self.study_dir, trial.number))
@@ -209,7 +210,7 @@ class Objective:
         if self.cfg.keep != "none" and state.best and state.best.get("epoch") == state.epoch and not state.best_saved:
             files.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         try:
-            with _fused(self.group, run, self.progress), _counted_ahead(trial, run, fused=self.group is not None):
+            with _fused(self.group, run, trial, self.progress), _counted_ahead(trial, run, fused=bool(self.group)):
                 for epoch in range(state.epoch + 1, self.cfg.epochs + 1):
                     self._epoch(trial, run, files, epoch)
             if files.best_weights is not None and not state.best_saved:
@@ -246,13 +247,21 @@ class Objective:
         files.keep(run, due=due, keep_best=outcome.improved and self.cfg.keep != "none", last=last, then=upload)
         if self.progress is not None:
             self.progress.epoch(trial.number, epoch, self.cfg.epochs, outcome.value)
-        if prunes and trial.should_prune():
+        if prunes and _judged(trial, run):
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
 
 
+def _judged(trial: optuna.Trial, run: TrainingRun) -> bool:
+    """Whether the pruner stops the trial at the epoch just reported; a fused trial is judged once the trials
+    numbered before it in its pass are (``turns.Turns.decide``), as one trial after another would be."""
+    if run.group is not None:
+        run.group.turns.decide(id(run))
+    return trial.should_prune()
+
+
 @contextlib.contextmanager
-def _fused(group: FusedGroup | None, run: TrainingRun, say: ProgressSink | None) -> Iterator[None]:
+def _fused(group: FusedGroup | None, run: TrainingRun, trial: optuna.Trial, say: ProgressSink | None) -> Iterator[None]:
     """Within, ``run`` trains in ``group`` (one pass with the group's other runs per epoch), if it can fuse."""
     reason = fusable([run]) if group is not None else None
     if group is None or reason is not None:
@@ -261,7 +270,7 @@ def _fused(group: FusedGroup | None, run: TrainingRun, say: ProgressSink | None)
         yield
         return
     run.group = group
-    with group.member(run):
+    with group.member(run, trial.number):
         yield
 
 

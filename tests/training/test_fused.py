@@ -178,8 +178,8 @@ def test_threads_meet_in_a_group_and_one_pass_trains_every_run_that_arrived(digi
     epochs = [3, 1, 3]
     errors = []
 
-    def work(run, n):
-        with group.thread(), group.member(run):
+    def work(index, run, n):
+        with group.thread(index), group.member(run, index):
             run.group = group
             try:
                 for epoch in range(1, n + 1):
@@ -187,7 +187,7 @@ def test_threads_meet_in_a_group_and_one_pass_trains_every_run_that_arrived(digi
             except BaseException as exc:
                 errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(run, n)) for run, n in zip(runs, epochs)]
+    threads = [threading.Thread(target=work, args=(i, run, n)) for i, (run, n) in enumerate(zip(runs, epochs))]
     for thread in threads:
         thread.start()
     group.serve()  # returns once every thread has ended

@@ -152,3 +152,36 @@ def test_a_fused_search_draws_the_same_trials_as_a_solo_search(tmp_path):
 
     alone, fused = params(1), params(4)
     assert len(alone) == 7 and fused == alone
+
+
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_a_fused_search_repeats_itself_however_its_threads_are_timed(tmp_path, augment, monkeypatch):
+    """The same fused search twice, its trials' threads held up at random after each epoch (differently each
+    time): the same trials, judged the same, with the same curves to the last bit. The passes are formed, the
+    trials judged, told and drawn in the group's turns, not in the order the threads happen to reach them."""
+    import random
+    import time
+
+    import lrtune
+    from lrtune.training.fused import FusedGroup
+    from lrtune.tuner import trial as trial_module
+
+    monkeypatch.setattr(FusedGroup, "GRACE_S", 3600.0)  # no pass starts without a thread, however slow the machine
+    report = trial_module._report
+    jitter = random.Random()
+
+    def held_up(*args, **kwargs):
+        time.sleep(jitter.random() * 0.03)
+        return report(*args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "_report", held_up)
+
+    def trials(name: str, seed: int) -> dict:
+        jitter.seed(seed)
+        cfg = lrtune.Config(trials=12, epochs=3, fuse=3, lr_range="off", pruner="median", pruner_warmup=0,
+                            augment=augment, threads=1, studies_dir=str(tmp_path / name))  # threads: not measured
+        return {t.number: (t.state, t.params, t.value, t.intermediate_values) for t in lrtune.search(config=cfg).trials}
+
+    first, second = trials("first", 1), trials("second", 2)
+    assert len(first) == 12 and second == first
+    assert any(state.name == "PRUNED" for state, *_ in first.values())  # refilled slots: passes of new and old trials

@@ -89,10 +89,10 @@ def test_a_search_after_lr_find_has_exactly_the_trials_of_one_without(tmp_path):
     def trials_of(study):
         return [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.get_trials()]
 
-    without = lrtune.search(config=small(tmp_path / "without"))
-    result = lrtune.lr_find(config=small(tmp_path / "with"), steps=20)
+    without = lrtune.search(config=small(tmp_path / "without", threads=1))
+    result = lrtune.lr_find(config=small(tmp_path / "with", threads=1), steps=20)
     assert len(result.lrs) > 0
-    after = lrtune.search(config=small(tmp_path / "with"))
+    after = lrtune.search(config=small(tmp_path / "with", threads=1))
     assert trials_of(after) == trials_of(without)
 
 
