@@ -250,8 +250,9 @@ class FusedGroup:
     trials has kept the others waiting ``GRACE_S``): a run that ends frees its
     slot for the next trial at once, and no run waits for another's last epochs.
     Between passes the threads take their turns (``turns.Turns``), so the same
-    search forms the same passes. Each pass reads its batches from the first pass's loader's ``ahead()`` where
-    it has one (``prefetch.Prefetcher``), which augments the next pass meanwhile.
+    search forms the same passes. Each pass reads its batches from the first
+    pass's loader's ``ahead()`` where it has one (``prefetch.Prefetcher``), which
+    augments the next pass meanwhile.
     """
 
     GRACE_S = 0.5

@@ -261,8 +261,10 @@ def _judged(trial: optuna.Trial, run: TrainingRun) -> bool:
 
 
 @contextlib.contextmanager
-def _fused(group: FusedGroup | None, run: TrainingRun, trial: optuna.Trial, say: ProgressSink | None) -> Iterator[None]:
-    """Within, ``run`` trains in ``group`` (one pass with the group's other runs per epoch), if it can fuse."""
+def _fused(group: FusedGroup | None, run: TrainingRun, trial: optuna.Trial,
+           say: ProgressSink | None) -> Iterator[None]:
+    """Within, ``run`` (trial ``trial``'s) trains in ``group`` (one pass with the group's other runs per epoch), if
+    it can fuse."""
     reason = fusable([run]) if group is not None else None
     if group is None or reason is not None:
         if reason is not None and say is not None:
