@@ -150,24 +150,6 @@ class _Tickets:
             self.running -= 1
 
 
-class SamplingTurn:
-    """One thread of a fused worker at a time from asking for a trial to its parameters drawn, in the order of the
-    group's turns (``training.turns.Turns``): after a pass, once every trial of it has been judged and the ended
-    ones told, the threads whose trials ended ask in the order of their indices. So each trial draws whole and in
-    the order of its number, from the same study as the same search before it: the sampler's random draws give
-    the same trials, and the same search the same trials, pass for pass."""
-
-    def __init__(self, group: Any) -> None:
-        self.turns = group.turns
-
-    def begin(self, index: int) -> None:
-        self.turns.begin(index)
-
-    def end(self) -> None:
-        """Let the next thread ask (a no-op on a thread that does not hold the turn, or no longer)."""
-        self.turns.end()
-
-
 def optimize_fused(
     study: optuna.Study, objective: Any, cfg: Config, k: int, *, stop: Callable[[], bool],
     progress: ProgressSink | None, worker: int = 0,
@@ -186,7 +168,9 @@ def optimize_fused(
 
     group = FusedGroup(name=f"{socket.gethostname()}:{os.getpid()}:{worker}", seed=cfg.seed * 1000 + worker, size=k,
                        threads=objective.threads, should_stop=halted)
-    objective.group, objective.turn = group, SamplingTurn(group)
+    # From its ticket until its parameters are drawn a thread holds the group's turn (the objective ends it),
+    # taken in order once every trial of the last pass is judged and told: the same search draws the same trials.
+    objective.group, objective.turn = group, group.turns
     tickets = _Tickets(study, cfg, halted)
 
     def work(index: int) -> None:

@@ -122,7 +122,7 @@ class Objective:
         self.threads: ThreadGuard | None = None  # this process's CPU threads, set by ``use_threads``
         self.threads_probed = True  # False while ``threads`` is the share of the cores, unmeasured
         self.group: FusedGroup | None = None  # with --fuse: where this process's trials train together
-        self.turn: Any = None  # with --fuse: a ``fusion.SamplingTurn``, ended once a trial's parameters are drawn
+        self.turn: Any = None  # with --fuse: the group's ``turns.Turns``, ended once a trial's parameters are drawn
         self.fault: BaseException | None = None  # a fault of the machine that stopped this process's trials
         self.tracking: Any = None  # a ``tracking.Tracking``: each trial's run in MLflow or TensorBoard
 
